@@ -1,0 +1,170 @@
+"""MNIST for the course, and sharding helpers for N workers.
+
+Where the images come from, in order:
+1. ``data/mnist/`` in the repo (or ``$DTUTOR_DATA``): the four original ``*-ubyte.gz`` files;
+2. a checksummed download into that folder, unless ``DTUTOR_OFFLINE=1`` (tests and CI set it);
+3. an offline fallback of real handwritten digits that ship inside scikit-learn (its 8x8 ``digits``,
+   1,797 images, scaled up to 28x28 the way MNIST centres a 20x20 digit in a 28x28 frame).
+The loader says plainly which one it used (``MnistData.source``).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+MNIST_FILES = {
+    "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+    "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+    "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+    "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+}
+MNIST_MIRRORS = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+)
+FALLBACK_TEST_SIZE = 297  # of scikit-learn's 1,797 digits; the first 1,500 are the training split
+
+
+@dataclass
+class MnistData:
+    """Images as float32 in [0, 1], shape (N, 28, 28); labels as int64, shape (N,)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def data_dir() -> Path:
+    """The MNIST cache folder: ``$DTUTOR_DATA`` or ``<repo>/data/mnist``."""
+    env = os.environ.get("DTUTOR_DATA")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "data" / "mnist"
+
+
+def offline() -> bool:
+    """True when ``DTUTOR_OFFLINE=1``: the loader never touches the network."""
+    return os.environ.get("DTUTOR_OFFLINE", "0") not in ("", "0", "false", "False")
+
+
+def _md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def _download(folder: Path, timeout: float = 10.0) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, md5 in MNIST_FILES.items():
+        target = folder / name
+        if target.exists() and _md5(target) == md5:
+            continue
+        last_error: Exception | None = None
+        for mirror in MNIST_MIRRORS:
+            try:
+                with urllib.request.urlopen(mirror + name, timeout=timeout) as response:
+                    payload = response.read()
+                if hashlib.md5(payload).hexdigest() != md5:
+                    raise ValueError(f"checksum mismatch for {mirror + name}")
+                target.write_bytes(payload)
+                break
+            except Exception as error:  # noqa: BLE001 - try the next mirror, report the last failure
+                last_error = error
+        else:
+            raise OSError(f"could not download {name}: {last_error}")
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    with gzip.open(path, "rb") as f:
+        raw = f.read()
+    ndim = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def _cached(folder: Path) -> bool:
+    return all((folder / name).exists() for name in MNIST_FILES)
+
+
+def _load_original(folder: Path, split: str) -> MnistData:
+    prefix = "train" if split == "train" else "t10k"
+    images = _read_idx(folder / f"{prefix}-images-idx3-ubyte.gz").astype(np.float32) / 255.0
+    labels = _read_idx(folder / f"{prefix}-labels-idx1-ubyte.gz").astype(np.int64)
+    return MnistData(images, labels, f"MNIST ({split}) from {folder.name}/")
+
+
+def _load_fallback(split: str, reason: str) -> MnistData:
+    from scipy.ndimage import zoom
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    small = digits.images.astype(np.float32) / 16.0  # (1797, 8, 8) in [0, 1]
+    big = np.zeros((len(small), 28, 28), dtype=np.float32)
+    big[:, 4:24, 4:24] = np.clip(zoom(small, (1, 2.5, 2.5), order=1), 0.0, 1.0)
+    labels = digits.target.astype(np.int64)
+    cut = len(labels) - FALLBACK_TEST_SIZE
+    part = slice(0, cut) if split == "train" else slice(cut, None)
+    return MnistData(
+        big[part],
+        labels[part],
+        f"offline fallback: scikit-learn's handwritten digits ({split}), 8x8 scaled to 28x28 ({reason})",
+    )
+
+
+def load_mnist(split: str = "train", limit: int | None = None, verbose: bool = True) -> MnistData:
+    """Load MNIST ``split`` ("train" or "test"), the first ``limit`` samples if given.
+
+    Uses ``data/mnist/`` if the files are there, downloads them (checksummed) when online, and otherwise
+    falls back to scikit-learn's digits, saying so. The fallback has 1,500 training and 297 test images.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', not {split!r}")
+    folder = data_dir()
+    if _cached(folder):
+        data = _load_original(folder, split)
+    elif offline():
+        data = _load_fallback(split, "DTUTOR_OFFLINE=1 and no MNIST files in data/mnist/")
+    else:
+        try:
+            _download(folder)
+            data = _load_original(folder, split)
+        except OSError as error:
+            data = _load_fallback(split, f"download failed: {error}")
+    if limit is not None:
+        if limit > len(data):
+            raise ValueError(f"limit={limit} but {data.source} has only {len(data)} samples")
+        data = MnistData(data.images[:limit], data.labels[:limit], data.source)
+    if verbose:
+        print(f"[data] {len(data)} images: {data.source}")
+    return data
+
+
+def torch_dataset(data: MnistData):
+    """A ``TensorDataset`` of images (N, 1, 28, 28) float32 and labels (N,) int64."""
+    import torch
+
+    images = torch.from_numpy(np.ascontiguousarray(data.images)).unsqueeze(1)
+    return torch.utils.data.TensorDataset(images, torch.from_numpy(data.labels))
+
+
+def shard_indices(num_samples: int, world_size: int, rank: int) -> np.ndarray:
+    """Indices of worker ``rank`` of ``world_size``: every ``world_size``-th sample starting at ``rank``.
+
+    The same interleaving as ``torch.utils.data.DistributedSampler`` (without shuffling): the shards are
+    disjoint and, for ``num_samples`` divisible by ``world_size``, equal in size.
+    """
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+    return np.arange(rank, num_samples, world_size)
+
+
+def shard(data: MnistData, world_size: int, rank: int) -> MnistData:
+    """The part of ``data`` that worker ``rank`` of ``world_size`` trains on (see ``shard_indices``)."""
+    index = shard_indices(len(data), world_size, rank)
+    return MnistData(data.images[index], data.labels[index], f"{data.source}, shard {rank}/{world_size}")

@@ -1,0 +1,351 @@
+"""Run an importable ``dtutor`` entry point on N processes through torchrun, from a notebook or a script.
+
+``run("dtutor.ddp:train", nprocs=2, steps=10)`` starts PyTorch's elastic launcher (``torchrun``, i.e.
+``python -m torch.distributed.run``) as a child process, exactly as you would in a terminal::
+
+    torchrun --standalone --nproc-per-node 2 -m dtutor.launch dtutor.ddp:train steps=10
+
+Each worker imports the entry point, calls it with the keyword arguments, and hands its return value
+back to the notebook (pickled into a temporary folder); the notebook sees every rank's output as it
+happens, prefixed ``[rank N]``. Why a child process rather than calling the launcher's API in the
+kernel: a notebook kernel cannot be given a hard timeout, does not show output written by other
+processes, and must survive a worker that crashes; a child process can be timed out and killed with
+everything it started.
+
+Guarantees: bad input is refused before any process starts; every launch has a timeout; when a rank
+fails or the timeout expires, every process of the launch is ended and ``LaunchError`` names the
+failing rank with its traceback.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import inspect
+import io
+import os
+import pickle
+import queue
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+BACKENDS = ("auto", "gloo", "nccl", "mpi")
+RESULT_DIR_ENV = "DTUTOR_RESULT_DIR"
+
+
+class LaunchError(RuntimeError):
+    """A launch failed: ``rank`` is the first rank that failed (None if unknown), ``remote_traceback`` its traceback."""
+
+    def __init__(self, message: str, rank: int | None = None, remote_traceback: str = ""):
+        super().__init__(message)
+        self.rank = rank
+        self.remote_traceback = remote_traceback
+
+
+def gpu_count() -> int:
+    """Number of CUDA GPUs visible to this process (0 without CUDA)."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def choose_backend(backend: str, nprocs: int) -> str:
+    """Resolve ``backend``: ``auto`` is nccl when there are at least ``nprocs`` GPUs, else gloo."""
+    import torch.distributed as dist
+
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "auto":
+        return "nccl" if gpu_count() >= nprocs and dist.is_nccl_available() else "gloo"
+    if backend == "nccl" and gpu_count() < nprocs:
+        raise ValueError(
+            f"backend 'nccl' needs one GPU per rank: {nprocs} ranks asked for, {gpu_count()} GPU(s) here. "
+            "Use backend='gloo' (CPU, or several ranks sharing GPUs) or fewer processes."
+        )
+    available = {"gloo": dist.is_gloo_available(), "nccl": dist.is_nccl_available(), "mpi": dist.is_mpi_available()}
+    if not available[backend]:
+        raise ValueError(f"backend {backend!r} is not available in this PyTorch build")
+    return backend
+
+
+def _resolve(entry: str):
+    module_name, _, function_name = entry.partition(":")
+    if not module_name or not function_name:
+        raise ValueError(f"entry point must look like 'package.module:function', got {entry!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ValueError(f"cannot import the entry point's module {module_name!r}: {error}") from error
+    function = getattr(module, function_name, None)
+    if not callable(function):
+        raise ValueError(f"module {module_name!r} has no function {function_name!r}")
+    return function
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text  # a bare word such as backend=gloo
+
+
+def _as_argument(key: str, value: Any) -> str:
+    if isinstance(value, str) and value.replace("_", "").replace("-", "").replace(".", "").isalnum() \
+            and _parse_value(value) == value:
+        return f"{key}={value}"
+    text = repr(value)
+    try:
+        same = ast.literal_eval(text) == value
+    except (ValueError, SyntaxError):
+        same = False
+    if not same:
+        raise ValueError(
+            f"argument {key}={text[:80]} cannot be sent to the workers: only Python literals "
+            "(numbers, strings, booleans, None, and lists/tuples/dicts of them) travel on the command line"
+        )
+    return f"{key}={text}"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def worker_arguments(entry: str, kwargs: dict[str, Any]) -> list[str]:
+    """The ``-m dtutor.launch ENTRY key=value ...`` part of a torchrun command (validated)."""
+    function = _resolve(entry)
+    try:
+        inspect.signature(function).bind(**kwargs)
+    except TypeError as error:
+        raise ValueError(f"{entry} cannot take these arguments: {error}") from error
+    return ["-m", "dtutor.launch", entry, *(_as_argument(k, v) for k, v in kwargs.items())]
+
+
+def torchrun_command(
+    entry: str, nprocs: int, kwargs: dict[str, Any], *, nnodes: int = 1, endpoint: str = "HOST:29400",
+    job_id: str = "dtutor",
+) -> list[str]:
+    """The torchrun command for one node (``--standalone``) or for ``nnodes`` nodes (c10d rendezvous)."""
+    if nnodes == 1:
+        head = ["torchrun", "--standalone", f"--nproc-per-node={nprocs}"]
+    else:
+        head = ["torchrun", f"--nnodes={nnodes}", f"--nproc-per-node={nprocs}", "--rdzv-backend=c10d",
+                f"--rdzv-endpoint={endpoint}", f"--rdzv-id={job_id}"]
+    return head + worker_arguments(entry, kwargs)
+
+
+def show_commands(entry: str, nprocs: int = 2, **kwargs: Any) -> str:
+    """Text giving the equivalent commands to run in a terminal: one node, and two nodes."""
+    one = shlex.join(torchrun_command(entry, nprocs, kwargs))
+    two = shlex.join(torchrun_command(entry, nprocs, kwargs, nnodes=2))
+    return (
+        f"# one machine, {nprocs} processes:\n{one}\n"
+        f"# two machines, {nprocs} processes each (run on both; HOST = the first machine's address):\n{two}"
+    )
+
+
+def _prepare(entry: str, nprocs: int, nnodes: int, backend: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    if not isinstance(nprocs, int) or nprocs < 1:
+        raise ValueError(f"nprocs must be a whole number >= 1, got {nprocs!r}")
+    if not isinstance(nnodes, int) or nnodes < 1:
+        raise ValueError(f"nnodes must be a whole number >= 1, got {nnodes!r}")
+    function = _resolve(entry)
+    kwargs = dict(kwargs)
+    if "backend" in inspect.signature(function).parameters and "backend" not in kwargs:
+        kwargs["backend"] = choose_backend(backend, nprocs)
+    elif "backend" in kwargs:
+        kwargs["backend"] = choose_backend(kwargs["backend"], nprocs)
+    worker_arguments(entry, kwargs)  # validates the arguments before anything starts
+    return kwargs
+
+
+def _kill_tree(processes: list[subprocess.Popen], grace: float = 5.0) -> None:
+    """End the launchers and every process they started (torchrun puts workers in their own sessions)."""
+    family: list[psutil.Process] = []
+    for process in processes:
+        try:
+            parent = psutil.Process(process.pid)
+            family += [parent, *parent.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            pass
+    for member in family:
+        try:
+            member.send_signal(signal.SIGTERM)
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(family, timeout=grace)
+    for member in alive:
+        try:
+            member.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=grace)
+    for process in processes:
+        process.wait()
+
+
+def _first_failure(result_dir: Path) -> tuple[int, str] | None:
+    failures = []
+    for path in result_dir.glob("rank*.err"):
+        when, _, text = path.read_text().partition("\n")
+        failures.append((float(when), int(path.stem[4:]), text))
+    if not failures:
+        return None
+    _, rank, text = min(failures)
+    return rank, text
+
+
+def run(
+    entry: str,
+    nprocs: int = 2,
+    *,
+    nnodes: int = 1,
+    backend: str = "auto",
+    timeout: float = 300.0,
+    threads_per_rank: int | None = None,
+    quiet: bool = False,
+    **kwargs: Any,
+) -> list[Any]:
+    """Run ``entry`` ("module:function") on ``nprocs`` processes per node; return each rank's result.
+
+    ``nnodes > 1`` starts that many torchrun launchers on this machine, joined by a c10d rendezvous, as
+    stand-ins for separate machines. ``backend`` is passed to entry points that take one (auto: nccl
+    when there are enough GPUs, else gloo). ``threads_per_rank`` sets ``OMP_NUM_THREADS`` (default:
+    the cores divided among the local processes). Output lines are prefixed ``[rank N]``; ``quiet``
+    hides them. Raises ``LaunchError`` if a rank fails or ``timeout`` seconds pass.
+    """
+    kwargs = _prepare(entry, nprocs, nnodes, backend, kwargs)
+    if timeout <= 0:
+        raise ValueError(f"timeout must be positive, got {timeout}")
+    local = nprocs * nnodes
+    threads = threads_per_rank or max(1, (os.cpu_count() or 1) // local)
+    result_dir = Path(tempfile.mkdtemp(prefix="dtutor-launch-"))
+    env = {**os.environ, RESULT_DIR_ENV: str(result_dir), "OMP_NUM_THREADS": str(threads),
+           "PYTHONUNBUFFERED": "1", "DTUTOR_NO_TQDM": "1"}
+    python = [sys.executable, "-m", "torch.distributed.run"]
+    if nnodes == 1:
+        commands = [python + torchrun_command(entry, nprocs, kwargs)[1:]]
+    else:
+        endpoint, job = f"127.0.0.1:{_free_port()}", f"dtutor-{uuid.uuid4().hex[:8]}"
+        commands = [python + torchrun_command(entry, nprocs, kwargs, nnodes=nnodes, endpoint=endpoint,
+                                              job_id=job)[1:] for _ in range(nnodes)]
+    if not quiet:
+        print("$", shlex.join(["torchrun", *commands[0][3:]]) + (f"   # x{nnodes} nodes" if nnodes > 1 else ""))
+    lines: queue.Queue = queue.Queue()
+    processes = [subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                  bufsize=1, start_new_session=True) for c in commands]
+
+    def pump(node: int, stream: io.TextIOBase) -> None:
+        for line in stream:
+            lines.put((node, line.rstrip("\n")))
+
+    readers = [threading.Thread(target=pump, args=(i, p.stdout), daemon=True) for i, p in enumerate(processes)]
+    for reader in readers:
+        reader.start()
+    deadline = time.monotonic() + timeout
+    tail: list[str] = []
+    failed = timed_out = False
+    try:
+        while any(p.poll() is None for p in processes) or any(r.is_alive() for r in readers) or not lines.empty():
+            try:
+                node, line = lines.get(timeout=0.1)
+                tail = (tail + [line])[-40:]
+                if not quiet:
+                    print(f"[node {node}] {line}" if nnodes > 1 and not line.startswith("[rank") else line)
+            except queue.Empty:
+                pass
+            if any(p.poll() not in (None, 0) for p in processes):
+                failed = True
+                break
+            if time.monotonic() > deadline:
+                timed_out = True
+                break
+    finally:
+        _kill_tree(processes)  # a no-op after a clean finish; also runs on KeyboardInterrupt
+    try:
+        failure = _first_failure(result_dir)
+        if failure is not None:
+            rank, text = failure
+            raise LaunchError(f"rank {rank} of {entry} failed:\n{text}", rank=rank, remote_traceback=text)
+        if timed_out:
+            raise LaunchError(f"{entry} on {local} processes did not finish within {timeout:g} s; "
+                              "all its processes were ended.")
+        if failed:
+            raise LaunchError(f"{entry} failed before a rank could report; last output:\n" + "\n".join(tail))
+        world = sorted(result_dir.glob("rank*.pkl"), key=lambda p: int(p.stem[4:]))
+        return [pickle.loads(path.read_bytes()) for path in world]
+    finally:
+        for path in result_dir.iterdir():
+            path.unlink()
+        result_dir.rmdir()
+
+
+class _Prefixed(io.TextIOBase):
+    """A text stream that prefixes every line and writes whole lines at once, so ranks don't interleave."""
+
+    def __init__(self, stream, prefix: str):
+        self._stream, self._prefix, self._pending = stream, prefix, ""
+
+    def write(self, text: str) -> int:
+        self._pending += text
+        if "\n" in self._pending:
+            done, _, self._pending = self._pending.rpartition("\n")
+            self._stream.write("".join(f"{self._prefix}{line}\n" for line in done.split("\n")))
+            self._stream.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def finish(self) -> None:
+        """Write out a last line that has no newline."""
+        if self._pending:
+            self.write("\n")
+
+
+def _worker_main(argv: list[str]) -> None:
+    """What each torchrun worker runs: ``python -m dtutor.launch ENTRY key=value ...``."""
+    entry, pairs = argv[0], argv[1:]
+    kwargs = {}
+    for pair in pairs:
+        key, _, text = pair.partition("=")
+        kwargs[key] = _parse_value(text)
+    rank = int(os.environ.get("RANK", "0"))
+    sys.stdout = _Prefixed(sys.stdout, f"[rank {rank}] ")
+    sys.stderr = _Prefixed(sys.stderr, f"[rank {rank}] ")
+    result_dir = Path(os.environ[RESULT_DIR_ENV]) if RESULT_DIR_ENV in os.environ else None
+    if result_dir is not None:
+        (result_dir / f"rank{rank}.pid").write_text(str(os.getpid()))
+    try:
+        result = _resolve(entry)(**kwargs)
+        sys.stdout.finish()
+    except BaseException:
+        text = traceback.format_exc()
+        if result_dir is not None:
+            (result_dir / f"rank{rank}.err").write_text(f"{time.time()}\n{text}")
+        print(text, file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        raise SystemExit(1) from None
+    if result_dir is not None:
+        (result_dir / f"rank{rank}.tmp").write_bytes(pickle.dumps(result))
+        (result_dir / f"rank{rank}.tmp").rename(result_dir / f"rank{rank}.pkl")
+    elif rank == 0:
+        print(f"result: {result!r}")
+
+
+if __name__ == "__main__":
+    _worker_main(sys.argv[1:])
