@@ -34,8 +34,8 @@ def test_wide_mlp_scales_and_checks_its_arguments():
 
 def test_seeded_models_are_identical():
     a, b = models.seeded(models.mnist_cnn, 3), models.seeded(models.mnist_cnn, 3)
-    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
     c = models.seeded(models.mnist_cnn, 4)
-    assert not all(torch.equal(p, q) for p, q in zip(a.parameters(), c.parameters()))
+    assert not all(torch.equal(p, q) for p, q in zip(a.parameters(), c.parameters(), strict=True))
 
 

@@ -20,7 +20,7 @@ def test_one_step_matches_a_hand_written_step():
     optimizer = torch.optim.SGD(reference.parameters(), lr=0.1)
     torch.nn.functional.cross_entropy(reference(data[0][0]), data[0][1]).backward()
     optimizer.step()
-    for p, q in zip(model.parameters(), reference.parameters()):
+    for p, q in zip(model.parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
 
 
@@ -32,7 +32,7 @@ def test_accumulating_two_half_batches_equals_one_full_batch():
                      progress=False)
     m2 = train.train(whole, joined, torch.optim.SGD(whole.parameters(), lr=0.1), progress=False)
     assert m1.steps == m2.steps == 2 and m1.samples == m2.samples == 32
-    for p, q in zip(accumulated.parameters(), whole.parameters()):
+    for p, q in zip(accumulated.parameters(), whole.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
     assert m1.history == pytest.approx(m2.history, rel=1e-5)
 
