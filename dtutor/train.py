@@ -104,7 +104,7 @@ def train(
     for group in _groups(batches, accumulation):
         if max_steps is not None and metrics.steps >= max_steps:
             break
-        step_totals = torch.zeros(3, dtype=torch.float64)
+        loss_sum, correct, count = 0.0, 0, 0
         for index, (inputs, targets) in enumerate(group):
             inputs, targets = _to((inputs, targets), device)
             last = index == accumulation - 1
@@ -114,16 +114,15 @@ def train(
                 loss = loss_fn(outputs, targets)
                 (loss / accumulation).backward()
             with torch.no_grad():
-                step_totals += torch.tensor(
-                    [loss.item() * len(targets), (outputs.argmax(1) == targets).sum().item(), len(targets)],
-                    dtype=torch.float64,
-                )
+                loss_sum = loss_sum + loss.detach() * len(targets)  # stays a tensor: no sync per micro-batch
+                correct = correct + (outputs.argmax(1) == targets).sum()
+                count += len(targets)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         metrics.steps += 1
-        step_loss = (step_totals[0] / step_totals[2]).item()
+        step_loss = loss_sum.item() / count
         metrics.history.append(step_loss)
-        totals += step_totals
+        totals += torch.tensor([step_loss * count, float(correct), count], dtype=torch.float64)
         if on_step is not None:
             on_step(metrics.steps, step_loss)
         if bar is not None:
