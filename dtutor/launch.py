@@ -208,51 +208,40 @@ def _first_failure(result_dir: Path) -> tuple[int, str] | None:
     return rank, text
 
 
-def run(
-    entry: str,
-    nprocs: int = 2,
+def supervise(
+    commands: list[list[str]],
     *,
-    nnodes: int = 1,
-    backend: str = "auto",
-    timeout: float = 300.0,
-    threads_per_rank: int | None = None,
+    entry: str,
+    timeout: float,
     quiet: bool = False,
-    **kwargs: Any,
+    threads: int = 1,
+    envs: list[dict[str, str]] | None = None,
+    display: str = "",
 ) -> list[Any]:
-    """Run ``entry`` ("module:function") on ``nprocs`` processes per node; return each rank's result.
+    """Run launcher ``commands`` (one per simulated machine) whose workers run ``python -m dtutor.launch``.
 
-    ``nnodes > 1`` starts that many torchrun launchers on this machine, joined by a c10d rendezvous, as
-    stand-ins for separate machines. ``backend`` is passed to entry points that take one (auto: nccl
-    when there are enough GPUs, else gloo). ``threads_per_rank`` sets ``OMP_NUM_THREADS`` (default:
-    the cores divided among the local processes). Output lines are prefixed ``[rank N]``; ``quiet``
-    hides them. Raises ``LaunchError`` if a rank fails or ``timeout`` seconds pass.
+    The shared machinery of every launch in the course (torchrun, horovodrun, TensorFlow workers): stream
+    the output, enforce ``timeout``, end every process of the launch on a failure, a timeout or an
+    interrupt, and return each rank's result in rank order, or raise ``LaunchError`` naming the first
+    rank that failed. ``envs`` adds variables per command; ``display`` is printed first as ``$ display``.
     """
-    kwargs = _prepare(entry, nprocs, nnodes, backend, kwargs)
     if timeout <= 0:
         raise ValueError(f"timeout must be positive, got {timeout}")
-    local = nprocs * nnodes
-    threads = threads_per_rank or max(1, (os.cpu_count() or 1) // local)
     result_dir = Path(tempfile.mkdtemp(prefix="dtutor-launch-"))
-    env = {**os.environ, RESULT_DIR_ENV: str(result_dir), "OMP_NUM_THREADS": str(threads),
-           "PYTHONUNBUFFERED": "1", "DTUTOR_NO_TQDM": "1"}
-    python = [sys.executable, "-m", "torch.distributed.run"]
-    if nnodes == 1:
-        commands = [python + torchrun_command(entry, nprocs, kwargs)[1:]]
-    else:
-        endpoint, job = f"127.0.0.1:{_free_port()}", f"dtutor-{uuid.uuid4().hex[:8]}"
-        commands = [python + torchrun_command(entry, nprocs, kwargs, nnodes=nnodes, endpoint=endpoint,
-                                              job_id=job)[1:] for _ in range(nnodes)]
-    if not quiet:
-        print("$", shlex.join(["torchrun", *commands[0][3:]]) + (f"   # x{nnodes} nodes" if nnodes > 1 else ""))
+    base = {**os.environ, RESULT_DIR_ENV: str(result_dir), "OMP_NUM_THREADS": str(threads),
+            "PYTHONUNBUFFERED": "1", "DTUTOR_NO_TQDM": "1"}
+    if not quiet and display:
+        print("$", display)
     lines: queue.Queue = queue.Queue()
-    processes = [subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                  bufsize=1, start_new_session=True) for c in commands]
+    processes = [subprocess.Popen(c, env={**base, **(envs[i] if envs else {})}, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True, bufsize=1, start_new_session=True)
+                 for i, c in enumerate(commands)]
 
-    def pump(node: int, stream: io.TextIOBase) -> None:
+    def pump(stream: io.TextIOBase) -> None:
         for line in stream:
-            lines.put((node, line.rstrip("\n")))
+            lines.put(line.rstrip("\n"))
 
-    readers = [threading.Thread(target=pump, args=(i, p.stdout), daemon=True) for i, p in enumerate(processes)]
+    readers = [threading.Thread(target=pump, args=(p.stdout,), daemon=True) for p in processes]
     for reader in readers:
         reader.start()
     deadline = time.monotonic() + timeout
@@ -261,10 +250,10 @@ def run(
     try:
         while any(p.poll() is None for p in processes) or any(r.is_alive() for r in readers) or not lines.empty():
             try:
-                node, line = lines.get(timeout=0.1)
+                line = lines.get(timeout=0.1)
                 tail = (tail + [line])[-40:]
                 if not quiet:
-                    print(f"[node {node}] {line}" if nnodes > 1 and not line.startswith("[rank") else line)
+                    print(line)
             except queue.Empty:
                 pass
             if any(p.poll() not in (None, 0) for p in processes):
@@ -281,8 +270,7 @@ def run(
             rank, text = failure
             raise LaunchError(f"rank {rank} of {entry} failed:\n{text}", rank=rank, remote_traceback=text)
         if timed_out:
-            raise LaunchError(f"{entry} on {local} processes did not finish within {timeout:g} s; "
-                              "all its processes were ended.")
+            raise LaunchError(f"{entry} did not finish within {timeout:g} s; all its processes were ended.")
         if failed:
             raise LaunchError(f"{entry} failed before a rank could report; last output:\n" + "\n".join(tail))
         world = sorted(result_dir.glob("rank*.pkl"), key=lambda p: int(p.stem[4:]))
@@ -291,6 +279,38 @@ def run(
         for path in result_dir.iterdir():
             path.unlink()
         result_dir.rmdir()
+
+
+def run(
+    entry: str,
+    nprocs: int = 2,
+    *,
+    nnodes: int = 1,
+    backend: str = "auto",
+    timeout: float = 300.0,
+    threads_per_rank: int | None = None,
+    quiet: bool = False,
+    **kwargs: Any,
+) -> list[Any]:
+    """Run ``entry`` ("module:function") on ``nprocs`` processes per node with torchrun; return each rank's result.
+
+    ``nnodes > 1`` starts that many torchrun launchers on this machine, joined by a c10d rendezvous, as
+    stand-ins for separate machines. ``backend`` is passed to entry points that take one (auto: nccl
+    when there are enough GPUs, else gloo). ``threads_per_rank`` sets ``OMP_NUM_THREADS`` (default:
+    the cores divided among the local processes). Output lines are prefixed ``[rank N]``; ``quiet``
+    hides them. Raises ``LaunchError`` if a rank fails or ``timeout`` seconds pass.
+    """
+    kwargs = _prepare(entry, nprocs, nnodes, backend, kwargs)
+    threads = threads_per_rank or max(1, (os.cpu_count() or 1) // (nprocs * nnodes))
+    python = [sys.executable, "-m", "torch.distributed.run"]
+    if nnodes == 1:
+        commands = [python + torchrun_command(entry, nprocs, kwargs)[1:]]
+    else:
+        endpoint, job = f"127.0.0.1:{_free_port()}", f"dtutor-{uuid.uuid4().hex[:8]}"
+        commands = [python + torchrun_command(entry, nprocs, kwargs, nnodes=nnodes, endpoint=endpoint,
+                                              job_id=job)[1:] for _ in range(nnodes)]
+    display = shlex.join(["torchrun", *commands[0][3:]]) + (f"   # x{nnodes} nodes" if nnodes > 1 else "")
+    return supervise(commands, entry=entry, timeout=timeout, quiet=quiet, threads=threads, display=display)
 
 
 class _Prefixed(io.TextIOBase):
@@ -316,6 +336,17 @@ class _Prefixed(io.TextIOBase):
             self.write("\n")
 
 
+RANK_VARIABLES = ("DTUTOR_RANK", "RANK", "HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK")
+
+
+def worker_rank() -> int:
+    """This worker's global rank, from whichever launcher started it (torchrun, horovodrun, mpirun, dtutor)."""
+    for name in RANK_VARIABLES:
+        if name in os.environ:
+            return int(os.environ[name])
+    return 0
+
+
 def _worker_main(argv: list[str]) -> None:
     """What each torchrun worker runs: ``python -m dtutor.launch ENTRY key=value ...``."""
     entry, pairs = argv[0], argv[1:]
@@ -323,7 +354,7 @@ def _worker_main(argv: list[str]) -> None:
     for pair in pairs:
         key, _, text = pair.partition("=")
         kwargs[key] = _parse_value(text)
-    rank = int(os.environ.get("RANK", "0"))
+    rank = worker_rank()
     sys.stdout = _Prefixed(sys.stdout, f"[rank {rank}] ")
     sys.stderr = _Prefixed(sys.stderr, f"[rank {rank}] ")
     result_dir = Path(os.environ[RESULT_DIR_ENV]) if RESULT_DIR_ENV in os.environ else None
