@@ -9,14 +9,18 @@ The CNN is the one every seed notebook trains::
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported inside the functions: TensorFlow workers import this module too
+    from torch import nn
 
 MNIST_CNN_PARAMETERS = 121_930  # both frameworks; a test checks
 
 
 def mnist_cnn() -> nn.Module:
     """The seed's MNIST CNN in PyTorch: input (N, 1, 28, 28), output logits (N, 10)."""
+    from torch import nn
+
     return nn.Sequential(
         nn.Conv2d(1, 32, kernel_size=3),
         nn.ReLU(),
@@ -62,6 +66,8 @@ def wide_mlp(width: int = 1024, depth: int = 4, in_features: int = 28 * 28, clas
 
     Parameters: about ``depth * width**2``; ``wide_mlp(4096, 8)`` has ~138M (0.55 GB in fp32).
     """
+    from torch import nn
+
     if width < 1 or depth < 1:
         raise ValueError(f"width and depth must be >= 1, got width={width}, depth={depth}")
     layers: list[nn.Module] = [nn.Flatten(), nn.Linear(in_features, width), nn.ReLU()]
@@ -78,5 +84,7 @@ def count_parameters(model: nn.Module) -> int:
 
 def seeded(factory, seed: int = 0, **kwargs) -> nn.Module:
     """``factory(**kwargs)`` built right after ``torch.manual_seed(seed)``: the same initial weights everywhere."""
+    import torch
+
     torch.manual_seed(seed)
     return factory(**kwargs)
