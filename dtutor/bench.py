@@ -1,6 +1,7 @@
 """Benchmarks that print tables (targets live here, never in timed unit tests).
 
     python -m dtutor.bench ddp      # DDP scaling 1 -> 2 ranks (1 thread each) and loop overhead
+    python -m dtutor.bench horovod  # Horovod (PyTorch) beside DDP, 1 and 2 ranks, same model and data
 
 Targets on the course's 2-core CPU: scaling efficiency T2 / (2 T1) >= 0.85, and the shared training
 loop within 2% of a minimal hand-written loop on the same model.
@@ -15,20 +16,28 @@ from typing import Any
 
 import torch
 
-from dtutor import ddp, models
+from dtutor import ddp, horovod_torch, models
 from dtutor.train import train as train_loop
 
 SCALING_TARGET = 0.85
 LOOP_OVERHEAD_TARGET = 0.02
 
 
-def ddp_throughput(nprocs: int, batch_per_rank: int = 64, samples: int = 1024, epochs: int = 4,
-                   timeout: float = 300.0) -> float:
-    """Samples/s of DDP training on ``nprocs`` ranks, one thread each, first epoch discarded as warm-up."""
-    results = ddp.run(nprocs, global_batch=batch_per_rank * nprocs, samples=samples, epochs=epochs,
-                      threads_per_rank=1, timeout=timeout, quiet=True, return_parameters=False)
+def throughput(run, nprocs: int, batch_per_rank: int = 64, samples: int = 1024, epochs: int = 4,
+               timeout: float = 300.0) -> float:
+    """Samples/s of ``run`` (``ddp.run`` or ``horovod_torch.run``) on ``nprocs`` ranks, one thread each.
+
+    The first epoch is discarded as warm-up; the time of an epoch is the slowest rank's.
+    """
+    results = run(nprocs, global_batch=batch_per_rank * nprocs, samples=samples, epochs=epochs,
+                  threads_per_rank=1, timeout=timeout, quiet=True, return_parameters=False)
     timed = results[0]["epochs"][1:]
     return sum(e["samples"] for e in timed) / sum(e["seconds"] for e in timed)
+
+
+def ddp_throughput(nprocs: int, batch_per_rank: int = 64) -> float:
+    """Samples/s of DDP training on ``nprocs`` ranks (see ``throughput``)."""
+    return throughput(ddp.run, nprocs, batch_per_rank)
 
 
 def hand_written_loop(model: torch.nn.Module, batches: list, optimizer: torch.optim.Optimizer) -> None:
@@ -42,7 +51,15 @@ def hand_written_loop(model: torch.nn.Module, batches: list, optimizer: torch.op
 
 def loop_overhead(steps: int = 30, batch_size: int = 64, repeats: int = 5) -> dict[str, float]:
     """Seconds per run of the shared loop and the hand-written loop (median of ``repeats``, alternating)."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    try:
+        return _time_loops(steps, batch_size, repeats)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _time_loops(steps: int, batch_size: int, repeats: int) -> dict[str, float]:
     generator = torch.Generator().manual_seed(0)
     batches = [(torch.randn(batch_size, 1, 28, 28, generator=generator), torch.randint(0, 10, (batch_size,)))
                for _ in range(steps)]
@@ -83,6 +100,25 @@ def format_ddp(result: dict[str, Any]) -> str:
     ])
 
 
+def bench_horovod_vs_ddp(batch_per_rank: int = 64) -> list[dict[str, Any]]:
+    """Samples/s of Horovod (PyTorch) and DDP with 1 and 2 ranks, one thread each, in the same run."""
+    rows = []
+    for name, run in (("DDP", ddp.run), ("Horovod", horovod_torch.run)):
+        one, two = throughput(run, 1, batch_per_rank), throughput(run, 2, batch_per_rank)
+        rows.append({"method": name, "samples_per_s_1": one, "samples_per_s_2": two, "efficiency": two / (2 * one)})
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """A plain-text table of dicts with the same keys (floats to 3 significant digits)."""
+    keys = list(rows[0])
+    cells = [[f"{row[k]:.3g}" if isinstance(row[k], float) else str(row[k]) for k in keys] for row in rows]
+    widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
+    lines = ["  ".join(k.rjust(w) for k, w in zip(keys, widths, strict=True))]
+    lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(lines)
+
+
 def plot_scaling(result: dict[str, Any]):
     """Bar chart: measured samples/s for 1 and 2 ranks against perfect scaling."""
     import matplotlib.pyplot as plt
@@ -101,10 +137,13 @@ def plot_scaling(result: dict[str, Any]):
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m dtutor.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["ddp"])
+    parser.add_argument("what", choices=["ddp", "horovod"])
     parser.add_argument("--batch-per-rank", type=int, default=64)
     args = parser.parse_args(argv)
-    print(format_ddp(bench_ddp(args.batch_per_rank)))
+    if args.what == "ddp":
+        print(format_ddp(bench_ddp(args.batch_per_rank)))
+    else:
+        print(format_table(bench_horovod_vs_ddp(args.batch_per_rank)))
 
 
 if __name__ == "__main__":
