@@ -313,6 +313,69 @@ def run(
     return supervise(commands, entry=entry, timeout=timeout, quiet=quiet, threads=threads, display=display)
 
 
+def _slots(hosts: str) -> int:
+    try:
+        return sum(int(part.rpartition(":")[2]) if ":" in part else 1 for part in hosts.split(","))
+    except ValueError as error:
+        raise ValueError(f"hosts must look like 'host1:4,host2:4', got {hosts!r}") from error
+
+
+def horovodrun_command(entry: str, nprocs: int, kwargs: dict[str, Any], hosts: str | None = None) -> list[str]:
+    """The ``horovodrun`` command for ``entry`` on ``nprocs`` processes over ``hosts`` (default: this machine)."""
+    hosts = hosts or f"localhost:{nprocs}"
+    return ["horovodrun", "-np", str(nprocs), "--gloo", "-H", hosts, "python", *worker_arguments(entry, kwargs)]
+
+
+def run_horovod(
+    entry: str,
+    nprocs: int = 2,
+    *,
+    framework: str = "torch",
+    hosts: str | None = None,
+    timeout: float = 300.0,
+    threads_per_rank: int | None = None,
+    quiet: bool = False,
+    **kwargs: Any,
+) -> list[Any]:
+    """Run ``entry`` on ``nprocs`` processes with ``horovodrun --gloo``; return each rank's result.
+
+    Checked before anything starts: Horovod is installed and built for ``framework`` ("torch" or
+    "tensorflow"), and ``nprocs`` does not exceed the slots in ``hosts``. Keras workers run Keras 2
+    (``TF_USE_LEGACY_KERAS=1``), which Horovod's Keras integration needs.
+    """
+    from dtutor.devices import horovod_frameworks
+
+    if not isinstance(nprocs, int) or nprocs < 1:
+        raise ValueError(f"nprocs must be a whole number >= 1, got {nprocs!r}")
+    if hosts is not None and _slots(hosts) < nprocs:
+        raise ValueError(f"-np {nprocs} is more than the {_slots(hosts)} slot(s) in -H {hosts}")
+    built = horovod_frameworks()
+    if built is None:
+        raise RuntimeError("Horovod is not installed here: run ./course setup (it builds Horovod from source)")
+    if framework not in built:
+        raise RuntimeError(f"this Horovod was built without {framework} (it has: {', '.join(built) or 'none'}); "
+                           "rebuild it with ./course setup")
+    command = horovodrun_command(entry, nprocs, kwargs, hosts)
+    horovodrun = str(Path(sys.executable).with_name("horovodrun"))
+    actual = [horovodrun, *command[1:7], sys.executable, *command[8:]]
+    threads = threads_per_rank or max(1, (os.cpu_count() or 1) // nprocs)
+    env = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return supervise([actual], entry=entry, timeout=timeout, quiet=quiet, threads=threads, envs=[env],
+                     display=shlex.join(command))
+
+
+def run_single(entry: str, *, timeout: float = 300.0, env: dict[str, str] | None = None, threads: int | None = None,
+               quiet: bool = True, **kwargs: Any) -> Any:
+    """Run ``entry`` in one fresh Python process (rank 0) and return its result.
+
+    For work that must not touch this process: a TensorFlow reference run needs its own Keras and device
+    configuration, which a process can set only once.
+    """
+    command = [sys.executable, *worker_arguments(entry, kwargs)]
+    return supervise([command], entry=entry, timeout=timeout, quiet=quiet, threads=threads or os.cpu_count() or 1,
+                     envs=[{"DTUTOR_RANK": "0", **(env or {})}], display=shlex.join(["python", *command[1:]]))[0]
+
+
 class _Prefixed(io.TextIOBase):
     """A text stream that prefixes every line and writes whole lines at once, so ranks don't interleave."""
 
@@ -340,10 +403,15 @@ RANK_VARIABLES = ("DTUTOR_RANK", "RANK", "HOROVOD_RANK", "OMPI_COMM_WORLD_RANK",
 
 
 def worker_rank() -> int:
-    """This worker's global rank, from whichever launcher started it (torchrun, horovodrun, mpirun, dtutor)."""
+    """This worker's global rank, from whichever launcher started it (torchrun, horovodrun, mpirun, dtutor),
+    or its task index in ``TF_CONFIG`` for a TensorFlow worker started by hand."""
     for name in RANK_VARIABLES:
         if name in os.environ:
             return int(os.environ[name])
+    if "TF_CONFIG" in os.environ:
+        import json
+
+        return int(json.loads(os.environ["TF_CONFIG"]).get("task", {}).get("index", 0))
     return 0
 
 
@@ -375,7 +443,9 @@ def _worker_main(argv: list[str]) -> None:
         (result_dir / f"rank{rank}.tmp").write_bytes(pickle.dumps(result))
         (result_dir / f"rank{rank}.tmp").rename(result_dir / f"rank{rank}.pkl")
     elif rank == 0:
-        print(f"result: {result!r}")
+        import reprlib
+
+        print(f"result: {reprlib.repr(result)}")  # shortened: results may hold whole weight tensors
 
 
 if __name__ == "__main__":

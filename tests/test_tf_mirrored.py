@@ -13,12 +13,16 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
+import time
+import uuid
 
 import numpy as np
 import psutil
 import pytest
 
 from dtutor import tf_mirrored, tf_worker
+from dtutor.launch import LaunchError
 
 
 def run_python(code: str, *args: str, timeout: float = 240) -> dict:
@@ -161,31 +165,66 @@ def test_launch_refuses_bad_input_before_starting_anything(kwargs, match):
 def test_two_workers_on_localhost_end_with_equal_weights_equal_to_one_device(proof, capsys):
     result = tf_worker.launch_workers(2, timeout=240)
     printed = capsys.readouterr().out
-    assert printed.count("TF_CONFIG=") == 2 and "python -m dtutor.tf_worker" in printed
+    assert printed.count("TF_CONFIG=") == 2
+    assert "python -m dtutor.launch dtutor.tf_worker:run_worker mode=fit" in printed
     assert result.replicas_in_sync == [2, 2]
     first, second = result.weights
     # the all-reduce hands every worker the same summed gradient: bit-identical weights
     assert all(np.array_equal(a, b) for a, b in zip(first, second, strict=True))
     assert tf_mirrored.max_abs_diff(first, proof["reference"]) <= tf_mirrored.TOLERANCE
     np.testing.assert_allclose(result.losses[0], proof["fit"]["single_device_losses"], rtol=1e-5)
-    assert not any(psutil.pid_exists(pid) for pid in result.pids)
+    assert psutil.Process().children(recursive=True) == []
+
+
+def tagged_processes(tag: str) -> list[psutil.Process]:
+    """Every live process on this machine with ``tag`` in its command line."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        if any(tag in part for part in process.info["cmdline"] or ()):
+            found.append(process)
+    return found
+
+
+def launch_and_watch(tag: str, **kwargs) -> tuple[BaseException | None, int]:
+    """Run ``launch_workers(tag=tag, ...)`` in a thread; return what it raised and the most tagged processes
+    seen alive at once while it ran (so that "none are left" afterwards is known to look at the right ones)."""
+    outcome: list[BaseException | None] = [None]
+
+    def target():
+        try:
+            tf_worker.launch_workers(2, tag=tag, verbose=False, **kwargs)
+        except BaseException as error:  # handed to the test
+            outcome[0] = error
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    most = 0
+    while thread.is_alive():
+        most = max(most, len(tagged_processes(tag)))
+        time.sleep(0.05)
+    thread.join()
+    return outcome[0], most
 
 
 def test_a_failing_worker_is_named_and_no_worker_survives():
-    with pytest.raises(tf_worker.WorkerError) as caught:
-        tf_worker.launch_workers(2, timeout=120, fault={1: "crash"}, verbose=False)
-    assert caught.value.rank == 1
-    assert "RuntimeError: worker 1 failed on purpose" in caught.value.remote_traceback
-    assert "worker 1 (task index 1) failed" in str(caught.value)
-    assert len(caught.value.pids) == 2 and not any(psutil.pid_exists(pid) for pid in caught.value.pids)
+    tag = f"crash{uuid.uuid4().hex}"
+    error, most = launch_and_watch(tag, timeout=120, fault={1: "crash"})
+    assert isinstance(error, LaunchError), error
+    assert error.rank == 1
+    assert "RuntimeError: worker 1 failed on purpose (injected fault)" in error.remote_traceback
+    assert "rank 1 of dtutor.tf_worker:run_worker failed" in str(error)
+    assert most >= 1  # the watch saw the workers' processes by their tag
+    assert tagged_processes(tag) == []
     assert psutil.Process().children(recursive=True) == []
 
 
 def test_a_timeout_ends_every_worker():
-    with pytest.raises(tf_worker.WorkerError, match="did not finish within 3 s") as caught:
-        tf_worker.launch_workers(2, timeout=3, fault={1: "hang"}, verbose=False)
-    assert caught.value.rank is None
-    assert len(caught.value.pids) == 2 and not any(psutil.pid_exists(pid) for pid in caught.value.pids)
+    tag = f"hang{uuid.uuid4().hex}"
+    error, most = launch_and_watch(tag, timeout=8, fault={1: "hang"})
+    assert isinstance(error, LaunchError), error
+    assert error.rank is None and "did not finish within 8 s" in str(error)
+    assert most == 2  # both workers were alive until the timeout
+    assert tagged_processes(tag) == []
     assert psutil.Process().children(recursive=True) == []
 
 
@@ -197,4 +236,5 @@ def test_the_printed_commands_are_a_complete_recipe():
         config = json.loads(line.split("'")[1])
         assert config == {"cluster": {"worker": ["127.0.0.1:1111", "127.0.0.1:2222"]},
                           "task": {"type": "worker", "index": index}}
-        assert "TF_USE_LEGACY_KERAS=1 python -m dtutor.tf_worker --out DIR" in line
+        assert line.endswith("TF_USE_LEGACY_KERAS=1 python -m dtutor.launch dtutor.tf_worker:run_worker "
+                             "mode=fit samples=256 global_batch=64 steps=4")
