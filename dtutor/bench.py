@@ -46,7 +46,7 @@ def hand_written_loop(model: torch.nn.Module, batches: list, optimizer: torch.op
         loss = torch.nn.functional.cross_entropy(model(inputs), targets)
         loss.backward()
         optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad()
 
 
 def loop_overhead(steps: int = 30, batch_size: int = 64, repeats: int = 5) -> dict[str, float]:

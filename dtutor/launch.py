@@ -357,7 +357,8 @@ def run_horovod(
                            "rebuild it with ./course setup")
     command = horovodrun_command(entry, nprocs, kwargs, hosts)
     horovodrun = str(Path(sys.executable).with_name("horovodrun"))
-    actual = [horovodrun, *command[1:7], sys.executable, *command[8:]]
+    python = command.index("python")
+    actual = [horovodrun, *command[1:python], sys.executable, *command[python + 1:]]
     threads = threads_per_rank or max(1, (os.cpu_count() or 1) // nprocs)
     env = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
     return supervise([actual], entry=entry, timeout=timeout, quiet=quiet, threads=threads, envs=[env],

@@ -118,7 +118,7 @@ def train(
                 correct = correct + (outputs.argmax(1) == targets).sum()
                 count += len(targets)
         optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad()  # set_to_none by default; Horovod's optimizer takes no arguments
         metrics.steps += 1
         step_loss = loss_sum.item() / count
         metrics.history.append(step_loss)
