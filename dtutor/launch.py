@@ -42,6 +42,8 @@ from typing import Any
 import psutil
 
 BACKENDS = ("auto", "gloo", "nccl", "mpi")
+# Start-up lines TensorFlow's C++ runtime prints before any log setting applies, in every TF process
+NOISE = ("All log messages before absl::InitializeLog() is called", "oneDNN custom operations are on")
 RESULT_DIR_ENV = "DTUTOR_RESULT_DIR"
 
 
@@ -252,7 +254,7 @@ def supervise(
             try:
                 line = lines.get(timeout=0.1)
                 tail = (tail + [line])[-40:]
-                if not quiet:
+                if not quiet and not any(noise in line for noise in NOISE):
                     print(line)
             except queue.Empty:
                 pass
