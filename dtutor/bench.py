@@ -63,7 +63,8 @@ def loop_overhead(steps: int = 10, batch_size: int = 64, rounds: int = 60) -> di
 
     Each round runs both loops right after each other, so both see the same state of the machine; the
     overhead is the median over rounds of (shared time / hand time) - 1, which cancels the slow drifts of a
-    shared machine that make single long runs differ by 10% or more.
+    shared machine that make single long runs differ by 10% or more. Times are this process's CPU time
+    (one thread), so time taken by other processes or by the virtual machine's host does not count.
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -78,9 +79,9 @@ def loop_overhead(steps: int = 10, batch_size: int = 64, rounds: int = 60) -> di
         times: dict[str, list[float]] = {name: [] for name in loops}
         for round_ in range(rounds + 1):
             for name in (("shared", "hand") if round_ % 2 else ("hand", "shared")):  # alternate who goes first
-                start = time.perf_counter()
+                start = time.process_time()  # CPU time: not the time the VM or other processes took from us
                 loops[name](setups[name], optimizers[name])
-                times[name].append(time.perf_counter() - start)
+                times[name].append(time.process_time() - start)
         ratios = sorted(s / h for s, h in zip(times["shared"][1:], times["hand"][1:], strict=True))  # 0: warm-up
         quartiles = statistics.quantiles(ratios, n=4)
         return {"shared_s": statistics.median(times["shared"][1:]), "hand_s": statistics.median(times["hand"][1:]),
