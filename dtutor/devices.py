@@ -245,13 +245,21 @@ def _torch_backends(n_gpus: int) -> dict[str, Backend]:
     return out
 
 
-def _horovod_backend() -> Backend:
-    """Horovod: which framework extensions were built (their files, as ``horovodrun --check-build``)."""
+def horovod_frameworks() -> list[str] | None:
+    """Frameworks Horovod was built for, from its compiled extensions (as ``horovodrun --check-build``);
+    None when Horovod is not installed. Does not import Horovod."""
     spec = importlib.util.find_spec("horovod")
     if spec is None or not spec.submodule_search_locations:
-        return Backend("horovod", False, "not installed: ./course setup builds it (scripts/build_horovod.sh)")
+        return None
     pkg = Path(next(iter(spec.submodule_search_locations)))
-    frameworks = [fw for fw in ("torch", "tensorflow", "mxnet") if any((pkg / fw).glob("mpi_lib*"))]
+    return [fw for fw in ("torch", "tensorflow", "mxnet") if any((pkg / fw).glob("mpi_lib*"))]
+
+
+def _horovod_backend() -> Backend:
+    """Horovod: which framework extensions were built, and what its torch extension was built with."""
+    frameworks = horovod_frameworks()
+    if frameworks is None:
+        return Backend("horovod", False, "not installed: ./course setup builds it (scripts/build_horovod.sh)")
     if not frameworks:
         return Backend("horovod", False, "installed, but built with no framework: rerun ./course setup")
     detail = "frameworks: " + ", ".join(frameworks)

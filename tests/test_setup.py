@@ -1,0 +1,81 @@
+"""The course's own promises about its setup: pins agree, JupyterLab starts, the code is lint-clean."""
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def course_script_pin(name: str) -> str:
+    return re.search(rf"^{name}=(\S+)$", (ROOT / "course").read_text(), re.M).group(1)
+
+
+def test_environment_yml_agrees_with_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    environment = yaml.safe_load((ROOT / "environment.yml").read_text())
+    conda = environment["dependencies"]
+    python = next(d for d in conda if isinstance(d, str) and d.startswith("python="))
+    pip = next(d["pip"] for d in conda if isinstance(d, dict))
+    assert project["requires-python"] == ">=3.11" and python == "python=3.11"
+    assert "-e .[course]" in pip
+    torch_pins = {d for d in project["dependencies"] if d.startswith("torch")}
+    assert torch_pins == {d for d in pip if d.startswith("torch")} == {f"torch=={course_script_pin('TORCH_VERSION')}"}
+
+
+def test_course_script_pins_agree_with_pyproject_extras():
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert f"deepspeed=={course_script_pin('DEEPSPEED_VERSION')}" in extras["deepspeed"]
+    assert f"horovod=={course_script_pin('HOROVOD_VERSION')}" in extras["horovod"]
+    assert any(d.startswith(f"tf-keras=={course_script_pin('TF_VERSION')}") for d in extras["tensorflow"])
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    assert "./course test" in readme and "./course lab" in readme
+    assert "exec ./course test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_course_lab_serves_the_notebooks():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    token = "dtutor-test"
+    lab = subprocess.Popen(
+        [str(ROOT / "course"), "lab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
+         f"--IdentityProvider.token={token}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        env={**os.environ, "JUPYTER_RUNTIME_DIR": str(ROOT / ".venv" / "jupyter-runtime-test")},
+    )
+    try:
+        deadline, listing = time.monotonic() + 300, None  # includes a setup re-run if pins changed
+        while time.monotonic() < deadline and listing is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/contents?token={token}", timeout=5) as r:
+                    listing = json.load(r)
+            except OSError:
+                assert lab.poll() is None, "JupyterLab exited early"
+                time.sleep(1)
+        assert listing is not None, "JupyterLab did not answer within 300 s"
+        names = {item["name"] for item in listing["content"]}
+        assert "00_gpu_detection.ipynb" in names and "02_distributed_data_parallel.ipynb" in names
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/lab?token={token}", timeout=10) as r:
+            assert r.status == 200
+    finally:
+        os.killpg(lab.pid, 15)
+        lab.wait(timeout=30)
+
+
+def test_ruff_is_clean():
+    result = subprocess.run([sys.executable, "-m", "ruff", "check", "dtutor", "tests"], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:]
