@@ -35,18 +35,19 @@ def throughput(run, nprocs: int, batch_per_rank: int = 256, samples: int = 1024,
     return sum(e["samples"] for e in timed) / sum(e["seconds"] for e in timed)
 
 
-def scaling(run, batch_per_rank: int = 256, repeats: int = 3) -> dict[str, float]:
-    """Best-of-``repeats`` samples/s on 1 and 2 ranks (runs alternate, so drifts hit both) and the efficiency.
+def scaling(run, batch_per_rank: int = 256, repeats: int = 5) -> dict[str, float]:
+    """Samples/s on 1 and 2 ranks and the scaling efficiency, from ``repeats`` back-to-back pairs of runs.
 
-    On a shared 2-core machine single runs vary by tens of percent; the best of a few is the stable figure.
+    On a shared 2-core virtual machine single runs vary by tens of percent (a lone process may also run at
+    a higher clock while the other core idles), so each 1-rank run is paired with the 2-rank run right after
+    it and the efficiency reported is the median over pairs; the rates are medians too.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
-    one = two = 0.0
-    for _ in range(repeats):
-        one = max(one, throughput(run, 1, batch_per_rank))
-        two = max(two, throughput(run, 2, batch_per_rank))
-    return {"samples_per_s_1": one, "samples_per_s_2": two, "efficiency": two / (2 * one)}
+    pairs = [(throughput(run, 1, batch_per_rank), throughput(run, 2, batch_per_rank)) for _ in range(repeats)]
+    return {"samples_per_s_1": statistics.median(one for one, _ in pairs),
+            "samples_per_s_2": statistics.median(two for _, two in pairs),
+            "efficiency": statistics.median(two / (2 * one) for one, two in pairs)}
 
 
 def hand_written_loop(model: torch.nn.Module, batches: list, optimizer: torch.optim.Optimizer) -> None:
@@ -91,7 +92,7 @@ def loop_overhead(steps: int = 10, batch_size: int = 64, rounds: int = 60) -> di
         torch.set_num_threads(threads)
 
 
-def bench_ddp(batch_per_rank: int = 256, repeats: int = 3, rounds: int = 60) -> dict[str, Any]:
+def bench_ddp(batch_per_rank: int = 256, repeats: int = 5, rounds: int = 60) -> dict[str, Any]:
     """Measure DDP scaling and loop overhead; return the numbers (``main`` prints them)."""
     return {**scaling(ddp.run, batch_per_rank, repeats), **loop_overhead(rounds=rounds)}
 
@@ -113,7 +114,7 @@ def format_ddp(result: dict[str, Any]) -> str:
     ])
 
 
-def bench_horovod_vs_ddp(batch_per_rank: int = 256, repeats: int = 3) -> list[dict[str, Any]]:
+def bench_horovod_vs_ddp(batch_per_rank: int = 256, repeats: int = 5) -> list[dict[str, Any]]:
     """Samples/s of Horovod (PyTorch) and DDP with 1 and 2 ranks, one thread each, in the same run."""
     return [{"method": name, **scaling(run, batch_per_rank, repeats)}
             for name, run in (("DDP", ddp.run), ("Horovod", horovod_torch.run))]
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m dtutor.bench", description=__doc__.splitlines()[0])
     parser.add_argument("what", choices=["ddp", "horovod"])
     parser.add_argument("--batch-per-rank", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=3, help="best of this many runs")
+    parser.add_argument("--repeats", type=int, default=5, help="pairs of 1-rank and 2-rank runs (median)")
     args = parser.parse_args(argv)
     if args.what == "ddp":
         print(format_ddp(bench_ddp(args.batch_per_rank, args.repeats)))
