@@ -121,9 +121,15 @@ def bench_horovod_vs_ddp(batch_per_rank: int = 256, repeats: int = 5) -> list[di
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    """A plain-text table of dicts with the same keys (floats to 3 significant digits)."""
+    """A plain-text table of dicts with the same keys (floats of 100 or more as whole numbers, else 3 digits)."""
+
+    def text(value) -> str:
+        if isinstance(value, float):
+            return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+        return str(value)
+
     keys = list(rows[0])
-    cells = [[f"{row[k]:.3g}" if isinstance(row[k], float) else str(row[k]) for k in keys] for row in rows]
+    cells = [[text(row[k]) for k in keys] for row in rows]
     widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
     lines = ["  ".join(k.rjust(w) for k, w in zip(keys, widths, strict=True))]
     lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in cells]

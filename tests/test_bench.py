@@ -15,7 +15,7 @@ def test_ddp_table_reports_targets_met_or_missed():
 def test_plain_table():
     table = bench.format_table([{"method": "DDP", "samples_per_s_1": 1234.5}, {"method": "Horovod",
                                                                                "samples_per_s_1": 99.0}])
-    assert table.splitlines() == [" method  samples_per_s_1", "    DDP         1.23e+03", "Horovod               99"]
+    assert table.splitlines() == [" method  samples_per_s_1", "    DDP            1,234", "Horovod               99"]
 
 
 def test_hand_written_loop_trains():
