@@ -33,7 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from dtutor import data, launch, models
-from dtutor.train import Metrics, seed_everything
+from dtutor.train import Metrics, record_epoch, seed_everything
 from dtutor.train import train as train_loop
 
 MODELS = {"cnn": models.mnist_cnn, "mlp": models.wide_mlp}
@@ -142,9 +142,7 @@ def train(
             slowest = torch.tensor([metrics.seconds], dtype=torch.float64, device=device)
             dist.all_reduce(slowest, op=dist.ReduceOp.MAX)  # throughput is set by the slowest rank
             metrics.seconds = slowest.item()
-            history.append({"epoch": epoch, **metrics.as_dict()})
-            log(f"epoch {epoch}: loss {metrics.loss:.4f}, accuracy {metrics.accuracy:.3f}, "
-                f"{metrics.samples_per_second:.0f} samples/s over {world} rank(s)")
+            record_epoch(history, epoch, metrics, world, log)
             if checkpoint and rank == 0:
                 state = {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
                          "rng": _rng_state()}

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from dtutor import data, launch
 from dtutor.ddp import check_config, make_model, make_optimizer
-from dtutor.train import seed_everything
+from dtutor.train import record_epoch, seed_everything
 from dtutor.train import train as train_loop
 
 
@@ -75,9 +75,7 @@ def train(
                              progress=f"epoch {epoch}" if rank == 0 else False)
         slowest = hvd.allreduce(torch.tensor([metrics.seconds]), op=hvd.Max, name="seconds")
         metrics.seconds = slowest.item()
-        history.append({"epoch": epoch, **metrics.as_dict()})
-        log(f"epoch {epoch}: loss {metrics.loss:.4f}, accuracy {metrics.accuracy:.3f}, "
-            f"{metrics.samples_per_second:.0f} samples/s over {size} rank(s)")
+        record_epoch(history, epoch, metrics, size, log)
         if checkpoint and rank == 0:
             torch.save({"model": net.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch},
                        checkpoint + ".tmp")

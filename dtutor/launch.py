@@ -159,18 +159,21 @@ def show_commands(entry: str, nprocs: int = 2, **kwargs: Any) -> str:
     )
 
 
+def _check_count(name: str, value: int) -> None:
+    if not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+
+
 def _prepare(entry: str, nprocs: int, nnodes: int, backend: str, kwargs: dict[str, Any]) -> dict[str, Any]:
-    if not isinstance(nprocs, int) or nprocs < 1:
-        raise ValueError(f"nprocs must be a whole number >= 1, got {nprocs!r}")
-    if not isinstance(nnodes, int) or nnodes < 1:
-        raise ValueError(f"nnodes must be a whole number >= 1, got {nnodes!r}")
+    """Check the counts and fill in the backend; the arguments are validated when the command is built."""
+    _check_count("nprocs", nprocs)
+    _check_count("nnodes", nnodes)
     function = _resolve(entry)
     kwargs = dict(kwargs)
     if "backend" in inspect.signature(function).parameters and "backend" not in kwargs:
         kwargs["backend"] = choose_backend(backend, nprocs)
     elif "backend" in kwargs:
         kwargs["backend"] = choose_backend(kwargs["backend"], nprocs)
-    worker_arguments(entry, kwargs)  # validates the arguments before anything starts
     return kwargs
 
 
@@ -347,8 +350,7 @@ def run_horovod(
     """
     from dtutor.devices import horovod_frameworks
 
-    if not isinstance(nprocs, int) or nprocs < 1:
-        raise ValueError(f"nprocs must be a whole number >= 1, got {nprocs!r}")
+    _check_count("nprocs", nprocs)
     if hosts is not None and _slots(hosts) < nprocs:
         raise ValueError(f"-np {nprocs} is more than the {_slots(hosts)} slot(s) in -H {hosts}")
     built = horovod_frameworks()

@@ -140,6 +140,13 @@ def train(
     return metrics
 
 
+def record_epoch(history: list[dict], epoch: int, metrics: Metrics, world_size: int, log: Callable = print) -> None:
+    """Append an epoch's metrics to ``history`` and log one line (strategies pass a rank-0-only ``log``)."""
+    history.append({"epoch": epoch, **metrics.as_dict()})
+    log(f"epoch {epoch}: loss {metrics.loss:.4f}, accuracy {metrics.accuracy:.3f}, "
+        f"{metrics.samples_per_second:.0f} samples/s over {world_size} rank(s)")
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable, device: torch.device | str | None = None) -> tuple[float, float]:
     """Mean cross-entropy loss and accuracy of ``model`` on ``batches``."""

@@ -88,3 +88,11 @@ def test_evaluate():
     model = models.seeded(models.mnist_cnn, 0)
     loss, accuracy = train.evaluate(model, batches(2, 8))
     assert loss > 0 and 0 <= accuracy <= 1 and model.training
+
+
+def test_record_epoch_appends_and_logs_one_line():
+    history, lines = [], []
+    metrics = train.Metrics(steps=2, samples=64, loss=1.23456, accuracy=0.5, seconds=0.5)
+    train.record_epoch(history, 3, metrics, 2, lines.append)
+    assert history == [{"epoch": 3, **metrics.as_dict()}]
+    assert lines == ["epoch 3: loss 1.2346, accuracy 0.500, 128 samples/s over 2 rank(s)"]
