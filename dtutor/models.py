@@ -77,6 +77,16 @@ def wide_mlp(width: int = 1024, depth: int = 4, in_features: int = 28 * 28, clas
     return nn.Sequential(*layers)
 
 
+MODELS = {"cnn": mnist_cnn, "mlp": wide_mlp}  # the names a TrainConfig may give as ``model``
+
+
+def by_name(name: str):
+    """The PyTorch model factory called ``name`` in ``MODELS``."""
+    if name not in MODELS:
+        raise ValueError(f"model: must be one of {', '.join(MODELS)}, got {name!r}")
+    return MODELS[name]
+
+
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters of a PyTorch model."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

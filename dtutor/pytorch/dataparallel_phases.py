@@ -1,4 +1,4 @@
-"""``torch.nn.DataParallel`` (notebook 01): one process drives every GPU, and the first GPU pays for it.
+"""Inside ``nn.DataParallel`` (notebook 01): its four phases by hand, its equivalence, its memory imbalance.
 
 Each forward of ``nn.DataParallel(model)`` on N GPUs:
 1. **scatter** the batch along dimension 0 into N chunks, one per GPU;
@@ -11,25 +11,19 @@ the loss, every gradient and the optimizer state on top of its share of the work
 higher than the others', and a single process with Python threads feeds all GPUs. That is why PyTorch
 recommends DistributedDataParallel (notebook 02) even on one machine.
 
-On a machine without GPUs, ``DataParallel`` has no devices to spread over and simply calls the module.
+Training under DataParallel is the ``dataparallel`` strategy (``dtutor.pytorch.dataparallel``).
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.parallel import gather, parallel_apply, replicate, scatter
 
-from dtutor import data, models
-from dtutor.train import seed_everything
-from dtutor.train import train as train_loop
-
-
-def gpu_ids() -> list[int]:
-    """Indices of the visible CUDA GPUs (empty without CUDA)."""
-    return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+from dtutor import models
+from dtutor.config import TrainConfig
+from dtutor.pytorch.dataparallel import gpu_ids
+from dtutor.pytorch.strategy import Strategy
 
 
 def wrap(model: nn.Module, device_ids: list[int] | None = None) -> nn.DataParallel:
@@ -48,20 +42,6 @@ def describe(wrapped: nn.DataParallel) -> str:
         return f"one GPU (cuda:{wrapped.device_ids[0]}): DataParallel calls the module directly on it"
     return (f"{len(wrapped.device_ids)} GPUs {wrapped.device_ids}: scatter the batch, replicate the module, "
             f"run replicas in threads, gather outputs on cuda:{wrapped.output_device}")
-
-
-def train(steps: int = 20, batch_size: int = 64, lr: float = 0.05, seed: int = 0,
-          device_ids: list[int] | None = None, progress: bool | str = True) -> dict[str, Any]:
-    """Train the seed's MNIST CNN under DataParallel with the shared loop; return its metrics."""
-    seed_everything(seed)
-    model = wrap(models.seeded(models.mnist_cnn, seed), device_ids)
-    dataset = data.torch_dataset(data.load_mnist("train", limit=steps * batch_size, verbose=False))
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True,
-                                         generator=torch.Generator().manual_seed(seed))
-    device = f"cuda:{model.device_ids[0]}" if model.device_ids else None
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-    metrics = train_loop(model, loader, optimizer, device=device, progress=progress)
-    return {"description": describe(model), **metrics.as_dict()}
 
 
 def compare_with_plain_module(batch_size: int = 32, seed: int = 0,
@@ -116,7 +96,10 @@ def peak_memory_per_gpu(width: int = 4096, depth: int = 8, batch_size: int = 204
     generator = torch.Generator().manual_seed(0)
     batches = [(torch.randn(batch_size, 784, generator=generator), torch.randint(0, 10, (batch_size,)))
                for _ in range(steps)]
-    train_loop(model, batches, optimizer, device=f"cuda:{ids[0]}", progress=False)
+    step = Strategy(TrainConfig(strategy="dataparallel")).train_step  # forward, backward, optimizer step
+    for inputs, targets in batches:
+        step(model, optimizer, [(inputs.to(f"cuda:{ids[0]}"), targets.to(f"cuda:{ids[0]}"))],
+             nn.functional.cross_entropy)
     for i in ids:
         torch.cuda.synchronize(i)
     peaks = [torch.cuda.max_memory_allocated(i) for i in ids]

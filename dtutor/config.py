@@ -1,0 +1,147 @@
+"""One training configuration for every strategy, PyTorch and TensorFlow, validated before any process starts.
+
+``TrainConfig(**fields)`` checks every field's type and range when it is created; ``check_world`` checks the
+batch arithmetic for a world size. Both raise ``ConfigError`` (a ``ValueError``) whose message starts with the
+field's name, so a bad value is refused in the caller's process, never inside a worker. This module imports
+neither torch nor TensorFlow: the TensorFlow workers use the same rules.
+
+The batch arithmetic, the same for every strategy:
+
+    global_batch = micro-batch per rank x accumulation x data-parallel ranks
+    an epoch     = samples // global_batch optimizer steps (the remainder of the samples is not used)
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from dtutor.models import MODELS
+from dtutor.strategies import STRATEGIES
+
+MODEL_NAMES = tuple(MODELS)  # PyTorch has every model; Keras the CNN only
+BACKENDS = ("auto", "gloo", "nccl", "mpi")
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message starts with the field's name."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run needs to know, the same for every strategy (see the module docstring)."""
+
+    strategy: str = "ddp"  # a name in dtutor.strategies.STRATEGIES
+    model: str = "cnn"  # a name in MODEL_NAMES (ignored when your own model is passed to fit)
+    global_batch: int = 64  # samples per optimizer step, over all ranks
+    accumulation: int = 1  # micro-batches per optimizer step on each rank
+    samples: int = 1024  # training samples per epoch (the first ones of the training split)
+    epochs: int = 1
+    lr: float = 0.05  # the learning rate of the global batch: the same for every strategy and world size
+    momentum: float = 0.9  # SGD momentum (0 for plain SGD)
+    seed: int = 0
+    backend: str = "auto"  # torch.distributed backend: auto = nccl with a GPU per rank, else gloo
+    test_samples: int = 512  # test images evaluated after the last epoch (0: none; at most the split's size)
+    checkpoint: str | None = None  # a file rank 0 writes after every epoch and every rank resumes from
+    stop_after_epochs: int | None = None  # end early, as an interruption would (then resume from checkpoint)
+    return_parameters: bool = True  # put the full (gathered) parameters in the result
+
+    def __post_init__(self) -> None:
+        for spec in fields(self):
+            _check_field(spec.name, getattr(self, spec.name))
+        info = STRATEGIES[self.strategy]
+        if info.framework == "tensorflow":
+            if self.model != "cnn":
+                raise ConfigError(f"model: {self.strategy!r} trains the Keras CNN only; use model='cnn'")
+            if self.accumulation != 1:
+                raise ConfigError(f"accumulation: {self.strategy!r} does not accumulate; use accumulation=1")
+
+    @classmethod
+    def from_kwargs(cls, **values: Any) -> TrainConfig:
+        """A config from keyword arguments; an unknown name is refused with the closest field's name."""
+        names = [spec.name for spec in fields(cls)]
+        for key in values:
+            if key not in names:
+                close = difflib.get_close_matches(key, names, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else f"; the fields are {', '.join(names)}"
+                raise ConfigError(f"{key}: not a TrainConfig field{hint}")
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with ``changes`` applied (validated again)."""
+        return TrainConfig.from_kwargs(**{**asdict(self), **changes})
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields as a plain dict (Python literals only: they travel on a command line)."""
+        return asdict(self)
+
+    def micro_batch(self, data_ranks: int) -> int:
+        """Samples per micro-batch on each of ``data_ranks`` data-parallel ranks (after ``check_world``)."""
+        return self.global_batch // (data_ranks * self.accumulation)
+
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps in one epoch: whole global batches only."""
+        return self.samples // self.global_batch
+
+    def used_samples(self) -> int:
+        """Samples an epoch trains on: ``steps_per_epoch() * global_batch``."""
+        return self.steps_per_epoch() * self.global_batch
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+def _need(ok: bool, name: str, value: Any, what: str) -> None:
+    if not ok:
+        raise ConfigError(f"{name}: must be {what}, got {value!r}")
+
+
+def _check_field(name: str, value: Any) -> None:
+    """The rule for one field: its type, then its range (each error names the field)."""
+    if name == "strategy":
+        _need(value in STRATEGIES, name, value, f"one of {', '.join(STRATEGIES)}")
+    elif name == "model":
+        _need(value in MODEL_NAMES, name, value, f"one of {', '.join(MODEL_NAMES)}")
+    elif name == "backend":
+        _need(value in BACKENDS, name, value, f"one of {', '.join(BACKENDS)}")
+    elif name in ("global_batch", "accumulation", "samples", "epochs"):
+        _need(_is_int(value) and value >= 1, name, value, "a whole number >= 1")
+    elif name in ("seed", "test_samples"):
+        _need(_is_int(value) and value >= 0, name, value, "a whole number >= 0")
+    elif name == "lr":
+        _need(_is_number(value) and value > 0, name, value, "a number > 0")
+    elif name == "momentum":
+        _need(_is_number(value) and 0 <= value < 1, name, value, "a number in [0, 1)")
+    elif name == "checkpoint":
+        _need(value is None or (isinstance(value, str) and value != ""), name, value, "None or a file path")
+    elif name == "stop_after_epochs":
+        _need(value is None or (_is_int(value) and value >= 1), name, value, "None or a whole number >= 1")
+    elif name == "return_parameters":
+        _need(isinstance(value, bool), name, value, "True or False")
+    else:  # a new field must get a rule here
+        raise AssertionError(f"no validation rule for TrainConfig.{name}")
+
+
+def check_world(config: TrainConfig, world_size: int, data_ranks: int | None = None) -> int:
+    """Check the batch arithmetic for ``world_size`` ranks; return the micro-batch per rank.
+
+    ``data_ranks`` is how many ranks split the data (all of them for data parallelism, the default).
+    Every rank must get the same whole micro-batch, and an epoch must hold at least one optimizer step.
+    """
+    _need(_is_int(world_size) and world_size >= 1, "world size", world_size, "a whole number >= 1")
+    data_ranks = world_size if data_ranks is None else data_ranks
+    if config.global_batch % (data_ranks * config.accumulation):
+        raise ConfigError(
+            f"global_batch: {config.global_batch} must be a multiple of data-parallel ranks x accumulation = "
+            f"{data_ranks} x {config.accumulation}, so every rank gets the same micro-batch"
+        )
+    if config.samples < config.global_batch:
+        raise ConfigError(f"samples: {config.samples} cannot fill one global batch of {config.global_batch}")
+    return config.micro_batch(data_ranks)

@@ -1,0 +1,230 @@
+"""The one PyTorch training driver: every strategy, the course's models and data or your own.
+
+``fit(config)`` does, the same way for every strategy: join (the strategy), check the batch arithmetic,
+seed, load and shard the data, build the model and optimizer, wrap them (the strategy), resume from a
+checkpoint, train the epochs (each optimizer step is the strategy's ``train_step``), keep the metrics on
+the device (one all-reduce per epoch, no host sync per step), time each epoch by the slowest rank, log and
+show progress on rank 0, save checkpoints, evaluate on the test split, and return one ``RunResult``.
+
+Launch recipes (``train`` is the entry point; its arguments are ``TrainConfig`` fields)::
+
+    # from Python or a notebook: validated here, then started with the strategy's own launcher
+    dtutor.launch.train(2, strategy="ddp", global_batch=64, epochs=1)
+    # one machine, 2 processes (--nproc-per-node=<number of GPUs> on a GPU machine)
+    torchrun --standalone --nproc-per-node=2 -m dtutor.launch dtutor.pytorch.driver:train strategy=ddp
+    # two machines, 4 GPUs each: run on both; HOST = the first machine's address
+    torchrun --nnodes=2 --nproc-per-node=4 --rdzv-backend=c10d --rdzv-endpoint=HOST:29400 --rdzv-id=job1 \\
+        -m dtutor.launch dtutor.pytorch.driver:train strategy=ddp backend=nccl global_batch=256
+    # Horovod
+    horovodrun -np 2 --gloo -H localhost:2 python -m dtutor.launch dtutor.pytorch.driver:train strategy=horovod
+
+Your own model, data and loss, in your own entry point (``mypkg/train.py``)::
+
+    from dtutor import TrainConfig
+    from dtutor.pytorch import fit
+
+    def main(strategy: str = "ddp", epochs: int = 2) -> RunResult:
+        config = TrainConfig(strategy=strategy, epochs=epochs, global_batch=64, samples=len(my_dataset))
+        return fit(config, model=MyNet, train_data=my_dataset, test_data=my_test_set, loss_fn=my_loss)
+
+    # torchrun --standalone --nproc-per-node=2 -m dtutor.launch mypkg.train:main strategy=ddp
+"""
+
+from __future__ import annotations
+
+import random
+import resource
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+
+from dtutor import data, models, strategies
+from dtutor.config import ConfigError, TrainConfig, check_world
+from dtutor.pytorch.strategy import LossFn, Strategy
+from dtutor.result import EpochStats, RunResult
+
+ModelSpec = nn.Module | Callable[[], nn.Module] | None
+TEST_BATCH = 256
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and PyTorch (CPU and every GPU) so runs repeat exactly."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def sgd(parameters: Iterable[torch.nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
+    """The course's optimizer: SGD with the config's learning rate and momentum (it has state to checkpoint)."""
+    return torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum)
+
+
+def build_model(model: ModelSpec, config: TrainConfig) -> nn.Module:
+    """``model`` if it is a module, else built right after seeding: the course's model by name by default."""
+    if isinstance(model, nn.Module):
+        return model
+    return models.seeded(model or models.by_name(config.model), config.seed)
+
+
+def fit(
+    config: TrainConfig,
+    *,
+    model: ModelSpec = None,
+    train_data: Dataset | None = None,
+    test_data: Dataset | None = None,
+    loss_fn: LossFn = nn.functional.cross_entropy,
+    optimizer: Callable[[Iterable[torch.nn.Parameter], TrainConfig], Any] = sgd,
+    strategy: Strategy | None = None,
+) -> RunResult:
+    """Train under ``config`` (or ``strategy``, an instance) on this rank; return this rank's ``RunResult``.
+
+    ``model``: a module, or a factory called after seeding (default: ``config.model``). ``train_data`` and
+    ``test_data``: datasets of ``(input, target)`` (default: MNIST; with your own ``train_data`` and no
+    ``test_data`` nothing is evaluated). ``loss_fn(outputs, targets)`` returns the batch's mean loss.
+    """
+    strategy = strategy or strategies.load(config.strategy)(config)
+    strategy.join()
+    try:
+        return _run(config, strategy, model, train_data, test_data, loss_fn, optimizer)
+    finally:
+        strategy.teardown()
+
+
+def _run(config: TrainConfig, strategy: Strategy, model: ModelSpec, train_data: Dataset | None,
+         test_data: Dataset | None, loss_fn: LossFn, optimizer_factory: Callable) -> RunResult:
+    micro_batch = check_world(config, strategy.world_size, strategy.data_ranks)
+    log = print if strategy.is_logger else (lambda *args, **kwargs: None)
+    seed_everything(config.seed)
+    if train_data is None:
+        train_data = data.torch_dataset(data.load_mnist("train", limit=config.samples, verbose=strategy.is_logger))
+        test_data = _mnist_test(config)
+    loader, sampler = _training_loader(config, strategy, train_data, micro_batch)
+    net = build_model(model, config).to(strategy.device)
+    wrapped, optimizer = strategy.wrap(net, optimizer_factory(net.parameters(), config))
+    first_epoch = 0
+    if config.checkpoint:
+        resumed = strategy.load_checkpoint(config.checkpoint, wrapped, optimizer)
+        if resumed is not None:
+            first_epoch = resumed + 1
+            log(f"resumed from {config.checkpoint.rsplit('/', 1)[-1]} after epoch {resumed}")
+    result = RunResult(strategy.rank, strategy.world_size, config.as_dict(),
+                       details={"micro_batch": micro_batch, "device": str(strategy.device),
+                                "steps_per_epoch": config.steps_per_epoch()})
+    last_epoch = min(config.epochs, config.stop_after_epochs or config.epochs)
+    for epoch in range(first_epoch, last_epoch):
+        sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every rank
+        stats, step_losses = _train_epoch(config, strategy, wrapped, optimizer, loader, loss_fn, epoch)
+        result.epochs.append(stats)
+        result.step_losses += step_losses
+        log(f"epoch {epoch}: loss {stats.loss:.4f}, accuracy {stats.accuracy:.3f}, "
+            f"{stats.samples_per_second:,.0f} samples/s over {strategy.world_size} rank(s)")
+        if config.checkpoint:
+            strategy.save_checkpoint(config.checkpoint, wrapped, optimizer, epoch)
+    result.seconds = sum(e.seconds for e in result.epochs)
+    if test_data is not None and len(test_data):
+        result.test_loss, result.test_accuracy = _evaluate(strategy, wrapped, test_data, loss_fn)
+        log(f"test accuracy {result.test_accuracy:.3f} on {len(test_data)} images")
+    result.peak_memory_bytes, result.peak_memory_kind = peak_memory(strategy.device)
+    state = strategy.full_state_dict(wrapped)  # every rank takes part: gathering may be collective
+    if config.return_parameters:
+        result.parameters = {k: _numpy(v) for k, v in state.items()}
+    return result
+
+
+def _mnist_test(config: TrainConfig) -> Dataset | None:
+    if config.test_samples == 0:
+        return None
+    test = data.load_mnist("test", verbose=False)
+    return Subset(data.torch_dataset(test), range(min(config.test_samples, len(test))))
+
+
+def _training_loader(config: TrainConfig, strategy: Strategy, dataset: Dataset,
+                     micro_batch: int) -> tuple[DataLoader, DistributedSampler]:
+    """This rank's shard of the first ``used_samples`` samples, reshuffled each epoch the same way everywhere.
+
+    ``DistributedSampler`` shuffles the indices with ``seed + epoch`` and gives rank r every N-th one from
+    r, so one step of all N ranks sees exactly the samples one device would see with the global batch.
+    """
+    if len(dataset) < config.samples:
+        raise ConfigError(f"samples: {config.samples} asked for, but the training data has {len(dataset)}")
+    used = Subset(dataset, range(config.used_samples()))
+    sampler = DistributedSampler(used, num_replicas=strategy.data_ranks, rank=strategy.data_rank, shuffle=True,
+                                 seed=config.seed)
+    return DataLoader(used, batch_size=micro_batch, sampler=sampler), sampler
+
+
+def _groups(batches: Iterable, size: int) -> Iterator[list]:
+    group: list = []
+    for batch in batches:
+        group.append(batch)
+        if len(group) == size:
+            yield group
+            group = []
+
+
+def _on(device: torch.device, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    return tuple(t.to(device, non_blocking=True) for t in batch)
+
+
+def _train_epoch(config: TrainConfig, strategy: Strategy, model: nn.Module, optimizer: Any, loader: DataLoader,
+                 loss_fn: LossFn, epoch: int) -> tuple[EpochStats, list[float]]:
+    """One epoch; the metrics stay on the device until one all-reduce at the end (no host sync per step)."""
+    model.train()
+    progress = _progress_bar(config.steps_per_epoch(), f"epoch {epoch}") if strategy.is_logger else None
+    rows = []  # per step: loss sum, correct, count on this rank
+    start = time.perf_counter()
+    for group in _groups(loader, config.accumulation):
+        micro_batches = [_on(strategy.device, batch) for batch in group]
+        rows.append(strategy.train_step(model, optimizer, micro_batches, loss_fn).stacked())
+        if progress is not None:
+            progress.update(1)
+    if strategy.device.type == "cuda":
+        torch.cuda.synchronize(strategy.device)
+    seconds = time.perf_counter() - start
+    if progress is not None:
+        progress.close()
+    table = strategy.reduce(torch.stack(rows)).cpu()  # summed over ranks: one all-reduce per epoch
+    slowest = strategy.reduce(torch.tensor([seconds], dtype=torch.float64, device=strategy.device), "max")
+    loss_sum, correct, count = table.sum(0).tolist()
+    stats = EpochStats(epoch, len(rows), int(count), loss_sum / count, correct / count, slowest.item())
+    return stats, (table[:, 0] / table[:, 2]).tolist()
+
+
+def _progress_bar(total: int, label: str):
+    from tqdm.auto import tqdm  # TQDM_DISABLE=1 turns it off (the launcher sets it in workers)
+
+    return tqdm(total=total, desc=label, unit="step", leave=False)
+
+
+def _evaluate(strategy: Strategy, model: nn.Module, test_data: Dataset, loss_fn: LossFn) -> tuple[float, float]:
+    """Mean loss and accuracy on ``test_data``, each data rank evaluating its interleaved share."""
+    share = Subset(test_data, data.shard_indices(len(test_data), strategy.data_ranks, strategy.data_rank).tolist())
+    model.eval()
+    totals = torch.zeros(3, dtype=torch.float64, device=strategy.device)
+    for batch in DataLoader(share, batch_size=TEST_BATCH):
+        totals += strategy.eval_step(model, _on(strategy.device, batch), loss_fn).stacked()
+    model.train()
+    loss_sum, correct, count = strategy.reduce(totals).tolist()
+    return loss_sum / count, correct / count
+
+
+def peak_memory(device: torch.device) -> tuple[int, str]:
+    """Peak memory of this rank: CUDA's max allocated on a GPU, else the process's peak resident set."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device), "cuda max allocated"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process peak RSS"
+
+
+def _numpy(tensor: torch.Tensor) -> np.ndarray:
+    tensor = tensor.detach().cpu()
+    return (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy().copy()
+
+
+def train(**fields: Any) -> RunResult:
+    """Launcher entry point: ``TrainConfig`` fields as keyword arguments (recipes in the module docstring)."""
+    return fit(TrainConfig.from_kwargs(**fields))

@@ -1,0 +1,76 @@
+"""The driver on one device, in this process: it trains exactly like a hand-written loop, and owns the rest."""
+
+import own_code
+import pytest
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+
+from dtutor import TrainConfig, data, max_difference, models
+from dtutor.config import ConfigError
+from dtutor.pytorch import fit
+from dtutor.pytorch.driver import seed_everything
+
+SMALL = {"strategy": "single", "global_batch": 32, "samples": 128, "epochs": 2, "test_samples": 64}
+
+
+@pytest.fixture(scope="module")
+def single():
+    return fit(TrainConfig(**SMALL))
+
+
+def hand_written(config: TrainConfig) -> dict[str, torch.Tensor]:
+    """The plainest loop over the same samples in the same order: what the driver must equal bitwise."""
+    seed_everything(config.seed)
+    dataset = Subset(data.torch_dataset(data.load_mnist("train", limit=config.samples, verbose=False)),
+                     range(config.used_samples()))
+    sampler = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=config.seed)
+    model = models.seeded(models.mnist_cnn, config.seed)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
+    for epoch in range(config.epochs):
+        sampler.set_epoch(epoch)
+        for inputs, targets in DataLoader(dataset, batch_size=config.global_batch, sampler=sampler):
+            torch.nn.functional.cross_entropy(model(inputs), targets).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    return model.state_dict()
+
+
+def test_the_driver_equals_a_hand_written_loop_bitwise(single):
+    assert max_difference(single, hand_written(TrainConfig(**SMALL))) == 0.0
+    assert max_difference(single, models.seeded(models.mnist_cnn, 0).state_dict()) > 1e-3  # it did train
+
+
+def test_metrics_are_per_epoch_global_and_consistent(single):
+    assert [e.epoch for e in single.epochs] == [0, 1] and all(e.steps == 4 and e.samples == 128 for e in single.epochs)
+    assert len(single.step_losses) == 8
+    assert single.epochs[1].loss == pytest.approx(sum(single.step_losses[4:]) / 4, rel=1e-9)
+    assert 0.0 <= single.epochs[0].accuracy <= 1.0 and single.epochs[0].samples_per_second > 0
+    assert 0.0 <= single.test_accuracy <= 1.0 and single.test_loss > 0
+    assert single.rank == 0 and single.world_size == 1 and single.config == TrainConfig(**SMALL).as_dict()
+    assert single.peak_memory_kind == "process peak RSS" and single.peak_memory_bytes > 50 * 2**20
+
+
+def test_accumulating_two_micro_batches_equals_the_whole_batch(single):
+    accumulated = fit(TrainConfig(**SMALL, accumulation=2))
+    assert accumulated.details["micro_batch"] == 16
+    assert max_difference(accumulated, single) < 1e-5
+    assert accumulated.step_losses == pytest.approx(single.step_losses, rel=1e-5)
+
+
+def test_stop_and_resume_is_bitwise_equal_to_an_unbroken_run(tmp_path, single):
+    checkpoint = str(tmp_path / "single.pt")
+    first = fit(TrainConfig(**SMALL, checkpoint=checkpoint, stop_after_epochs=1))
+    resumed = fit(TrainConfig(**SMALL, checkpoint=checkpoint))
+    assert [e.epoch for e in first.epochs] == [0] and [e.epoch for e in resumed.epochs] == [1]
+    assert max_difference(resumed, single) == 0.0
+
+
+def test_a_learners_own_model_data_and_loss_go_through_the_same_driver():
+    result = own_code.main(strategy="single", epochs=3)
+    assert set(result.parameters) == {"layers.0.weight", "layers.0.bias", "layers.2.weight", "layers.2.bias"}
+    assert result.epochs[-1].loss < result.epochs[0].loss and result.test_accuracy > 0.9
+
+
+def test_too_few_samples_in_the_data_is_named():
+    with pytest.raises(ConfigError, match="samples: 4000 asked for, but the training data has 192"):
+        fit(TrainConfig(strategy="single", samples=4000), train_data=own_code.blobs())

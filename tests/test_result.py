@@ -1,0 +1,38 @@
+import numpy as np
+import pytest
+import torch
+
+from dtutor.result import EpochStats, RunResult, as_arrays, identical, max_difference
+
+
+def result(parameters=None) -> RunResult:
+    return RunResult(0, 2, {"strategy": "ddp"}, epochs=[EpochStats(0, 4, 256, 1.5, 0.25, 0.5)],
+                     test_accuracy=0.9, parameters=parameters)
+
+
+def test_one_comparison_for_tensors_arrays_lists_and_results():
+    torch_params = {"w": torch.tensor([1.0, 2.0]), "b": torch.tensor([0.5], dtype=torch.bfloat16)}
+    numpy_params = {"w": np.array([1.0, 2.5], dtype=np.float32), "b": np.array([0.5])}
+    assert max_difference(torch_params, numpy_params) == 0.5
+    assert max_difference(result(numpy_params), numpy_params) == 0.0 and identical(result(numpy_params), numpy_params)
+    assert max_difference([np.ones(2), np.zeros(1)], [np.ones(2), np.full(1, 0.25)]) == 0.25
+
+
+@pytest.mark.parametrize(("other", "message"), [({"w": np.ones(2)}, "different names"),
+                                               ({"w": np.ones(3), "b": np.ones(1)}, "has shape")])
+def test_mismatched_sets_are_refused(other, message):
+    with pytest.raises(ValueError, match=message):
+        max_difference({"w": np.ones(2), "b": np.ones(1)}, other)
+
+
+def test_a_result_without_parameters_says_so():
+    with pytest.raises(ValueError, match="holds no parameters"):
+        as_arrays(result())
+
+
+def test_summary_and_dict_are_short_and_computed_from_the_numbers():
+    run = result({"w": np.ones(3)})
+    assert run.epochs[0].samples_per_second == 512.0
+    assert run.summary() == "ddp on 2 rank(s); epoch 0: loss 1.5000, accuracy 0.250, 512 samples/s; test accuracy 0.900"
+    assert repr(run).startswith("RunResult(rank=0, ddp") and "array" not in repr(run)
+    assert run.as_dict()["parameters"] is None and run.as_dict(parameters=True)["parameters"] == {"w": [1.0] * 3}
