@@ -1,0 +1,99 @@
+"""DDP on 2 gloo ranks, launched through torchrun, proven equal to one device (fp32, max |diff| < 1e-5)."""
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from dtutor import launch, max_difference, models
+from dtutor.config import ConfigError
+from dtutor.result import identical
+
+SETUP = {"global_batch": 64, "samples": 256, "epochs": 1, "test_samples": 64}
+TOLERANCE = 1e-5  # fp32; measured differences are ~1e-8 (the order of the gradient sums differs)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return launch.train(1, strategy="single", **SETUP)[0]
+
+
+@pytest.fixture(scope="module")
+def two_ranks():
+    return launch.train(2, strategy="ddp", timeout=240, quiet=True, **SETUP)
+
+
+def test_two_ranks_equal_one_device_on_the_combined_batch(two_ranks, reference):
+    assert [r.rank for r in two_ranks] == [0, 1] and {r.details["micro_batch"] for r in two_ranks} == {32}
+    assert two_ranks[0].epochs[0].steps == 4 and two_ranks[0].epochs[0].samples == 256
+    assert max_difference(two_ranks[0], reference) < TOLERANCE
+    assert identical(two_ranks[0], two_ranks[1])
+    assert max_difference(reference, models.seeded(models.mnist_cnn, 0).state_dict()) > 1e-3  # it trained
+
+
+def test_metrics_are_global_the_same_on_every_rank_and_match_one_device(two_ranks, reference):
+    first, second = two_ranks
+    assert first.epochs[0].loss == second.epochs[0].loss and first.step_losses == second.step_losses
+    assert first.epochs[0].loss == pytest.approx(reference.epochs[0].loss, rel=1e-5)
+    assert first.step_losses == pytest.approx(reference.step_losses, rel=1e-5)
+    assert first.test_accuracy == pytest.approx(reference.test_accuracy, abs=1e-9)
+
+
+def test_gradient_accumulation_with_no_sync_equals_the_big_batch(reference):
+    results = launch.train(2, strategy="ddp", timeout=240, quiet=True, accumulation=2, **SETUP)
+    assert {r.details["micro_batch"] for r in results} == {16}
+    assert max_difference(results[0], reference) < TOLERANCE
+
+
+def test_two_nodes_on_localhost_match_the_single_node_run(two_ranks):
+    results = launch.train(1, nnodes=2, strategy="ddp", timeout=240, quiet=True, **SETUP)
+    assert sorted(r.rank for r in results) == [0, 1]
+    assert max_difference(results[0], two_ranks[0]) < TOLERANCE
+
+
+def test_stop_and_resume_is_bitwise_equal_to_an_unbroken_run(tmp_path):
+    options = {"strategy": "ddp", "global_batch": 64, "samples": 128, "epochs": 3, "timeout": 240, "quiet": True,
+               "test_samples": 0}
+    unbroken = launch.train(2, **options)[0]
+    checkpoint = str(tmp_path / "ddp.pt")
+    first = launch.train(2, checkpoint=checkpoint, stop_after_epochs=1, **options)
+    assert [e.epoch for e in first[0].epochs] == [0] and Path(checkpoint).exists()
+    resumed = launch.train(2, checkpoint=checkpoint, **options)
+    assert [e.epoch for e in resumed[0].epochs] == [1, 2]
+    assert identical(unbroken, resumed[0])
+
+
+def test_a_learners_own_code_on_two_ranks_equals_one_device(monkeypatch):
+    import own_code
+
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(own_code.__file__).parent),
+                                                      os.environ.get("PYTHONPATH", "")]))
+    results = launch.run("own_code:main", 2, timeout=240, quiet=True, strategy="ddp", backend="gloo")
+    alone = own_code.main(strategy="single")
+    assert max_difference(results[0], alone) < TOLERANCE and identical(results[0], results[1])
+
+
+@pytest.mark.parametrize(
+    ("nprocs", "fields", "message"),
+    [
+        (2, {"model": "resnet"}, "model: must be one of cnn, mlp, got 'resnet'"),
+        (2, {"lr": "fast"}, "lr: must be a number > 0, got 'fast'"),
+        (2, {"epochs": -1}, "epochs: must be a whole number >= 1, got -1"),
+        (2, {"epochs": 0}, "epochs: must be a whole number >= 1, got 0"),
+        (2, {"global_batch": 63}, "global_batch: 63 must be a multiple of data-parallel ranks x accumulation"),
+        (2, {"samples": 32}, "samples: 32 cannot fill one global batch of 64"),
+        (64, {"backend": "nccl", "global_batch": 64}, "'nccl' needs one GPU per rank"),
+    ],
+)
+def test_bad_input_is_refused_before_any_process_starts(monkeypatch, nprocs, fields, message):
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: pytest.fail("a process was started"))
+    with pytest.raises(ValueError, match=message):
+        launch.train(nprocs, strategy="ddp", **fields)
+
+
+def test_a_bad_config_under_plain_torchrun_fails_in_the_worker_with_the_same_message():
+    with pytest.raises(launch.LaunchError, match="global_batch: 63 must be a multiple") as caught:
+        launch.run("dtutor.pytorch.driver:train", 2, timeout=240, quiet=True, strategy="ddp", global_batch=63)
+    assert "ConfigError" in caught.value.remote_traceback
+    assert issubclass(ConfigError, ValueError)
