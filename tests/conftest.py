@@ -1,7 +1,7 @@
 import os
 
 os.environ.setdefault("DTUTOR_OFFLINE", "1")
-os.environ.setdefault("DTUTOR_NO_TQDM", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")
 
 import pytest  # noqa: E402
 

@@ -36,20 +36,20 @@ def inv() -> Inventory:
 
 
 def _without(monkeypatch: pytest.MonkeyPatch, broken: str, exc: Exception) -> None:
-    """Make ``devices._import(broken)`` raise ``exc``; every other import works as usual."""
-    real = devices._import
+    """Make ``devices.probes._import(broken)`` raise ``exc``; every other import works as usual."""
+    real = devices.probes._import
 
     def fake(name: str):
         if name == broken:
             raise exc
         return real(name)
 
-    monkeypatch.setattr(devices, "_import", fake)
+    monkeypatch.setattr(devices.probes, "_import", fake)
 
 
 def _fake_module(monkeypatch: pytest.MonkeyPatch, name: str, module: object) -> None:
-    real = devices._import
-    monkeypatch.setattr(devices, "_import", lambda n: module if n == name else real(n))
+    real = devices.probes._import
+    monkeypatch.setattr(devices.probes, "_import", lambda n: module if n == name else real(n))
 
 
 # --- the real inventory of this machine ---------------------------------------------------------------
@@ -288,8 +288,8 @@ def test_four_gpus_recommend_nccl_with_four_ranks() -> None:
 
 
 def test_missing_horovod_says_how_to_get_it(inv: Inventory, monkeypatch: pytest.MonkeyPatch) -> None:
-    real_find_spec = devices.importlib.util.find_spec
-    monkeypatch.setattr(devices.importlib.util, "find_spec",
+    real_find_spec = devices.backends.importlib.util.find_spec
+    monkeypatch.setattr(devices.backends.importlib.util, "find_spec",
                         lambda name, *a: None if name == "horovod" else real_find_spec(name, *a))
     backend = devices._horovod_backend()
     assert not backend.usable and "./course setup" in backend.detail

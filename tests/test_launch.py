@@ -1,10 +1,43 @@
+import json
+import os
 import subprocess
+import sys
+import textwrap
 import uuid
 
 import psutil
 import pytest
 
 from dtutor import launch
+from dtutor.launch.arguments import encode_argument, parse_value
+from dtutor.launch.runners import free_ports
+from dtutor.launch.worker import short_repr
+
+PROBE = """
+import os
+
+
+def environment(names=()):
+    return {name: os.environ.get(name) for name in names}
+
+
+def takes_kwargs(**kwargs):
+    return kwargs
+
+
+def big():
+    return {"weights": list(range(100_000)), "note": "x" * 10_000}
+"""
+
+
+@pytest.fixture
+def probe(tmp_path, monkeypatch) -> str:
+    """The name of a throw-away module of entry points that workers can import (through PYTHONPATH)."""
+    name = f"dtutor_probe_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{name}.py").write_text(textwrap.dedent(PROBE))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    return name
 
 
 def leftovers(tag: str) -> list[psutil.Process]:
@@ -84,7 +117,7 @@ def test_commands_shown_for_one_and_two_nodes():
 
 def test_arguments_round_trip_through_the_command_line():
     values = {"a": 1, "b": 2.5, "c": "gloo", "d": "10", "e": [1, (2, 3)], "f": {"k": None}, "g": True}
-    parsed = {k: launch._parse_value(launch._as_argument(k, v).partition("=")[2]) for k, v in values.items()}
+    parsed = {k: parse_value(encode_argument(k, v).partition("=")[2]) for k, v in values.items()}
     assert parsed == values
 
 
@@ -92,3 +125,91 @@ def test_auto_backend_is_gloo_without_gpus():
     if launch.gpu_count() >= 2:
         pytest.skip("this machine has GPUs")
     assert launch.choose_backend("auto", 2) == "gloo"
+
+
+def test_importing_the_package_imports_no_framework():
+    code = "import sys, dtutor.launch; print(sorted(m for m in ('torch', 'tensorflow') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_an_entry_with_kwargs_gets_the_chosen_backend(probe):
+    (result,) = launch.run(f"{probe}:takes_kwargs", nprocs=1, timeout=120, quiet=True, steps=3)
+    assert result == {"steps": 3, "backend": launch.choose_backend("auto", 1)}
+
+
+def test_workers_get_tqdm_disabled_and_their_threads(probe):
+    names = ["TQDM_DISABLE", "OMP_NUM_THREADS", "DTUTOR_RANK", "DTUTOR_NO_TQDM"]
+    seen = launch.run_single(f"{probe}:environment", threads=3, names=names)
+    assert seen == {"TQDM_DISABLE": "1", "OMP_NUM_THREADS": "3", "DTUTOR_RANK": "0", "DTUTOR_NO_TQDM": None}
+
+
+def test_tf_workers_each_get_their_own_tf_config(probe):
+    names = ["TF_CONFIG", "TF_USE_LEGACY_KERAS", "TF_CPP_MIN_LOG_LEVEL", "DTUTOR_RANK", "OMP_NUM_THREADS"]
+    seen = launch.run_tf_workers(f"{probe}:environment", 3, timeout=120, quiet=True, threads_per_rank=2,
+                                 names=names)
+    configs = [json.loads(worker["TF_CONFIG"]) for worker in seen]
+    assert [c["task"] for c in configs] == [{"type": "worker", "index": i} for i in range(3)]
+    addresses = configs[0]["cluster"]["worker"]
+    assert all(c["cluster"]["worker"] == addresses for c in configs)
+    assert len(set(addresses)) == 3 and all(a.startswith("127.0.0.1:") for a in addresses)
+    assert [w["DTUTOR_RANK"] for w in seen] == ["0", "1", "2"]
+    assert all(w["TF_USE_LEGACY_KERAS"] == "1" and w["TF_CPP_MIN_LOG_LEVEL"] == "2" for w in seen)
+    assert all(w["OMP_NUM_THREADS"] == "2" for w in seen)
+
+
+def test_tf_workers_print_their_commands(probe, capsys):
+    launch.run_tf_workers(f"{probe}:environment", 2, timeout=120, names=["DTUTOR_RANK"])
+    out = capsys.readouterr().out
+    assert out.count("# worker ") == 2 and "TF_USE_LEGACY_KERAS=1" in out
+    assert f"python -m dtutor.launch {probe}:environment" in out
+
+
+def test_tf_worker_commands_by_hand():
+    text = launch.show_tf_worker_commands("dtutor.diagnostics:sleep", 2, seconds=2.5)
+    lines = text.splitlines()
+    assert lines[0].startswith("# worker 0") and lines[2].startswith("# worker 1")
+    for index, line in ((0, lines[1]), (1, lines[3])):
+        config = launch.tf_config(["127.0.0.1:12345", "127.0.0.1:12346"], index)
+        assert line.startswith(f"TF_CONFIG='{config}' TF_USE_LEGACY_KERAS=1")
+        assert line.endswith("python -m dtutor.launch dtutor.diagnostics:sleep seconds=2.5")
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [({"num_workers": 0}, "num_workers must be"), ({"minutes": 3}, "cannot take these arguments"),
+     ({"timeout": 0}, "timeout must be positive")],
+)
+def test_bad_tf_worker_input_is_refused_before_any_process_starts(monkeypatch, options, message):
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: pytest.fail("a process was started"))
+    with pytest.raises(ValueError, match=message):
+        launch.run_tf_workers("dtutor.diagnostics:sleep", **{"num_workers": 2, "quiet": True, **options})
+
+
+def test_free_ports_differ():
+    ports = free_ports(8)
+    assert len(set(ports)) == 8 and all(0 < port < 65536 for port in ports)
+
+
+def test_worker_leaves_only_its_result(probe, tmp_path):
+    env = {**os.environ, "DTUTOR_RESULT_DIR": str(tmp_path), "DTUTOR_RANK": "0"}
+    subprocess.run([sys.executable, "-m", "dtutor.launch", f"{probe}:environment"], env=env, check=True,
+                   capture_output=True, timeout=120)
+    assert sorted(path.name for path in tmp_path.iterdir() if path.name.startswith("rank")) == ["rank0.pkl"]
+
+
+def test_a_terminal_run_prints_a_short_result_line(probe):
+    env = {k: v for k, v in os.environ.items() if k != "DTUTOR_RESULT_DIR"}
+    out = subprocess.run([sys.executable, "-m", "dtutor.launch", f"{probe}:big"], env=env, check=True,
+                         capture_output=True, text=True, timeout=120)
+    (line,) = [line for line in out.stdout.splitlines() if "result:" in line]
+    assert line.startswith("[rank 0] result: {") and len(line) <= 240
+
+
+def test_short_repr_keeps_a_one_line_repr_whole():
+    class Result:
+        def __repr__(self) -> str:
+            return "RunResult(rank=0, ddp on 2 rank(s); epoch 1: loss 0.3012, accuracy 0.912, 1,234 samples/s)"
+
+    assert short_repr(Result()) == repr(Result())
+    assert "\n" not in short_repr({"a": "x\n" * 1000}) and len(short_repr(list(range(10**5)))) <= 200

@@ -1,0 +1,59 @@
+"""Run an importable ``dtutor`` entry point on N processes, from a notebook or a script.
+
+``run("dtutor.ddp:train", nprocs=2, steps=10)`` starts PyTorch's elastic launcher (``torchrun``, i.e.
+``python -m torch.distributed.run``) as a child process, exactly as you would in a terminal::
+
+    torchrun --standalone --nproc-per-node 2 -m dtutor.launch dtutor.ddp:train steps=10
+
+Each worker imports the entry point, calls it with the keyword arguments, and hands its return value
+back to the notebook (pickled into a temporary folder); the notebook sees every rank's output as it
+happens, prefixed ``[rank N]``. Why a child process rather than calling the launcher's API in the
+kernel: a notebook kernel cannot be given a hard timeout, does not show output written by other
+processes, and must survive a worker that crashes; a child process can be timed out and killed with
+everything it started. ``run_horovod`` (horovodrun), ``run_tf_workers`` (TensorFlow workers, one
+``TF_CONFIG`` each) and ``run_single`` (one fresh process) work the same way; ``train`` picks the right
+one for a training strategy.
+
+Guarantees: bad input is refused before any process starts; every launch has a timeout; when a rank
+fails or the timeout expires, every process of the launch is ended and ``LaunchError`` names the
+failing rank with its traceback.
+
+Modules: ``arguments`` (entry points, ``key=value`` words), ``commands`` (launcher commands, backends),
+``supervisor`` (processes, output, timeout, results), ``runners`` (the launches), ``training`` (``train``),
+``worker`` (what ``python -m dtutor.launch`` runs). Importing this package imports neither torch nor
+TensorFlow.
+"""
+
+from dtutor.launch.arguments import worker_arguments
+from dtutor.launch.commands import (
+    BACKENDS,
+    choose_backend,
+    gpu_count,
+    horovodrun_command,
+    show_commands,
+    torchrun_command,
+)
+from dtutor.launch.runners import run, run_horovod, run_single, run_tf_workers, show_tf_worker_commands, tf_config
+from dtutor.launch.supervisor import LaunchError, supervise
+from dtutor.launch.training import train
+from dtutor.launch.worker import worker_rank
+
+__all__ = [
+    "BACKENDS",
+    "LaunchError",
+    "choose_backend",
+    "gpu_count",
+    "horovodrun_command",
+    "run",
+    "run_horovod",
+    "run_single",
+    "run_tf_workers",
+    "show_commands",
+    "show_tf_worker_commands",
+    "supervise",
+    "tf_config",
+    "torchrun_command",
+    "train",
+    "worker_arguments",
+    "worker_rank",
+]

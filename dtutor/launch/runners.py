@@ -1,0 +1,191 @@
+"""Start a launch: torchrun (``run``), horovodrun (``run_horovod``), one fresh process (``run_single``) and
+TensorFlow's multi-worker processes (``run_tf_workers``), each through ``supervisor.supervise``.
+
+Every runner checks its input before any process starts, prints the equivalent terminal command (unless
+``quiet``) and returns each rank's return value in rank order, or raises ``LaunchError``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import shlex
+import socket
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+from dtutor.launch.arguments import resolve_entry, worker_arguments
+from dtutor.launch.commands import check_count, choose_backend, horovodrun_command, host_slots, torchrun_command
+from dtutor.launch.supervisor import supervise
+
+# What TensorFlow workers need: Keras 2 (Horovod's Keras integration and the course's Keras code), quiet C++
+TF_WORKER_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+def _threads(threads_per_rank: int | None, local_processes: int) -> int:
+    """``OMP_NUM_THREADS`` for each process: as asked, or the cores divided among the local processes."""
+    return threads_per_rank or max(1, (os.cpu_count() or 1) // local_processes)
+
+
+def _takes_backend(entry: str) -> bool:
+    """Whether ``entry`` takes a ``backend`` argument: by name, or through ``**kwargs`` (the training driver)."""
+    parameters = inspect.signature(resolve_entry(entry)).parameters.values()
+    return any(p.name == "backend" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
+def _with_backend(entry: str, backend: str, nprocs: int, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` with a concrete ``backend`` for entry points that take one (an explicit one is checked)."""
+    kwargs = dict(kwargs)
+    if "backend" in kwargs:
+        kwargs["backend"] = choose_backend(kwargs["backend"], nprocs)
+    elif _takes_backend(entry):
+        kwargs["backend"] = choose_backend(backend, nprocs)
+    return kwargs
+
+
+def run(
+    entry: str,
+    nprocs: int = 2,
+    *,
+    nnodes: int = 1,
+    backend: str = "auto",
+    timeout: float = 300.0,
+    threads_per_rank: int | None = None,
+    quiet: bool = False,
+    **kwargs: Any,
+) -> list[Any]:
+    """Run ``entry`` ("module:function") on ``nprocs`` processes per node with torchrun; return each rank's result.
+
+    ``nnodes > 1`` starts that many torchrun launchers on this machine, joined by a c10d rendezvous, as
+    stand-ins for separate machines. ``backend`` is passed to entry points that take one, by name or
+    through ``**kwargs`` (auto: nccl when there are enough GPUs, else gloo). ``threads_per_rank`` sets
+    ``OMP_NUM_THREADS`` (default: the cores divided among the local processes). Output lines are prefixed
+    ``[rank N]``; ``quiet`` hides them. Raises ``LaunchError`` if a rank fails or ``timeout`` seconds pass.
+    """
+    check_count("nprocs", nprocs)
+    check_count("nnodes", nnodes)
+    kwargs = _with_backend(entry, backend, nprocs, kwargs)
+    python = [sys.executable, "-m", "torch.distributed.run"]
+    if nnodes == 1:
+        commands = [python + torchrun_command(entry, nprocs, kwargs)[1:]]
+    else:
+        from torch.distributed.elastic.utils.distributed import get_free_port
+
+        endpoint, job = f"127.0.0.1:{get_free_port()}", f"dtutor-{uuid.uuid4().hex[:8]}"
+        command = torchrun_command(entry, nprocs, kwargs, nnodes=nnodes, endpoint=endpoint, job_id=job)
+        commands = [python + command[1:]] * nnodes
+    display = shlex.join(["torchrun", *commands[0][3:]]) + (f"   # x{nnodes} nodes" if nnodes > 1 else "")
+    return supervise(commands, entry=entry, timeout=timeout, quiet=quiet,
+                     threads=_threads(threads_per_rank, nprocs * nnodes), display=display)
+
+
+def _check_horovod(framework: str) -> None:
+    """Refuse a launch when Horovod is missing or was built without ``framework``."""
+    from dtutor.devices import horovod_frameworks
+
+    built = horovod_frameworks()
+    if built is None:
+        raise RuntimeError("Horovod is not installed here: run ./course setup (it builds Horovod from source)")
+    if framework not in built:
+        raise RuntimeError(f"this Horovod was built without {framework} (it has: {', '.join(built) or 'none'}); "
+                           "rebuild it with ./course setup")
+
+
+def run_horovod(
+    entry: str,
+    nprocs: int = 2,
+    *,
+    framework: str = "torch",
+    hosts: str | None = None,
+    timeout: float = 300.0,
+    threads_per_rank: int | None = None,
+    quiet: bool = False,
+    **kwargs: Any,
+) -> list[Any]:
+    """Run ``entry`` on ``nprocs`` processes with ``horovodrun --gloo``; return each rank's result.
+
+    Checked before anything starts: Horovod is installed and built for ``framework`` ("torch" or
+    "tensorflow"), and ``nprocs`` does not exceed the slots in ``hosts``. Keras workers run Keras 2
+    (``TF_USE_LEGACY_KERAS=1``), which Horovod's Keras integration needs.
+    """
+    check_count("nprocs", nprocs)
+    if hosts is not None and host_slots(hosts) < nprocs:
+        raise ValueError(f"-np {nprocs} is more than the {host_slots(hosts)} slot(s) in -H {hosts}")
+    _check_horovod(framework)
+    command = horovodrun_command(entry, nprocs, kwargs, hosts)
+    horovodrun = str(Path(sys.executable).with_name("horovodrun"))
+    python = command.index("python")
+    actual = [horovodrun, *command[1:python], sys.executable, *command[python + 1:]]
+    return supervise([actual], entry=entry, timeout=timeout, quiet=quiet, threads=_threads(threads_per_rank, nprocs),
+                     envs=[dict(TF_WORKER_ENV)], display=shlex.join(command))
+
+
+def run_single(entry: str, *, timeout: float = 300.0, env: dict[str, str] | None = None, threads: int | None = None,
+               quiet: bool = True, **kwargs: Any) -> Any:
+    """Run ``entry`` in one fresh Python process (rank 0) and return its result.
+
+    For work that must not touch this process: a TensorFlow reference run needs its own Keras and device
+    configuration, which a process can set only once.
+    """
+    command = [sys.executable, *worker_arguments(entry, kwargs)]
+    return supervise([command], entry=entry, timeout=timeout, quiet=quiet, threads=threads or os.cpu_count() or 1,
+                     envs=[{"DTUTOR_RANK": "0", **(env or {})}], display=shlex.join(["python", *command[1:]]))[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free TCP ports on 127.0.0.1.
+
+    torch's ``get_free_port()`` gives one port and closes its socket at once, so calling it ``count`` times
+    may hand out the same port twice; here every socket stays bound until all ports are known, so they
+    differ. (Any free port can still be taken by another program before the worker binds it.)
+    """
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def tf_config(addresses: list[str], index: int) -> str:
+    """The ``TF_CONFIG`` of worker ``index`` in a cluster of workers at ``addresses`` ("host:port")."""
+    return json.dumps({"cluster": {"worker": addresses}, "task": {"type": "worker", "index": index}})
+
+
+def show_tf_worker_commands(entry: str, num_workers: int = 2, *, ports: list[int] | None = None,
+                            **kwargs: Any) -> str:
+    """The commands to start ``num_workers`` TensorFlow workers by hand, one terminal (or host) each."""
+    check_count("num_workers", num_workers)
+    ports = ports or [12345 + i for i in range(num_workers)]
+    addresses = [f"127.0.0.1:{port}" for port in ports]
+    arguments = shlex.join(["python", *worker_arguments(entry, kwargs)])
+    settings = " ".join(f"{name}={value}" for name, value in TF_WORKER_ENV.items())
+    return "\n".join(f"# worker {i} (on several hosts: replace 127.0.0.1 with each host's address)\n"
+                     f"TF_CONFIG={shlex.quote(tf_config(addresses, i))} {settings} {arguments}"
+                     for i in range(num_workers))
+
+
+def run_tf_workers(entry: str, num_workers: int = 2, *, timeout: float = 300.0, quiet: bool = False,
+                   threads_per_rank: int | None = None, **kwargs: Any) -> list[Any]:
+    """Run ``entry`` on ``num_workers`` local TensorFlow worker processes; return each worker's result.
+
+    Each worker is ``python -m dtutor.launch ENTRY key=value ...`` with its own ``TF_CONFIG`` (free ports on
+    127.0.0.1; ``DTUTOR_RANK`` = its task index), Keras 2 and quiet C++ logs. Bad input raises
+    ``ValueError`` before any process starts; a failed worker or the ``timeout`` ends them all and raises
+    ``LaunchError`` (``rank`` = the failed worker's task index).
+    """
+    check_count("num_workers", num_workers)
+    arguments = worker_arguments(entry, kwargs)
+    addresses = [f"127.0.0.1:{port}" for port in free_ports(num_workers)]
+    envs = [{"TF_CONFIG": tf_config(addresses, i), **TF_WORKER_ENV, "DTUTOR_RANK": str(i)}
+            for i in range(num_workers)]
+    if not quiet:
+        ports = [int(address.rpartition(":")[2]) for address in addresses]
+        print(show_tf_worker_commands(entry, num_workers, ports=ports, **kwargs))
+    return supervise([[sys.executable, *arguments]] * num_workers, entry=entry, timeout=timeout, quiet=quiet,
+                     threads=_threads(threads_per_rank, num_workers), envs=envs)

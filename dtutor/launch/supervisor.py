@@ -1,0 +1,181 @@
+"""The machinery every launch shares: start the launcher processes, stream their output, enforce a timeout,
+end every process of the launch on a failure, and collect each rank's result or its traceback.
+
+Workers (``python -m dtutor.launch``, see ``worker``) report through a temporary folder named in
+``DTUTOR_RESULT_DIR``: ``rankN.pkl`` holds rank N's pickled return value, ``rankN.err`` the time and
+traceback of its failure.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import queue
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from dtutor.launch.worker import RESULT_DIR_ENV
+
+# Start-up lines TensorFlow's C++ runtime prints before any log setting applies, in every TF process
+NOISE = ("All log messages before absl::InitializeLog() is called", "oneDNN custom operations are on")
+TAIL_LINES = 40  # output lines kept to explain a launch that failed before any rank reported
+
+
+class LaunchError(RuntimeError):
+    """A launch failed: ``rank`` is the first rank that failed (None if unknown), ``remote_traceback`` its traceback."""
+
+    def __init__(self, message: str, rank: int | None = None, remote_traceback: str = ""):
+        super().__init__(message)
+        self.rank = rank
+        self.remote_traceback = remote_traceback
+
+
+@dataclass
+class _Outcome:
+    """How the streaming loop ended: a launcher exited non-zero, the deadline passed, and the last lines."""
+
+    failed: bool = False
+    timed_out: bool = False
+    tail: list[str] = field(default_factory=list)
+
+
+def kill_tree(processes: list[subprocess.Popen], grace: float = 5.0) -> None:
+    """End the launchers and every process they started (torchrun puts workers in their own sessions)."""
+    family: list[psutil.Process] = []
+    for process in processes:
+        try:
+            parent = psutil.Process(process.pid)
+            family += [parent, *parent.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            pass
+    for member in family:
+        try:
+            member.send_signal(signal.SIGTERM)
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(family, timeout=grace)
+    for member in alive:
+        try:
+            member.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=grace)
+    for process in processes:
+        process.wait()
+
+
+def _first_failure(result_dir: Path) -> tuple[int, str] | None:
+    """The rank that failed first and its traceback, from the ``rankN.err`` files (None: no rank failed)."""
+    failures = []
+    for path in result_dir.glob("rank*.err"):
+        when, _, text = path.read_text().partition("\n")
+        failures.append((float(when), int(path.stem[4:]), text))
+    if not failures:
+        return None
+    _, rank, text = min(failures)
+    return rank, text
+
+
+def _read_results(result_dir: Path) -> list[Any]:
+    """Every rank's unpickled return value, in rank order."""
+    paths = sorted(result_dir.glob("rank*.pkl"), key=lambda path: int(path.stem[4:]))
+    return [pickle.loads(path.read_bytes()) for path in paths]
+
+
+def _stream(processes: list[subprocess.Popen], deadline: float, quiet: bool) -> _Outcome:
+    """Print the processes' merged output until they all end, one exits non-zero, or ``deadline`` passes."""
+    lines: queue.Queue[str] = queue.Queue()
+
+    def pump(stream: io.TextIOBase) -> None:
+        for line in stream:
+            lines.put(line.rstrip("\n"))
+
+    readers = [threading.Thread(target=pump, args=(p.stdout,), daemon=True) for p in processes]
+    for reader in readers:
+        reader.start()
+    outcome = _Outcome()
+    while any(p.poll() is None for p in processes) or any(r.is_alive() for r in readers) or not lines.empty():
+        try:
+            line = lines.get(timeout=0.1)
+            outcome.tail = (outcome.tail + [line])[-TAIL_LINES:]
+            if not quiet and not any(noise in line for noise in NOISE):
+                print(line)
+        except queue.Empty:
+            pass
+        if any(p.poll() not in (None, 0) for p in processes):
+            outcome.failed = True
+            break
+        if time.monotonic() > deadline:
+            outcome.timed_out = True
+            break
+    return outcome
+
+
+def _run(commands: list[list[str]], envs: list[dict[str, str]], deadline: float, quiet: bool) -> _Outcome:
+    """Start one process per command (each in its own session), stream them, then end all that remain."""
+    processes: list[subprocess.Popen] = []
+    try:
+        for command, env in zip(commands, envs, strict=True):
+            processes.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                              text=True, bufsize=1, start_new_session=True))
+        return _stream(processes, deadline, quiet)
+    finally:
+        kill_tree(processes)  # a no-op after a clean finish; also runs on a failure or KeyboardInterrupt
+
+
+def _verdict(result_dir: Path, outcome: _Outcome, entry: str, timeout: float) -> list[Any]:
+    """The ranks' results, or ``LaunchError`` for the first failed rank, a timeout or an early crash."""
+    failure = _first_failure(result_dir)
+    if failure is not None:
+        rank, text = failure
+        raise LaunchError(f"rank {rank} of {entry} failed:\n{text}", rank=rank, remote_traceback=text)
+    if outcome.timed_out:
+        raise LaunchError(f"{entry} did not finish within {timeout:g} s; all its processes were ended.")
+    if outcome.failed:
+        raise LaunchError(f"{entry} failed before a rank could report; last output:\n" + "\n".join(outcome.tail))
+    return _read_results(result_dir)
+
+
+def supervise(
+    commands: list[list[str]],
+    *,
+    entry: str,
+    timeout: float,
+    quiet: bool = False,
+    threads: int = 1,
+    envs: list[dict[str, str]] | None = None,
+    display: str = "",
+) -> list[Any]:
+    """Run launcher ``commands`` (one per simulated machine) whose workers run ``python -m dtutor.launch``.
+
+    The shared machinery of every launch in the course (torchrun, horovodrun, TensorFlow workers): stream
+    the output, enforce ``timeout``, end every process of the launch on a failure, a timeout or an
+    interrupt, and return each rank's result in rank order, or raise ``LaunchError`` naming the first
+    rank that failed. ``envs`` adds variables per command; ``display`` is printed first as ``$ display``.
+    Workers get ``OMP_NUM_THREADS=threads`` and ``TQDM_DISABLE=1`` (progress bars would garble the stream).
+    """
+    if timeout <= 0:
+        raise ValueError(f"timeout must be positive, got {timeout}")
+    if envs is not None and len(envs) != len(commands):
+        raise ValueError(f"envs must give one dict per command: {len(envs)} for {len(commands)} command(s)")
+    result_dir = Path(tempfile.mkdtemp(prefix="dtutor-launch-"))
+    base = {**os.environ, RESULT_DIR_ENV: str(result_dir), "OMP_NUM_THREADS": str(threads),
+            "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1"}
+    if not quiet and display:
+        print("$", display)
+    try:
+        per_command = [{**base, **extra} for extra in (envs or [{}] * len(commands))]
+        outcome = _run(commands, per_command, time.monotonic() + timeout, quiet)
+        return _verdict(result_dir, outcome, entry, timeout)
+    finally:
+        shutil.rmtree(result_dir, ignore_errors=True)

@@ -1,0 +1,90 @@
+"""``train(nprocs, strategy=..., ...)``: one call that trains with any strategy in ``dtutor.strategies``.
+
+The fields are ``dtutor.config.TrainConfig`` fields. They are checked here, in the caller, before anything
+starts: the values (``ConfigError``, naming the field), the batch arithmetic for the world size, the process
+counts, and the torch backend (``auto`` is resolved here, so the printed command shows the real one). Then
+the strategy's launcher runs the framework's training driver:
+
+- ``torchrun``: ``run("dtutor.pytorch.driver:train", nprocs, nnodes=...)``;
+- ``horovodrun``: ``run_horovod`` with the PyTorch or the TensorFlow driver;
+- ``tf_workers``: ``run_tf_workers("dtutor.tf.driver:train", nprocs)``;
+- ``inprocess``: the driver is called in this process (``nprocs`` = replicas for TensorFlow's mirrored).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from dtutor.config import TrainConfig, check_world
+from dtutor.launch.commands import check_count, choose_backend
+from dtutor.launch.runners import run, run_horovod, run_tf_workers
+from dtutor.strategies import STRATEGIES, StrategyInfo
+
+if TYPE_CHECKING:
+    from dtutor.result import RunResult
+
+DRIVERS = {"torch": "dtutor.pytorch.driver:train", "tensorflow": "dtutor.tf.driver:train"}
+
+
+def _check_placement(info: StrategyInfo, nprocs: int, nnodes: int) -> None:
+    """Refuse process counts the strategy's launcher cannot give (``ValueError`` naming the count)."""
+    check_count("nprocs", nprocs)
+    check_count("nnodes", nnodes)
+    if nnodes > 1 and info.launcher != "torchrun":
+        raise ValueError(f"nnodes: {info.name!r} runs on one machine ({info.launcher}); "
+                         f"use nnodes=1, got {nnodes}")
+    if info.launcher == "inprocess" and info.framework == "torch" and nprocs != 1:
+        raise ValueError(f"nprocs: {info.name!r} runs in this one process; use nprocs=1, got {nprocs}")
+
+
+def prepare(nprocs: int, nnodes: int, fields: dict[str, Any]) -> TrainConfig:
+    """The validated config for ``nprocs`` x ``nnodes`` ranks, with a concrete torch backend."""
+    config = TrainConfig.from_kwargs(**fields)
+    info = STRATEGIES[config.strategy]
+    _check_placement(info, nprocs, nnodes)
+    check_world(config, nprocs * nnodes)
+    if info.framework == "torch":  # TensorFlow strategies do not use it: keep torch out of their callers
+        config = config.replace(backend=choose_backend(config.backend, nprocs))
+    return config
+
+
+def _run_in_process(config: TrainConfig, framework: str, replicas: int) -> list[RunResult]:
+    """Call the framework's driver here; TensorFlow's gets ``replicas`` (MirroredStrategy's devices)."""
+    module_name, _, function_name = DRIVERS[framework].partition(":")
+    driver = getattr(importlib.import_module(module_name), function_name)
+    if framework == "tensorflow":
+        return [driver(replicas=replicas, **config.as_dict())]
+    return [driver(**config.as_dict())]
+
+
+def train(
+    nprocs: int = 1,
+    *,
+    nnodes: int = 1,
+    timeout: float = 300.0,
+    quiet: bool = False,
+    threads_per_rank: int | None = None,
+    **fields: Any,
+) -> list[RunResult]:
+    """Train with ``fields["strategy"]`` on ``nprocs`` processes per node; return each rank's ``RunResult``.
+
+    ``fields`` are ``TrainConfig`` fields (strategy, model, global_batch, epochs, lr, ...), all checked
+    before any process starts. ``nnodes > 1`` (torchrun strategies only) simulates that many machines
+    here. In-process strategies return one result: PyTorch's need ``nprocs=1``; TensorFlow's mirrored
+    uses ``nprocs`` replicas. ``timeout``, ``quiet`` and ``threads_per_rank`` apply to launched processes
+    (see ``run``); an in-process run has no timeout and prints as it goes.
+    """
+    config = prepare(nprocs, nnodes, fields)
+    info = STRATEGIES[config.strategy]
+    options = {"timeout": timeout, "quiet": quiet, "threads_per_rank": threads_per_rank}
+    if info.launcher == "torchrun":
+        return run(DRIVERS["torch"], nprocs, nnodes=nnodes, **options, **config.as_dict())
+    if info.launcher == "horovodrun":
+        return run_horovod(DRIVERS[info.framework], nprocs, framework=info.framework, **options,
+                           **config.as_dict())
+    if info.launcher == "tf_workers":
+        return run_tf_workers(DRIVERS["tensorflow"], nprocs, **options, **config.as_dict())
+    if info.launcher == "inprocess":
+        return _run_in_process(config, info.framework, nprocs)
+    raise AssertionError(f"strategy {info.name!r} has an unknown launcher {info.launcher!r}")

@@ -1,0 +1,107 @@
+"""What every worker process runs: ``python -m dtutor.launch ENTRY key=value ...``.
+
+The worker finds its rank (from whichever launcher started it), prefixes its output lines with
+``[rank N]``, calls the entry point with the arguments, and reports to the supervisor through the folder in
+``DTUTOR_RESULT_DIR``: the pickled return value, or the time and traceback of the failure. Started by hand
+in a terminal (no such folder), rank 0 prints a one-line ``result: ...`` instead.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import reprlib
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, TextIO
+
+from dtutor.launch.arguments import parse_arguments, resolve_entry
+
+RESULT_DIR_ENV = "DTUTOR_RESULT_DIR"
+RANK_VARIABLES = ("DTUTOR_RANK", "RANK", "HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK")
+RESULT_WIDTH = 200  # characters of a terminal run's result line: RunResult's one-line repr fits whole
+
+
+class _Prefixed(io.TextIOBase):
+    """A text stream that prefixes every line and writes whole lines at once, so ranks don't interleave."""
+
+    def __init__(self, stream: TextIO, prefix: str):
+        self._stream, self._prefix, self._pending = stream, prefix, ""
+
+    def write(self, text: str) -> int:
+        self._pending += text
+        if "\n" in self._pending:
+            done, _, self._pending = self._pending.rpartition("\n")
+            self._stream.write("".join(f"{self._prefix}{line}\n" for line in done.split("\n")))
+            self._stream.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def finish(self) -> None:
+        """Write out a last line that has no newline."""
+        if self._pending:
+            self.write("\n")
+
+
+def worker_rank() -> int:
+    """This worker's global rank, from whichever launcher started it (torchrun, horovodrun, mpirun, dtutor),
+    or its task index in ``TF_CONFIG`` for a TensorFlow worker started by hand."""
+    for name in RANK_VARIABLES:
+        if name in os.environ:
+            return int(os.environ[name])
+    if "TF_CONFIG" in os.environ:
+        return int(json.loads(os.environ["TF_CONFIG"]).get("task", {}).get("index", 0))
+    return 0
+
+
+def short_repr(value: Any, width: int = RESULT_WIDTH) -> str:
+    """A one-line repr of at most about ``width`` characters (results may hold whole weight tensors)."""
+    shortener = reprlib.Repr()
+    shortener.maxstring = shortener.maxother = width
+    return " ".join(shortener.repr(value).split())[:width]
+
+
+def _report_failure(result_dir: Path | None, rank: int) -> None:
+    """Print the current exception's traceback and leave it, timed, for the supervisor."""
+    text = traceback.format_exc()
+    if result_dir is not None:
+        (result_dir / f"rank{rank}.err").write_text(f"{time.time()}\n{text}")
+    print(text, file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+
+
+def _report_result(result_dir: Path | None, rank: int, result: Any) -> None:
+    """Pickle the result for the supervisor (written, then renamed: never read half-written)."""
+    if result_dir is not None:
+        partial = result_dir / f"rank{rank}.tmp"
+        partial.write_bytes(pickle.dumps(result))
+        partial.rename(result_dir / f"rank{rank}.pkl")
+    elif rank == 0:
+        print(f"result: {short_repr(result)}")
+
+
+def main(argv: list[str]) -> None:
+    """Run ``ENTRY key=value ...`` (``argv``) as this rank; exit with status 1 if the entry point raises."""
+    if not argv:
+        raise SystemExit("usage: python -m dtutor.launch package.module:function [key=value ...]")
+    entry, kwargs = argv[0], parse_arguments(argv[1:])
+    rank = worker_rank()
+    stdout, stderr = _Prefixed(sys.stdout, f"[rank {rank}] "), _Prefixed(sys.stderr, f"[rank {rank}] ")
+    sys.stdout, sys.stderr = stdout, stderr
+    result_dir = Path(os.environ[RESULT_DIR_ENV]) if RESULT_DIR_ENV in os.environ else None
+    try:
+        result = resolve_entry(entry)(**kwargs)
+        stdout.finish()
+    except BaseException:
+        _report_failure(result_dir, rank)
+        raise SystemExit(1) from None
+    _report_result(result_dir, rank, result)
+    stdout.finish()
+    stderr.finish()
