@@ -32,6 +32,7 @@ Your own model, data and loss, in your own entry point (``mypkg/train.py``)::
 
 from __future__ import annotations
 
+import os
 import random
 import resource
 import time
@@ -196,9 +197,11 @@ def _train_epoch(config: TrainConfig, strategy: Strategy, model: nn.Module, opti
 
 
 def _progress_bar(total: int, label: str):
-    from tqdm.auto import tqdm  # TQDM_DISABLE=1 turns it off (the launcher sets it in workers)
+    """A live bar of the epoch's steps; tqdm's own ``TQDM_DISABLE=1`` turns it off (the launcher sets it)."""
+    from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=label, unit="step", leave=False)
+    # tqdm reads TQDM_DISABLE when it is imported; read it again here so it can change within a process
+    return tqdm(total=total, desc=label, unit="step", leave=False, disable=os.environ.get("TQDM_DISABLE") == "1")
 
 
 def _evaluate(strategy: Strategy, model: nn.Module, test_data: Dataset, loss_fn: LossFn) -> tuple[float, float]:
