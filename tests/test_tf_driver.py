@@ -1,0 +1,122 @@
+"""The Keras driver (dtutor.tf.driver): input refused before anything starts, and no framework at import.
+
+TensorFlow fixes its devices when it initialises, for the whole process, so every test that runs TensorFlow
+does it in a fresh child process; this pytest process never imports TensorFlow. The helpers here
+(``run_child``, ``single_device_reference``) are shared by the other ``test_tf_*`` modules.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+
+import psutil
+import pytest
+
+from dtutor import launch
+from dtutor.config import ConfigError
+from dtutor.result import RunResult
+from dtutor.tf import driver, setup
+
+SETUP = {"samples": 256, "global_batch": 64, "epochs": 1, "test_samples": 128}  # 4 steps, lr 0.05, momentum 0.9
+TOLERANCE = 1e-5  # max |w_N - w_1| in fp32 after 4 SGD steps; measured 1.5e-8 on CPU
+
+
+def run_child(code: str, *args: str, timeout: float = 300) -> dict:
+    """Run ``code`` (``args`` in ``sys.argv``) in a fresh Python; it pickles a dict to ``sys.argv[1]``."""
+    environ = {**os.environ, "DTUTOR_OFFLINE": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "TQDM_DISABLE": "1"}
+    environ.pop("TF_USE_LEGACY_KERAS", None)  # the code under test must set it itself
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], capture_output=True, text=True,
+                          timeout=timeout, env=environ)
+    if done.returncode != 0:
+        pytest.fail(f"child failed with exit code {done.returncode}:\n{done.stderr[-3000:]}")
+    with open(args[0], "rb") as file:
+        return pickle.load(file)
+
+
+def single_device_reference(tmp_path_factory) -> RunResult:
+    """``mirrored`` with replicas=1 (one device) on ``SETUP``, in a fresh process; once per test session."""
+    cached = tmp_path_factory.getbasetemp() / "tf_single_device_reference.pkl"
+    if not cached.exists():
+        result = launch.run_single("dtutor.tf.driver:train", timeout=300, replicas=1, strategy="mirrored", **SETUP)
+        cached.write_bytes(pickle.dumps(result))
+    return pickle.loads(cached.read_bytes())
+
+
+def test_importing_the_tensorflow_package_imports_neither_framework():
+    code = ("import sys, dtutor.tf.driver, dtutor.tf.mirrored, dtutor.tf.multiworker, dtutor.tf.horovod_keras, "
+            "dtutor.tf.lessons, dtutor.tf.horovod_lessons, dtutor.tf.diagnostics, dtutor.launch; "
+            "print(sorted(m for m in ('tensorflow', 'torch', 'horovod') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+@pytest.fixture
+def no_process_may_start(monkeypatch):
+    """Any attempt to start a process fails the test; afterwards TensorFlow must still be unimported."""
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"a process was started: {args[:1]}")
+
+    monkeypatch.setattr(subprocess, "Popen", refuse)
+    yield
+    assert "tensorflow" not in sys.modules
+    assert psutil.Process().children(recursive=True) == []
+
+
+@pytest.mark.parametrize(
+    "nprocs, fields, match",
+    [
+        (2, {"strategy": "multiworker", "accumulation": 2}, "accumulation: 'multiworker' does not accumulate"),
+        (2, {"strategy": "horovod_keras", "model": "mlp"}, "model: 'horovod_keras' trains the Keras CNN only"),
+        (2, {"strategy": "multiworker", "global_batch": 63}, "global_batch: 63 must be a multiple of"),
+        (2, {"strategy": "horovod_keras", "samples": 32}, "samples: 32 cannot fill one global batch of 64"),
+        (2, {"strategy": "mirrored", "global_batch": 63}, "global_batch: 63 must be a multiple of"),
+        (2, {"strategy": "multiworker", "lr": 0}, "lr: must be a number > 0"),
+    ],
+)
+def test_launch_refuses_bad_input_before_any_process_starts(no_process_may_start, nprocs, fields, match):
+    with pytest.raises(ConfigError, match=match):
+        launch.train(nprocs, quiet=True, **fields)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"replicas": 2, "strategy": "multiworker"}, "replicas: 'multiworker' gets its world size from its launcher"),
+        ({"replicas": 2, "strategy": "horovod_keras"}, "replicas: 'horovod_keras' gets its world size"),
+        ({"strategy": "ddp"}, "strategy: 'ddp' is a PyTorch strategy"),
+        ({"strategy": "mirrored", "checkpoint": "w.ckpt"}, "checkpoint: the Keras driver does not write"),
+        ({"replicas": 4, "strategy": "mirrored", "global_batch": 66}, "global_batch: 66 .* = 4 x 1"),
+        ({"strategy": "mirrored", "steps": 4}, "steps: not a TrainConfig field"),
+    ],
+)
+def test_the_driver_refuses_bad_input_before_tensorflow_starts(no_process_may_start, kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        driver.train(**kwargs)
+
+
+@pytest.mark.parametrize("cpu_replicas", [0, 1.5, True])
+def test_setup_refuses_bad_replica_counts_before_touching_anything(cpu_replicas, monkeypatch):
+    monkeypatch.delenv("TF_USE_LEGACY_KERAS", raising=False)
+    with pytest.raises(ValueError, match="cpu_replicas must be an integer >= 1"):
+        setup.setup_tensorflow(cpu_replicas=cpu_replicas)
+    assert "TF_USE_LEGACY_KERAS" not in os.environ  # refused before changing the process
+
+
+def test_keras_3_already_loaded_is_refused(tmp_path):
+    result = run_child("""
+        import pickle, sys
+        import tensorflow as tf
+        tf.keras.Model  # resolves tf.keras to Keras 3: TF_USE_LEGACY_KERAS is not set
+        from dtutor.tf.setup import setup_tensorflow
+        try:
+            setup_tensorflow(2)
+            message = None
+        except RuntimeError as error:
+            message = str(error)
+        pickle.dump({"message": message}, open(sys.argv[1], "wb"))
+    """, str(tmp_path / "out.pkl"))
+    assert "already Keras 3" in result["message"] and "restart the kernel" in result["message"]
