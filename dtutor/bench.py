@@ -11,16 +11,13 @@ Targets on the course's 2-core CPU: scaling efficiency T2 / (2 T1) >= 0.85, and 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
-import os
 import statistics
 import time
-from collections.abc import Iterator
 from typing import Any
 
 from dtutor import TrainConfig, launch
+from dtutor.launch.training import quietly
 
 SCALING_TARGET = 0.85
 DRIVER_OVERHEAD_TARGET = 0.02
@@ -108,7 +105,7 @@ def driver_overhead(steps: int = 10, batch_size: int = 64, rounds: int = 60) -> 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     times: dict[str, list[float]] = {name: [] for name in contenders}
-    with _as_in_a_worker():
+    with quietly():
         for round_ in range(rounds + 1):
             for name in (("driver", "hand") if round_ % 2 else ("hand", "driver")):
                 start = time.process_time()
@@ -120,21 +117,6 @@ def driver_overhead(steps: int = 10, batch_size: int = 64, rounds: int = 60) -> 
     return {"driver_s": statistics.median(times["driver"][1:]), "hand_s": statistics.median(times["hand"][1:]),
             "overhead": statistics.median(ratios) - 1, "overhead_q1": quartiles[0] - 1,
             "overhead_q3": quartiles[2] - 1, "rounds": rounds, "steps": steps}
-
-
-@contextlib.contextmanager
-def _as_in_a_worker() -> Iterator[None]:
-    """No progress bar and no printed lines, as in a worker the launcher started; restored afterwards."""
-    before = os.environ.get("TQDM_DISABLE")
-    os.environ["TQDM_DISABLE"] = "1"
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        if before is None:
-            del os.environ["TQDM_DISABLE"]
-        else:
-            os.environ["TQDM_DISABLE"] = before
 
 
 def bench_ddp(batch_per_rank: int = 256, repeats: int = 5, rounds: int = 60) -> dict[str, Any]:

@@ -57,6 +57,9 @@ class TrainConfig:
                 raise ConfigError(f"model: {self.strategy!r} trains the Keras CNN only; use model='cnn'")
             if self.accumulation != 1:
                 raise ConfigError(f"accumulation: {self.strategy!r} does not accumulate; use accumulation=1")
+            if self.checkpoint is not None:
+                raise ConfigError(f"checkpoint: the Keras driver keeps no checkpoints ({self.strategy!r}); "
+                                  "use checkpoint=None")
 
     @classmethod
     def from_kwargs(cls, **values: Any) -> TrainConfig:

@@ -34,6 +34,7 @@ def test_defaults_are_valid_and_the_arithmetic_follows():
         ({"return_parameters": "yes"}, "return_parameters: must be True or False"),
         ({"strategy": "mirrored", "model": "mlp"}, "model: 'mirrored' trains the Keras CNN only"),
         ({"strategy": "horovod_keras", "accumulation": 2}, "accumulation: 'horovod_keras' does not accumulate"),
+        ({"strategy": "multiworker", "checkpoint": "x.pt"}, "checkpoint: the Keras driver keeps no checkpoints"),
     ],
 )
 def test_every_bad_field_is_refused_with_its_name(fields, message):

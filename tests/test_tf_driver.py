@@ -88,7 +88,7 @@ def test_launch_refuses_bad_input_before_any_process_starts(no_process_may_start
         ({"replicas": 2, "strategy": "multiworker"}, "replicas: 'multiworker' gets its world size from its launcher"),
         ({"replicas": 2, "strategy": "horovod_keras"}, "replicas: 'horovod_keras' gets its world size"),
         ({"strategy": "ddp"}, "strategy: 'ddp' is a PyTorch strategy"),
-        ({"strategy": "mirrored", "checkpoint": "w.ckpt"}, "checkpoint: the Keras driver does not write"),
+        ({"strategy": "mirrored", "checkpoint": "w.ckpt"}, "checkpoint: the Keras driver keeps no checkpoints"),
         ({"replicas": 4, "strategy": "mirrored", "global_batch": 66}, "global_batch: 66 .* = 4 x 1"),
         ({"strategy": "mirrored", "steps": 4}, "steps: not a TrainConfig field"),
     ],

@@ -13,7 +13,11 @@ the strategy's launcher runs the framework's training driver:
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
+import os
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from dtutor.config import TrainConfig, check_world
@@ -25,6 +29,21 @@ if TYPE_CHECKING:
     from dtutor.result import RunResult
 
 DRIVERS = {"torch": "dtutor.pytorch.driver:train", "tensorflow": "dtutor.tf.driver:train"}
+
+
+@contextlib.contextmanager
+def quietly() -> Iterator[None]:
+    """Run as a launched worker does: no progress bar (``TQDM_DISABLE=1``) and no printed lines."""
+    before = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        if before is None:
+            del os.environ["TQDM_DISABLE"]
+        else:
+            os.environ["TQDM_DISABLE"] = before
 
 
 def _check_placement(info: StrategyInfo, nprocs: int, nnodes: int) -> None:
@@ -73,7 +92,7 @@ def train(
     before any process starts. ``nnodes > 1`` (torchrun strategies only) simulates that many machines
     here. In-process strategies return one result: PyTorch's need ``nprocs=1``; TensorFlow's mirrored
     uses ``nprocs`` replicas. ``timeout``, ``quiet`` and ``threads_per_rank`` apply to launched processes
-    (see ``run``); an in-process run has no timeout and prints as it goes.
+    (see ``run``); an in-process run has no timeout, and ``quiet`` hides what it prints.
     """
     config = prepare(nprocs, nnodes, fields)
     info = STRATEGIES[config.strategy]
@@ -86,5 +105,6 @@ def train(
     if info.launcher == "tf_workers":
         return run_tf_workers(DRIVERS["tensorflow"], nprocs, **options, **config.as_dict())
     if info.launcher == "inprocess":
-        return _run_in_process(config, info.framework, nprocs)
+        with quietly() if quiet else contextlib.nullcontext():
+            return _run_in_process(config, info.framework, nprocs)
     raise AssertionError(f"strategy {info.name!r} has an unknown launcher {info.launcher!r}")

@@ -111,8 +111,6 @@ def evaluate(model: Any, images: np.ndarray, labels: np.ndarray) -> tuple[float,
 
 def fit(config: TrainConfig, strategy: KerasStrategy | None = None) -> RunResult:
     """Train under ``config`` (or ``strategy``, an instance) on this worker; return its ``RunResult``."""
-    if config.checkpoint is not None:
-        raise ConfigError("checkpoint: the Keras driver does not write checkpoints; use checkpoint=None")
     strategy = strategy or strategies.load(config.strategy)(config)
     strategy.join()
     try:
