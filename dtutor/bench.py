@@ -49,10 +49,11 @@ def scaling(strategy: str, batch_per_rank: int = 256, repeats: int = 5) -> dict[
             "efficiency": statistics.median(two / (2 * one) for one, two in pairs)}
 
 
-def hand_written_fit(config: TrainConfig, dataset) -> list[float]:
+def hand_written_fit(config: TrainConfig, dataset) -> tuple[list[float], dict]:
     """What the driver does for one device, written out plainly: the same data order, step and metrics.
 
-    Returns the loss of each step (from metrics kept on the device and read once per epoch, as the driver).
+    Returns the loss of each step (from metrics kept on the device and read once per epoch, as the driver)
+    and the final state dict (a test proves the driver's bitwise equal).
     """
     import torch
     from torch.utils.data import DataLoader, DistributedSampler, Subset
@@ -80,7 +81,7 @@ def hand_written_fit(config: TrainConfig, dataset) -> list[float]:
                                          torch.tensor(len(targets))]).double())
         table = torch.stack(rows)
         losses += (table[:, 0] / table[:, 2]).tolist()
-    return losses
+    return losses, model.state_dict()
 
 
 def driver_overhead(steps: int = 10, batch_size: int = 64, rounds: int = 60) -> dict[str, float]:

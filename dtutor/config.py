@@ -80,6 +80,10 @@ class TrainConfig:
         """The fields as a plain dict (Python literals only: they travel on a command line)."""
         return asdict(self)
 
+    def as_arguments(self) -> dict[str, Any]:
+        """The fields that differ from their defaults, and always the strategy: the short command-line form."""
+        return {k: v for k, v in asdict(self).items() if k == "strategy" or v != getattr(TrainConfig, k)}
+
     def micro_batch(self, data_ranks: int) -> int:
         """Samples per micro-batch on each of ``data_ranks`` data-parallel ranks (after ``check_world``)."""
         return self.global_batch // (data_ranks * self.accumulation)

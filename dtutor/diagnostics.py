@@ -31,11 +31,8 @@ def hello(backend: str = "gloo") -> dict:
         dist.destroy_process_group()
 
 
-def fail_on_rank(failing_rank: int = 1, backend: str = "gloo", tag: str = "") -> int:
-    """Rank ``failing_rank`` raises; the others wait in a barrier that never completes.
-
-    ``tag`` does nothing but appear on the command line, so a test can look for leftover processes.
-    """
+def fail_on_rank(failing_rank: int = 1, backend: str = "gloo") -> int:
+    """Rank ``failing_rank`` raises; the others wait in a barrier that never completes."""
     rank, _ = _init(backend)
     if rank == failing_rank:
         raise RuntimeError(f"rank {rank} failed on purpose")
@@ -43,7 +40,7 @@ def fail_on_rank(failing_rank: int = 1, backend: str = "gloo", tag: str = "") ->
     return rank
 
 
-def sleep(seconds: float = 3600.0, tag: str = "") -> float:
-    """Sleep ``seconds`` (no process group): a stand-in for a hung job; ``tag`` as in ``fail_on_rank``."""
+def sleep(seconds: float = 3600.0) -> float:
+    """Sleep ``seconds`` (no process group): a stand-in for a hung job."""
     time.sleep(seconds)
     return seconds

@@ -61,6 +61,12 @@ def test_batch_arithmetic_is_checked_for_the_world_size(fields, world, message):
         check_world(TrainConfig(**fields), world)
 
 
+def test_the_short_form_keeps_the_strategy_and_what_differs_from_the_defaults():
+    config = TrainConfig(strategy="ddp", epochs=3, backend="gloo")
+    assert config.as_arguments() == {"strategy": "ddp", "epochs": 3, "backend": "gloo"}
+    assert TrainConfig(**config.as_arguments()) == config
+
+
 def test_replace_validates_again_and_config_travels_as_literals():
     config = TrainConfig().replace(epochs=3)
     assert config.epochs == 3 and TrainConfig(**config.as_dict()) == config

@@ -5,8 +5,8 @@ import sys
 import textwrap
 import uuid
 
-import psutil
 import pytest
+from conftest import marked_processes
 
 from dtutor import launch
 from dtutor.launch.arguments import encode_argument, parse_value
@@ -40,14 +40,6 @@ def probe(tmp_path, monkeypatch) -> str:
     return name
 
 
-def leftovers(tag: str) -> list[psutil.Process]:
-    found = []
-    for process in psutil.process_iter(["cmdline"]):
-        if any(tag in part for part in (process.info["cmdline"] or [])):
-            found.append(process)
-    return found
-
-
 def test_results_come_back_from_every_rank_in_rank_order():
     results = launch.run("dtutor.diagnostics:hello", nprocs=2, timeout=120, quiet=True)
     assert [r["rank"] for r in results] == [0, 1]
@@ -67,21 +59,19 @@ def test_two_nodes_on_localhost_agree():
     assert {r["sum_of_ranks"] for r in results} == {1} and {r["world_size"] for r in results} == {2}
 
 
-def test_a_crashing_rank_is_named_with_its_traceback_and_nothing_survives():
-    tag = uuid.uuid4().hex
+def test_a_crashing_rank_is_named_with_its_traceback_and_nothing_survives(process_marker):
     with pytest.raises(launch.LaunchError) as caught:
-        launch.run("dtutor.diagnostics:fail_on_rank", nprocs=2, timeout=120, quiet=True, failing_rank=1, tag=tag)
+        launch.run("dtutor.diagnostics:fail_on_rank", nprocs=2, timeout=120, quiet=True, failing_rank=1)
     assert caught.value.rank == 1
     assert "RuntimeError: rank 1 failed on purpose" in caught.value.remote_traceback
     assert "rank 1 of dtutor.diagnostics:fail_on_rank failed" in str(caught.value)
-    assert leftovers(tag) == []
+    assert marked_processes(process_marker) == []
 
 
-def test_a_timeout_ends_every_process():
-    tag = uuid.uuid4().hex
+def test_a_timeout_ends_every_process(process_marker):
     with pytest.raises(launch.LaunchError, match="did not finish within 4 s"):
-        launch.run("dtutor.diagnostics:sleep", nprocs=2, timeout=4, quiet=True, seconds=300, tag=tag)
-    assert leftovers(tag) == []
+        launch.run("dtutor.diagnostics:sleep", nprocs=2, timeout=4, quiet=True, seconds=300)
+    assert marked_processes(process_marker) == []
 
 
 @pytest.mark.parametrize(
@@ -109,10 +99,11 @@ def test_bad_input_is_refused_before_any_process_starts(monkeypatch, entry, opti
 
 
 def test_commands_shown_for_one_and_two_nodes():
-    text = launch.show_commands("dtutor.diagnostics:sleep", 4, seconds=2.5, tag="two words")
+    text = launch.show_commands("dtutor.diagnostics:sleep", 4, seconds=2.5)
+    quoted = launch.show_commands("dtutor.pytorch.driver:train", 4, checkpoint="two words.pt")
     assert "torchrun --standalone --nproc-per-node=4 -m dtutor.launch dtutor.diagnostics:sleep seconds=2.5" in text
     assert "--nnodes=2 --nproc-per-node=4 --rdzv-backend=c10d --rdzv-endpoint=HOST:29400" in text
-    assert "'tag='\"'\"'two words'\"'\"''" in text  # strings that are not bare words keep their quotes
+    assert "'checkpoint='\"'\"'two words.pt'\"'\"''" in quoted  # strings that are not bare words keep their quotes
 
 
 def test_arguments_round_trip_through_the_command_line():

@@ -96,7 +96,7 @@ def test_ddp_runs_the_torch_driver_through_torchrun_with_a_concrete_backend(reco
     args, kwargs = _only_call(recorders, "run")
     assert args == (TORCH_DRIVER, 2)
     expected = TrainConfig(strategy="ddp", epochs=2, global_batch=128, backend=launch.choose_backend("auto", 2))
-    assert kwargs == {"nnodes": 2, "timeout": 60, "quiet": True, "threads_per_rank": 1, **expected.as_dict()}
+    assert kwargs == {"nnodes": 2, "timeout": 60, "quiet": True, "threads_per_rank": 1, **expected.as_arguments()}
     assert kwargs["backend"] in ("gloo", "nccl") and [r.rank for r in results] == [0, 1]
 
 
@@ -107,7 +107,7 @@ def test_horovod_strategies_run_their_framework_driver_through_horovodrun(record
     args, kwargs = _only_call(recorders, "run_horovod")
     assert args == (entry, 2) and kwargs.pop("framework") == framework
     backend = launch.choose_backend("auto", 2) if framework == "torch" else "auto"  # TF: torch not consulted
-    expected = TrainConfig(strategy=strategy, samples=256, backend=backend).as_dict()
+    expected = TrainConfig(strategy=strategy, samples=256, backend=backend).as_arguments()
     assert kwargs == {"timeout": 300.0, "quiet": False, "threads_per_rank": None, **expected}
 
 
@@ -115,7 +115,7 @@ def test_multiworker_runs_the_tf_driver_on_tf_workers(recorders):
     launch.train(4, strategy="multiworker", timeout=30)
     args, kwargs = _only_call(recorders, "run_tf_workers")
     assert args == (TF_DRIVER, 4)
-    expected = TrainConfig(strategy="multiworker").as_dict()
+    expected = TrainConfig(strategy="multiworker").as_arguments()
     assert kwargs == {"timeout": 30, "quiet": False, "threads_per_rank": None, **expected}
 
 

@@ -28,6 +28,12 @@ def test_the_strategy_trains_like_one_device():
     assert max_difference(by_dataparallel, alone) < 1e-6
 
 
+def test_a_learners_own_code_under_dataparallel_equals_one_device():
+    import own_code
+
+    assert max_difference(own_code.main(strategy="dataparallel"), own_code.main(strategy="single")) < 1e-6
+
+
 def test_in_process_strategies_refuse_more_processes():
     with pytest.raises(ValueError, match="nprocs: 'dataparallel' runs in this one process"):
         launch.train(2, strategy="dataparallel", **SETUP)

@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 import threading
 import time
-import uuid
 
 import numpy as np
 import psutil
 import pytest
+from conftest import marked_processes
 from test_tf_driver import SETUP, TOLERANCE, single_device_reference
 
 from dtutor import launch
@@ -49,19 +49,13 @@ def test_the_printed_commands_are_a_complete_recipe():
         assert "TF_USE_LEGACY_KERAS=1" in line
 
 
-def tagged_processes(tag: str) -> list[psutil.Process]:
-    """Every live process on this machine with ``tag`` in its command line."""
-    return [p for p in psutil.process_iter(["cmdline"]) if any(tag in part for part in p.info["cmdline"] or ())]
-
-
-def test_a_failing_worker_is_named_with_its_traceback_and_no_worker_survives():
-    tag = f"crash{uuid.uuid4().hex}"
+def test_a_failing_worker_is_named_with_its_traceback_and_no_worker_survives(process_marker):
     outcome: list[BaseException | None] = [None]
 
     def target():
         try:
             launch.run_tf_workers("dtutor.tf.diagnostics:fail_on_worker", 2, timeout=120, quiet=True,
-                                  failing_rank=1, tag=tag)
+                                  failing_rank=1)
         except BaseException as error:  # handed to the test
             outcome[0] = error
 
@@ -69,13 +63,13 @@ def test_a_failing_worker_is_named_with_its_traceback_and_no_worker_survives():
     thread.start()
     most = 0
     while thread.is_alive():
-        most = max(most, len(tagged_processes(tag)))
+        most = max(most, len(marked_processes(process_marker)))
         time.sleep(0.05)
     error = outcome[0]
     assert isinstance(error, launch.LaunchError), error
     assert error.rank == 1
     assert "RuntimeError: worker 1 failed on purpose" in error.remote_traceback
     assert "rank 1 of dtutor.tf.diagnostics:fail_on_worker failed" in str(error)
-    assert most >= 1  # the watch saw the workers by their tag, so "none left" looks at the right processes
-    assert tagged_processes(tag) == []
+    assert most >= 1  # the watch saw the workers by their marker, so "none left" looks at the right processes
+    assert marked_processes(process_marker) == []
     assert psutil.Process().children(recursive=True) == []

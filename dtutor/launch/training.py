@@ -98,12 +98,12 @@ def train(
     info = STRATEGIES[config.strategy]
     options = {"timeout": timeout, "quiet": quiet, "threads_per_rank": threads_per_rank}
     if info.launcher == "torchrun":
-        return run(DRIVERS["torch"], nprocs, nnodes=nnodes, **options, **config.as_dict())
+        return run(DRIVERS["torch"], nprocs, nnodes=nnodes, **options, **config.as_arguments())
     if info.launcher == "horovodrun":
         return run_horovod(DRIVERS[info.framework], nprocs, framework=info.framework, **options,
-                           **config.as_dict())
+                           **config.as_arguments())
     if info.launcher == "tf_workers":
-        return run_tf_workers(DRIVERS["tensorflow"], nprocs, **options, **config.as_dict())
+        return run_tf_workers(DRIVERS["tensorflow"], nprocs, **options, **config.as_arguments())
     if info.launcher == "inprocess":
         with quietly() if quiet else contextlib.nullcontext():
             return _run_in_process(config, info.framework, nprocs)

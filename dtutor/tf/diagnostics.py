@@ -13,11 +13,8 @@ import time
 from dtutor.tf.multiworker import cluster_place
 
 
-def fail_on_worker(failing_rank: int = 1, wait_seconds: float = 3600.0, tag: str = "") -> int:
-    """Worker ``failing_rank`` (its ``TF_CONFIG`` task index) raises; the others wait ``wait_seconds``.
-
-    ``tag`` does nothing but appear on the command line, so a test can look for leftover processes.
-    """
+def fail_on_worker(failing_rank: int = 1, wait_seconds: float = 3600.0) -> int:
+    """Worker ``failing_rank`` (its ``TF_CONFIG`` task index) raises; the others wait ``wait_seconds``."""
     rank, _ = cluster_place()
     if rank == failing_rank:
         raise RuntimeError(f"worker {rank} failed on purpose")
