@@ -30,6 +30,11 @@ class EpochStats:
         """Throughput of the whole job in this epoch."""
         return self.samples / self.seconds if self.seconds > 0 else float("nan")
 
+    def summary(self) -> str:
+        """One line for people, e.g. ``epoch 0: loss 2.3037, accuracy 0.102, 1,341 samples/s``."""
+        return (f"epoch {self.epoch}: loss {self.loss:.4f}, accuracy {self.accuracy:.3f}, "
+                f"{self.samples_per_second:,.0f} samples/s")
+
 
 @dataclass
 class RunResult:
@@ -57,9 +62,7 @@ class RunResult:
         """One short line for people: strategy, ranks, last epoch's loss and accuracy, test accuracy."""
         parts = [f"{self.strategy} on {self.world_size} rank(s)"]
         if self.epochs:
-            last = self.epochs[-1]
-            parts.append(f"epoch {last.epoch}: loss {last.loss:.4f}, accuracy {last.accuracy:.3f}, "
-                         f"{last.samples_per_second:,.0f} samples/s")
+            parts.append(self.epochs[-1].summary())
         if self.test_accuracy is not None:
             parts.append(f"test accuracy {self.test_accuracy:.3f}")
         return "; ".join(parts)

@@ -47,10 +47,11 @@ def test_accumulating_two_micro_batches_equals_the_whole_batch(single):
     assert accumulated.step_losses == pytest.approx(single.step_losses, rel=1e-5)
 
 
-def test_stop_and_resume_is_bitwise_equal_to_an_unbroken_run(tmp_path, single):
-    checkpoint = str(tmp_path / "single.pt")
-    first = fit(TrainConfig(**SMALL, checkpoint=checkpoint, stop_after_epochs=1))
-    resumed = fit(TrainConfig(**SMALL, checkpoint=checkpoint))
+@pytest.mark.parametrize("strategy", ["single", "dataparallel"])
+def test_stop_and_resume_is_bitwise_equal_to_an_unbroken_run(tmp_path, single, strategy):
+    options = {**SMALL, "strategy": strategy, "checkpoint": str(tmp_path / "run.pt")}
+    first = fit(TrainConfig(**options, stop_after_epochs=1))
+    resumed = fit(TrainConfig(**options))
     assert [e.epoch for e in first.epochs] == [0] and [e.epoch for e in resumed.epochs] == [1]
     assert max_difference(resumed, single) == 0.0
 

@@ -122,8 +122,7 @@ def _run(config: TrainConfig, strategy: Strategy, model: ModelSpec, train_data: 
         stats, step_losses = _train_epoch(config, strategy, wrapped, optimizer, loader, loss_fn, epoch)
         result.epochs.append(stats)
         result.step_losses += step_losses
-        log(f"epoch {epoch}: loss {stats.loss:.4f}, accuracy {stats.accuracy:.3f}, "
-            f"{stats.samples_per_second:,.0f} samples/s over {strategy.world_size} rank(s)")
+        log(f"{stats.summary()} over {strategy.world_size} rank(s)")
         if config.checkpoint:
             strategy.save_checkpoint(config.checkpoint, wrapped, optimizer, epoch)
     result.seconds = sum(e.seconds for e in result.epochs)

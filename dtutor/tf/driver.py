@@ -135,8 +135,7 @@ def _run(config: TrainConfig, strategy: KerasStrategy) -> RunResult:
         result.epochs.append(EpochStats(epoch, steps, steps * config.global_batch, float(logs["loss"]),
                                         float(logs["accuracy"]), strategy.slowest(seconds)))
         if strategy.is_logger:
-            print(f"epoch {epoch}: loss {logs['loss']:.4f}, accuracy {logs['accuracy']:.3f}, "
-                  f"{result.epochs[-1].samples_per_second:,.0f} samples/s")
+            print(result.epochs[-1].summary())
     result.step_losses = strategy.average(np.array(recorder.step_losses)).tolist()
     result.seconds = strategy.slowest(time.perf_counter() - started)
     if config.test_samples:
