@@ -56,13 +56,15 @@ def test_importing_the_tensorflow_package_imports_neither_framework():
 
 @pytest.fixture
 def no_process_may_start(monkeypatch):
-    """Any attempt to start a process fails the test; afterwards TensorFlow must still be unimported."""
+    """Any attempt to start a process, or to import TensorFlow (even if an earlier test did), fails the test."""
     def refuse(*args, **kwargs):
         raise AssertionError(f"a process was started: {args[:1]}")
 
     monkeypatch.setattr(subprocess, "Popen", refuse)
+    for name in [m for m in sys.modules if m == "tensorflow" or m.startswith(("tensorflow.", "tf_keras"))]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "tensorflow", None)  # `import tensorflow` now raises ImportError
     yield
-    assert "tensorflow" not in sys.modules
     assert psutil.Process().children(recursive=True) == []
 
 
