@@ -1,0 +1,55 @@
+"""The part every ``torch.distributed`` strategy shares: joining the process group, collectives, leaving.
+
+DDP, the pipelines and tensor parallelism all start from this: one process per rank, started by torchrun
+(gloo on CPUs, nccl with one GPU per rank; the rank's GPU is ``LOCAL_RANK``), metrics combined with
+``dist.all_reduce``, and a teardown that releases what holds the group before destroying it (torch 2.13 +
+gloo can otherwise abort at exit: "terminate called without an active exception").
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+
+import torch
+import torch.distributed as dist
+
+from dtutor.launch import choose_backend
+from dtutor.pytorch.strategy import Strategy
+
+OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}
+
+
+class ProcessGroupStrategy(Strategy):
+    """A strategy whose ranks talk through ``torch.distributed``; subclasses say how they split the work."""
+
+    name = ""
+
+    def join(self) -> None:
+        """Join the process group torchrun describes; with nccl, take the GPU numbered ``LOCAL_RANK``."""
+        backend = choose_backend(self.config.backend, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        dist.init_process_group(backend)
+        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        if backend == "nccl":
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(self.device)
+
+    def reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        """``dist.all_reduce`` of a copy of ``tensor``."""
+        tensor = tensor.clone()
+        dist.all_reduce(tensor, op=OPS[op])
+        return tensor
+
+    def barrier(self) -> None:
+        """``dist.barrier()``."""
+        dist.barrier()
+
+    def release(self) -> None:
+        """Drop whatever holds the process group (wrappers, schedules); subclasses add theirs."""
+
+    def teardown(self) -> None:
+        """Release what holds the group, collect it, then destroy the process group."""
+        self.release()
+        gc.collect()
+        if dist.is_initialized():
+            dist.destroy_process_group()
