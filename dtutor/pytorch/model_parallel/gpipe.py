@@ -36,6 +36,7 @@ from dtutor.pytorch.model_parallel import stages as st
 from dtutor.pytorch.model_parallel.timeline import Event, Recorder, gather
 
 Action = tuple[str, int]
+CPU = torch.device("cpu")
 
 
 def gpipe_actions(micro_batches: int) -> list[Action]:
@@ -76,7 +77,7 @@ def run_stage(module: nn.Module, actions: Sequence[Action], *, stage: int, stage
               shapes: Sequence[torch.Size], inputs: Sequence[torch.Tensor] | None = None,
               targets: Sequence[torch.Tensor] | None = None,
               loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = nn.functional.cross_entropy,
-              device: torch.device = torch.device("cpu"), blocking: bool = True,
+              device: torch.device = CPU, blocking: bool = True,
               input_grad: bool = False, recorder: Recorder | None = None) -> StageStep:
     """Carry out ``actions`` on ``stage``: gradients accumulate in ``module``'s parameters (see module docs).
 
