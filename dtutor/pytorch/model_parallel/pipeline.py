@@ -1,4 +1,4 @@
-"""Pipelines with ``torch.distributed.pipelining`` as strategies of the one driver: ``pipeline_gpipe``, ``pipeline_1f1b``.
+"""Pipelines on ``torch.distributed.pipelining`` as strategies of the driver: ``pipeline_gpipe``, ``pipeline_1f1b``.
 
 Every rank is one stage: a contiguous run of the model's layers (``stages.even_cuts``; for the CNN on 2
 ranks: the two conv layers, then the two dense ones). What the strategy changes:
