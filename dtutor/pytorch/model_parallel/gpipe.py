@@ -16,7 +16,7 @@ waits to send gradient 0: a deadlock.
 
 Launch recipe (2 ranks; on a machine with 2 GPUs ``backend=nccl``)::
 
-    dtutor.launch.run("dtutor.pytorch.model_parallel.gpipe:gpipe_by_hand", 2, micro_batches=4)
+    dtutor.launch.run("dtutor.pytorch.model_parallel.gpipe:gpipe_by_hand", 2, micro_batches=4)  # both schedules
     torchrun --standalone --nproc-per-node=2 -m dtutor.launch \\
         dtutor.pytorch.model_parallel.gpipe:gpipe_by_hand micro_batches=4
 """
@@ -139,30 +139,30 @@ def max_gradient_difference(stage: nn.Module, reference: dict[str, torch.Tensor]
     return max(float((p.grad - reference[name]).abs().max()) for name, p in stage.named_parameters())
 
 
-def gpipe_by_hand(micro_batches: int = 4, schedule: str = "gpipe", batch: int = 32, seed: int = 0,
-                  backend: str = "gloo") -> dict[str, Any]:
-    """Entry point (one rank per stage): one step of the hand-written schedule on the course's CNN.
+def gpipe_by_hand(micro_batches: int = 4, schedules: Sequence[str] = ("gpipe", "1f1b"), batch: int = 32,
+                  seed: int = 0, backend: str = "gloo") -> dict[str, Any]:
+    """Entry point (one rank per stage): one step of each hand-written schedule on the course's CNN.
 
-    Returns, the same on every rank: the largest gradient difference from the full batch on the unsplit
-    model (over all stages), each stage's peak activations held, and every stage's timeline events.
+    Returns, the same on every rank, per schedule: the largest gradient difference from the full batch on
+    the unsplit model (over all stages), each stage's peak activations held, and every stage's events.
     """
     rank, world, device = st.join(backend)
     try:
-        model = models.seeded(models.mnist_cnn, seed).to(device)
-        cuts = st.even_cuts(len(models.pipeline_layers(model)), world)
-        stage = st.stage_modules(model, cuts)
-        x, y = st.mnist_batch(batch, device)
-        reference = full_batch_gradients(model, x, y)
-        shapes = st.boundary_shapes(stage, split_batch(x, micro_batches)[0])
-        done = run_stage(stage[rank], actions_for(schedule, rank, world, micro_batches), stage=rank,
-                         stages=world, shapes=shapes, inputs=split_batch(x, micro_batches),
-                         targets=split_batch(y, micro_batches), device=device,
-                         blocking=schedule == "gpipe")
-        facts = [None] * world
-        dist.all_gather_object(facts, (max_gradient_difference(stage[rank], reference), done.peak_held))
-        events = gather(done.events)
-        return {"schedule": schedule, "stages": world, "micro_batches": micro_batches,
-                "gradient_difference": max(f[0] for f in facts), "peak_held": [f[1] for f in facts],
-                "events": events}
+        found: dict[str, dict[str, Any]] = {"gradient_difference": {}, "peak_held": {}, "events": {}}
+        for schedule in schedules:
+            model = models.seeded(models.mnist_cnn, seed).to(device)
+            stage = st.stage_modules(model, st.even_cuts(len(models.pipeline_layers(model)), world))
+            x, y = st.mnist_batch(batch, device)
+            reference = full_batch_gradients(model, x, y)
+            done = run_stage(stage[rank], actions_for(schedule, rank, world, micro_batches), stage=rank,
+                             stages=world, shapes=st.boundary_shapes(stage, split_batch(x, micro_batches)[0]),
+                             inputs=split_batch(x, micro_batches), targets=split_batch(y, micro_batches),
+                             device=device, blocking=schedule == "gpipe")
+            facts: list[Any] = [None] * world
+            dist.all_gather_object(facts, (max_gradient_difference(stage[rank], reference), done.peak_held))
+            found["gradient_difference"][schedule] = max(f[0] for f in facts)
+            found["peak_held"][schedule] = [f[1] for f in facts]
+            found["events"][schedule] = gather(done.events)
+        return {"stages": world, "micro_batches": micro_batches, **found}
     finally:
         st.leave()
