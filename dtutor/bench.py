@@ -193,7 +193,8 @@ def bench_pipeline(repeats: int = 5, speed: bool = True) -> dict[str, Any]:
     """The bubble rows (p = 2, m = 1, 2, 4, 8, GPipe and 1F1B) and the memory/speed rows of the CNN's splits."""
     from dtutor.pytorch.model_parallel import bubble, memory
 
-    return {"bubble": bubble.measure_bubble(2, repeats=repeats), "memory": memory.measured_table("cnn", speed=speed)}
+    rows = [{k: v for k, v in row.items() if k != "events"} for row in bubble.measure_bubble(2, repeats=repeats)]
+    return {"bubble": rows, "memory": memory.measured_table("cnn", speed=speed)}
 
 
 def format_pipeline(result: dict[str, Any]) -> str:

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from dtutor import bench, launch
-from dtutor.pytorch.model_parallel import bubble, memory
+from dtutor import bench
+from dtutor.pytorch.model_parallel import bubble, demos, memory
 
 
 def _row(schedule, m, measured, excess=5.0, peaks=(1, 1)):
@@ -35,16 +35,23 @@ def test_bubble_plot_title_comes_from_the_largest_m():
 
 
 def test_a_small_measurement_has_the_table_s_shape_and_the_schedules_activations():
-    rows = launch.run(bubble.BUBBLE_ENTRY, 2, timeout=240, quiet=True, threads_per_rank=1, micro_batches=(1, 2),
-                      width=64, layers_per_stage=1, micro_batch_size=8, repeats=1)[0]
+    rows = demos.bubble_rows(2, micro_batches=(1, 2), width=64, layers_per_stage=1, micro_batch_size=8, repeats=1)
     assert [(r["schedule"], r["micro_batches"]) for r in rows] == [("gpipe", 1), ("gpipe", 2), ("1f1b", 2)]
     assert [r["peak_held"] for r in rows] == [[1, 1], [2, 2], [2, 1]]
     assert [r["theory"] for r in rows] == pytest.approx([1 / 2, 1 / 3, 1 / 3])
     assert all(0 < r["measured"] < 1 and r["hop_ms"] > 0 and len(r["per_stage"]) == 2 for r in rows)
+    assert [(e.stage, e.kind) for e in rows[0]["events"]] == [(0, "forward"), (1, "forward"), (1, "backward"),
+                                                              (0, "backward")]
 
 
 def test_parameter_memory_per_rank_of_each_split():
-    found = launch.run("dtutor.pytorch.model_parallel.memory:parameter_memory", 2, timeout=240, quiet=True)[0]
+    rows = demos.memory_rows("cnn", speed=False)
+    assert [(r["layout"], r["strategy"]) for r in rows] == [
+        ("unsplit", "single"), ("seed split (part1 | part2)", "-"), ("pipeline stages", "pipeline_gpipe"),
+        ("pipeline stages", "pipeline_1f1b"), ("tensor parallel shards", "tensor_parallel")]
+    assert all(r["samples_per_s"] is None for r in rows)
+    assert rows[1]["largest_share"] == pytest.approx(1 - 320 / 121_930)
+    found = {r["layout"]: r["bytes_per_rank"] for r in rows}
     whole = 121_930 * 4
     assert found["unsplit"] == [whole, whole]
     assert found["seed split (part1 | part2)"] == [320 * 4, whole - 320 * 4]

@@ -2,7 +2,7 @@
 
 import pytest
 
-from dtutor import launch
+from dtutor.pytorch.model_parallel import demos
 from dtutor.pytorch.model_parallel.gpipe import gpipe_actions, one_f_one_b_actions, split_batch
 
 TOLERANCE = 1e-6  # fp32; measured ~6e-9 (the micro-batch sums are added in another order)
@@ -42,8 +42,7 @@ def test_a_batch_must_cut_into_equal_micro_batches():
 
 
 def test_by_hand_m_micro_batches_give_the_full_batch_gradients():
-    result = launch.run("dtutor.pytorch.model_parallel.gpipe:gpipe_by_hand", 2, timeout=240, quiet=True,
-                        micro_batches=4)[0]
+    result = demos.pipeline_by_hand(4)
     assert result["gradient_difference"]["gpipe"] < TOLERANCE and result["gradient_difference"]["1f1b"] < TOLERANCE
     assert result["peak_held"] == {"gpipe": [4, 4], "1f1b": [2, 1]}
     events = result["events"]["gpipe"]
@@ -51,7 +50,6 @@ def test_by_hand_m_micro_batches_give_the_full_batch_gradients():
 
 
 def test_the_library_schedules_give_the_full_batch_gradients_and_scale_by_m_themselves():
-    result = launch.run("dtutor.pytorch.model_parallel.pipeline:library_gradients", 2, timeout=240, quiet=True,
-                        micro_batches=4)[0]
+    result = demos.pipeline_library(4)
     assert result["gradient_difference"]["gpipe"] < TOLERANCE and result["gradient_difference"]["1f1b"] < TOLERANCE
     assert result["pitfall_ratio"] == pytest.approx(4.0, rel=1e-4)  # dividing the loss by m again: m x too small

@@ -3,15 +3,13 @@
 import pytest
 
 from dtutor import launch, models
-from dtutor.pytorch.model_parallel import split
+from dtutor.pytorch.model_parallel import demos, split
 from dtutor.pytorch.model_parallel.timeline import Event, idle_fractions, mean_idle, plot_timeline, theory_bubble
-
-SPLIT = "dtutor.pytorch.model_parallel.split:split_demo"
 
 
 @pytest.fixture(scope="module")
 def two_processes():
-    return launch.run(SPLIT, 2, timeout=240, quiet=True)
+    return launch.run("dtutor.pytorch.model_parallel.split:split_demo", 2, timeout=240, quiet=True)  # both ranks
 
 
 def test_part1_is_conv32_and_maxpool_and_part2_the_rest():
@@ -22,7 +20,7 @@ def test_part1_is_conv32_and_maxpool_and_part2_the_rest():
 
 
 def test_two_devices_in_one_process_equal_the_unsplit_model():
-    result = split.two_device_demo()
+    result = demos.split_two_devices()
     assert result["forward_difference"] == 0.0 and result["step_difference"] == 0.0
     assert result["activation_shape"] == (32, 32, 13, 13)
 

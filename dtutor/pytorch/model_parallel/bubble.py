@@ -87,7 +87,8 @@ def _row(schedule: str, micro_batches: int, world: int, steps: list[list[Event]]
             "theory": theory, "gap": measured - theory, "relative_gap": measured / theory - 1,
             "per_stage": [statistics.median(f[s] for f in idle) for s in range(world)],
             "span_ms": span_ms, "compute_ms": compute_ms,
-            "excess_ms": span_ms - (micro_batches + world - 1) * compute_ms, "hop_ms": hop, "peak_held": peaks}
+            "excess_ms": span_ms - (micro_batches + world - 1) * compute_ms, "hop_ms": hop, "peak_held": peaks,
+            "events": steps[-1]}
 
 
 def bubble_entry(micro_batches: Sequence[int] = (1, 2, 4, 8), schedules: Sequence[str] = ("gpipe", "1f1b"),
@@ -96,7 +97,8 @@ def bubble_entry(micro_batches: Sequence[int] = (1, 2, 4, 8), schedules: Sequenc
     """Entry point (one rank per stage): the bubble table's rows, the same on every rank (module docs).
 
     1F1B rows are measured only where m >= p (the schedule needs one micro-batch per stage). ``compute_ms``
-    is one micro-batch's forward + backward on one stage; ``peak_held`` the activations each stage held.
+    is one micro-batch's forward + backward on one stage; ``peak_held`` the activations each stage held;
+    ``events`` the last timed step's timeline (for ``timeline.plot_timeline``).
     """
     rank, world, device = st.join(backend)
     try:
