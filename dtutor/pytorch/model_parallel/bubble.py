@@ -8,10 +8,12 @@ its two matrix products per layer, is cheaper, and the measured bubble of stage 
 
 Per step, each stage's idle fraction is 1 - (its compute time) / (the step's span over all stages); the
 table gives the median over ``repeats`` steps (after a warm-up step) of the mean over stages, beside
-GPipe's ``(p - 1) / (m + p - 1)``. Sends are on the critical path: each micro-batch crosses a stage
-boundary twice (activation forward, gradient backward), and on gloo each hop costs about a millisecond
-(``hop_ms``, measured by ping-pong), so the step is longer than ``(m + p - 1)`` x (forward + backward) by
-about ``2 m`` hops: an idle time that grows with m while the theory's bubble shrinks. ``excess_ms`` in each
+GPipe's ``(p - 1) / (m + p - 1)``. The theory counts no communication, but here the sends are blocking
+(``dist.send``) and each micro-batch crosses a stage boundary twice (activation forward, gradient
+backward); on gloo a hop costs about a millisecond or two (``hop_ms``, measured by ping-pong), so the step
+is longer than ``(m + p - 1)`` x (forward + backward) by up to ``2 m`` hops: an idle time that grows with m
+while the theory's bubble shrinks. The default stages are heavy (4 layers of 1024 x 1024 on 64 samples,
+about 0.1 s of forward + backward per micro-batch on one CPU core) to keep that small at m <= 4. ``excess_ms`` in each
 row is that difference, measured. On 2 cores, p = 4 oversubscribes the CPU (4 processes, 2 cores): its
 numbers show the schedule's shape, not the bubble; measure p = 4 on GPUs.
 
@@ -92,7 +94,7 @@ def _row(schedule: str, micro_batches: int, world: int, steps: list[list[Event]]
 
 
 def bubble_entry(micro_batches: Sequence[int] = (1, 2, 4, 8), schedules: Sequence[str] = ("gpipe", "1f1b"),
-                 width: int = 1024, layers_per_stage: int = 2, micro_batch_size: int = 32, repeats: int = 5,
+                 width: int = 1024, layers_per_stage: int = 4, micro_batch_size: int = 64, repeats: int = 5,
                  seed: int = 0, backend: str = "gloo") -> list[dict[str, Any]]:
     """Entry point (one rank per stage): the bubble table's rows, the same on every rank (module docs).
 
