@@ -10,7 +10,8 @@ from dtutor.pytorch.model_parallel import bubble, demos, memory
 
 def _row(schedule, m, measured, excess=5.0, peaks=(1, 1)):
     theory = bubble.theory_bubble(2, m)
-    return {"schedule": schedule, "stages": 2, "micro_batches": m, "measured": measured, "theory": theory,
+    return {"schedule": schedule, "stages": 2, "micro_batches": m, "measured": measured, "median": measured,
+            "theory": theory,
             "gap": measured - theory, "relative_gap": measured / theory - 1, "per_stage": [measured, measured],
             "span_ms": 100.0, "compute_ms": 10.0, "excess_ms": excess, "hop_ms": 1.25, "peak_held": list(peaks)}
 
@@ -26,8 +27,9 @@ def test_bubble_table_states_theory_gap_and_verdicts_from_the_numbers():
     assert lines[2].endswith("within 10%: missed") and "20.0%" in lines[2]  # 25% against 20%: +25% relative
     assert not lines[3].rstrip().endswith(("met", "missed"))  # m = 8: no target, explained below
     assert lines[3].split()[-1] == "8/8" and lines[4].split()[-1] == "2/1"
-    assert lines[-1] == ("at m = 8: the step is 20.0 ms longer than (m + p - 1) x 10.0 ms of compute = 16 hops of "
-                         "1.25 ms (2m = 16 crossings); the theory has none")
+    assert lines[-1] == ("at m = 8: the step is 20.0 ms longer than (m + p - 1) x 10.0 ms of compute; 16 boundary "
+                         "crossings x 1.25 ms per hop = 20.0 ms of it is send/recv latency, the theory counts none; "
+                         "the other 0.0 ms is stages waiting on uneven compute")
 
 
 def test_bubble_plot_title_comes_from_the_largest_m():

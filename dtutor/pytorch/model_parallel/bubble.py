@@ -7,8 +7,9 @@ input gradient, as every other stage must (to send it back). Without that, stage
 its two matrix products per layer, is cheaper, and the measured bubble of stage 0 is larger than theory.
 
 Per step, each stage's idle fraction is 1 - (its compute time) / (the step's span over all stages); the
-table gives the median over ``repeats`` steps (after a warm-up step) of the mean over stages, beside
-GPipe's ``(p - 1) / (m + p - 1)``. The theory counts no communication, but here the sends are blocking
+table gives the mean over stages of the fastest of ``repeats`` steps (after a warm-up step: the step least
+disturbed by other work on a shared machine; ``median`` is the median over the steps), beside GPipe's
+``(p - 1) / (m + p - 1)``. The theory counts no communication, but here the sends are blocking
 (``dist.send``) and each micro-batch crosses a stage boundary twice (activation forward, gradient
 backward); on gloo a hop costs about a millisecond or two (``hop_ms``, measured by ping-pong), so the step
 is longer than ``(m + p - 1)`` x (forward + backward) by up to ``2 m`` hops: an idle time that grows with m
@@ -78,19 +79,18 @@ def _one_step(module: nn.Module, schedule: str, micro_batches: int, rank: int, w
 
 def _row(schedule: str, micro_batches: int, world: int, steps: list[list[Event]], peaks: list[int],
          hop: float) -> dict[str, Any]:
-    """One table row from the timed steps: medians over steps of idle fractions, span and compute."""
-    idle = [idle_fractions(events) for events in steps]
+    """One table row from the timed steps: the fastest step's figures (the least disturbed by other work)."""
     spans = [max(e.end for e in events) - min(e.start for e in events) for events in steps]
-    compute = [sum(e.seconds for e in events) / (world * micro_batches) for events in steps]
-    measured = statistics.median(sum(f.values()) / world for f in idle)
-    theory = theory_bubble(world, micro_batches)
-    span_ms, compute_ms = 1e3 * statistics.median(spans), 1e3 * statistics.median(compute)
+    idle = [idle_fractions(events) for events in steps]
+    best = spans.index(min(spans))
+    compute_ms = 1e3 * sum(e.seconds for e in steps[best]) / (world * micro_batches)
+    measured, theory = sum(idle[best].values()) / world, theory_bubble(world, micro_batches)
     return {"schedule": schedule, "stages": world, "micro_batches": micro_batches, "measured": measured,
-            "theory": theory, "gap": measured - theory, "relative_gap": measured / theory - 1,
-            "per_stage": [statistics.median(f[s] for f in idle) for s in range(world)],
-            "span_ms": span_ms, "compute_ms": compute_ms,
-            "excess_ms": span_ms - (micro_batches + world - 1) * compute_ms, "hop_ms": hop, "peak_held": peaks,
-            "events": steps[-1]}
+            "median": statistics.median(sum(f.values()) / world for f in idle), "theory": theory,
+            "gap": measured - theory, "relative_gap": measured / theory - 1,
+            "per_stage": [idle[best][s] for s in range(world)], "span_ms": 1e3 * spans[best],
+            "compute_ms": compute_ms, "excess_ms": 1e3 * spans[best] - (micro_batches + world - 1) * compute_ms,
+            "hop_ms": hop, "peak_held": peaks, "events": steps[best]}
 
 
 def bubble_entry(micro_batches: Sequence[int] = (1, 2, 4, 8), schedules: Sequence[str] = ("gpipe", "1f1b"),
@@ -149,10 +149,12 @@ def format_bubble(rows: list[dict[str, Any]]) -> str:
                      f"{row['excess_ms']:>11.1f}{held:>18}  {verdict}")
     last = max((r for r in rows if r["schedule"] == "gpipe"), key=lambda r: r["micro_batches"], default=None)
     if last is not None:
-        hops = last["excess_ms"] / last["hop_ms"] if last["hop_ms"] > 0 else float("nan")
-        lines.append(f"at m = {last['micro_batches']}: the step is {last['excess_ms']:.1f} ms longer than "
-                     f"(m + p - 1) x {last['compute_ms']:.1f} ms of compute = {hops:.0f} hops of "
-                     f"{last['hop_ms']:.2f} ms (2m = {2 * last['micro_batches']} crossings); the theory has none")
+        m, excess = last["micro_batches"], last["excess_ms"]
+        sends = 2 * m * (last["stages"] - 1) * last["hop_ms"]
+        lines.append(f"at m = {m}: the step is {excess:.1f} ms longer than (m + p - 1) x {last['compute_ms']:.1f} ms "
+                     f"of compute; {2 * m * (last['stages'] - 1)} boundary crossings x {last['hop_ms']:.2f} ms per "
+                     f"hop = {sends:.1f} ms of it is send/recv latency, the theory counts none; the other "
+                     f"{excess - sends:.1f} ms is stages waiting on uneven compute")
     return "\n".join(lines)
 
 
