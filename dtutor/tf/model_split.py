@@ -26,62 +26,13 @@ it runs in a fresh process (the notebook's kernel never imports TensorFlow)::
 from __future__ import annotations
 
 import contextlib
-import re
-from collections import Counter
 from typing import Any
 
 import numpy as np
 
+from dtutor.tf.placement import check_device_names, normal_name, placement, require_devices
+
 ACTIVATION_SHAPE = (13, 13, 32)  # part1's output per sample: 28x28 -> conv 3x3 -> 26x26 -> max-pool 2 -> 13x13
-DEVICE_NAME = re.compile(r"^/(?:device:)?(CPU|GPU):(\d+)$", re.IGNORECASE)
-DATA_FREE_OPS = {"_Arg", "_Retval", "_Send", "_Recv", "_DeviceArg", "_EagerConst", "Const", "Identity", "NoOp"}
-
-
-def _device_key(match: re.Match) -> tuple[str, int]:
-    """("CPU" or "GPU", index) of a parsed device name."""
-    return match[1].upper(), int(match[2])
-
-
-def _normal(name: str) -> str:
-    """A device name as "CPU:1" (from "/cpu:1", "/device:CPU:1", or a full "/job:.../device:CPU:1")."""
-    kind, index = _device_key(DEVICE_NAME.match("/" + name.rsplit("/", 1)[-1]))
-    return f"{kind}:{index}"
-
-
-def check_device_names(devices: list[str] | None) -> list[str] | None:
-    """``devices`` (two names like "/GPU:1" or "/device:CPU:0", different), or None (choose); ``ValueError``.
-
-    Checks the spelling only, before any process starts; ``require_devices`` checks that they exist.
-    """
-    if devices is None:
-        return None
-    if not isinstance(devices, (list, tuple)) or len(devices) != 2:
-        raise ValueError(f"devices: give two device names (part1's, part2's), got {devices!r}")
-    parsed = [DEVICE_NAME.match(str(name)) for name in devices]
-    for name, match in zip(devices, parsed, strict=True):
-        if match is None:
-            raise ValueError(f"devices: {name!r} is not a TensorFlow device name like '/GPU:1' or '/CPU:0'")
-    if _device_key(parsed[0]) == _device_key(parsed[1]):
-        raise ValueError(f"devices: the two parts need two different devices, got {devices!r}")
-    return list(devices)
-
-
-def require_devices(devices: list[str]) -> list[str]:
-    """Each of ``devices`` exists in this process (``tf.config.list_logical_devices``), else ``ValueError``.
-
-    Without this check TensorFlow's soft placement would run ``tf.device("/GPU:1")`` work on another device
-    without a word, and the "split" would be no split at all.
-    """
-    import tensorflow as tf
-
-    have = [d.name for d in tf.config.list_logical_devices()]
-    known = {(d.device_type, int(d.name.rsplit(":", 1)[1])) for d in tf.config.list_logical_devices()}
-    for name in check_device_names(devices):
-        if _device_key(DEVICE_NAME.match(name)) not in known:
-            raise ValueError(f"tf.device({name!r}): this process has no such device; it has {have}. TensorFlow "
-                             f"would silently place the work elsewhere (soft placement). On a CPU, call "
-                             f"setup_tensorflow(cpu_replicas=2) first and use '/CPU:0' and '/CPU:1'.")
-    return list(devices)
 
 
 def split_devices(devices: list[str] | None = None) -> list[str]:
@@ -210,64 +161,6 @@ def train_step(model: Any, parts: list[Any], devices: list[str], colocated: bool
     return step
 
 
-def _phase(node: Any) -> str:
-    """Which part of the step a placed op belongs to: "forward", "backward" or "update"."""
-    if node.name.startswith("gradient"):  # "gradients/..." (tf.gradients), "gradient_tape/..." (GradientTape)
-        return "backward"
-    if "SGD" in node.name or node.op.startswith(("Assign", "ResourceApply")):
-        return "update"
-    return "forward"
-
-
-def placement(step: Any, *args: Any) -> dict[str, Any]:
-    """Where the first call of the ``tf.function`` ``step(*args)`` actually ran each op, and what crossed.
-
-    Read from TensorFlow's run metadata: the graph as partitioned for execution, one part per device, with a
-    ``_Send``/``_Recv`` pair for every tensor that crosses between devices (``step`` must not have run yet:
-    the partitions are recorded when the function is instantiated). Returns ``{"ops": {device: {phase:
-    {op type: count}}}, "crossings": [{"tensor", "from", "to", "phase", "shape", "bytes"}]}``; op counts
-    leave out bookkeeping (arguments, constants, identities, sends, receives, variable reads).
-    """
-    from tensorflow.python.eager import context  # run metadata has no public TF2 API (tf.summary uses this)
-
-    graph = step.get_concrete_function(*args).graph
-    runtime = context.context()
-    runtime.enable_run_metadata()
-    try:
-        runtime.export_run_metadata()  # discard what earlier work in this process left there
-        step(*args)
-        metadata = runtime.export_run_metadata()
-    finally:
-        runtime.disable_run_metadata()
-    ops: dict[str, dict[str, Counter]] = {}
-    crossings = []
-    for function in metadata.function_graphs:
-        for partition in function.partition_graphs:
-            for node in partition.node:
-                device = _normal(node.device)
-                if node.op == "_Send" and "/ctrl/" not in node.input[0]:
-                    crossings.append(_crossing(graph, node))
-                elif node.op not in DATA_FREE_OPS and node.op != "ReadVariableOp":
-                    ops.setdefault(device, {}).setdefault(_phase(node), Counter())[node.op] += 1
-    return {"ops": {device: {phase: dict(sorted(counts.items())) for phase, counts in sorted(phases.items())}
-                    for device, phases in sorted(ops.items())}, "crossings": crossings}
-
-
-def _crossing(graph: Any, send: Any) -> dict[str, Any]:
-    """One ``_Send`` node as {"tensor", "from", "to", "phase", "shape", "bytes"} (shape from ``graph``)."""
-    name, _, index = send.input[0].partition(":")
-    shape, size = None, None
-    try:
-        tensor = graph.get_operation_by_name(name).outputs[int(index or 0)]
-        if tensor.shape.is_fully_defined():
-            shape, size = tuple(tensor.shape.as_list()), tensor.shape.num_elements() * tensor.dtype.size
-    except (KeyError, ValueError, IndexError):  # a node Grappler created or renamed: no Python tensor
-        pass
-    return {"tensor": send.input[0], "from": _normal(send.attr["send_device"].s.decode()),
-            "to": _normal(send.attr["recv_device"].s.decode()), "phase": _phase(send), "shape": shape,
-            "bytes": size}
-
-
 VARIANTS = {  # name: (forward pinned to each part's device, backward and update colocated)
     "seed": (False, False),     # the seed's code: tf.device around construction only, Keras' train_step
     "forward": (True, False),   # each part called under its device; Keras' GradientTape step
@@ -296,9 +189,9 @@ def inspect_split(variant: str = "split", batch: int = 32, devices: list[str] | 
     model, parts = split_model(devices, pinned=pinned)
     step = train_step(model, parts, devices, colocated=colocated)
     report = placement(step, *_batch(batch))
-    variables = {f"{part.name}/{index}.{v.name.rsplit('/', 1)[-1].split(':')[0]}": _normal(v.device)
+    variables = {f"{part.name}/{index}.{v.name.rsplit('/', 1)[-1].split(':')[0]}": normal_name(v.device)
                  for part in parts for index, layer in enumerate(part.layers) for v in layer.weights}
-    return {"variant": variant, "devices": [_normal(d) for d in devices], "batch": batch,
+    return {"variant": variant, "devices": [normal_name(d) for d in devices], "batch": batch,
             "variables": variables, **report}
 
 
@@ -338,7 +231,7 @@ def prove_split(steps: int = 3, batch: int = 64, devices: list[str] | None = Non
         x, y = images[index * batch : (index + 1) * batch], labels[index * batch : (index + 1) * batch]
         split_losses.append(float(step(x, y)))
         unsplit_losses.append(float(unsplit.train_on_batch(x, y)))
-    return {"devices": [_normal(d) for d in devices], "steps": steps, "batch": batch,
+    return {"devices": [normal_name(d) for d in devices], "steps": steps, "batch": batch,
             "forward_difference": forward, "loss_difference": _largest_difference(split_losses, unsplit_losses),
             "weight_difference": _largest_difference(model.get_weights(), unsplit.get_weights()),
             "moved": _largest_difference(unsplit.get_weights(), start), "losses": split_losses,
