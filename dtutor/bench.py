@@ -2,6 +2,7 @@
 
     python -m dtutor.bench ddp             # DDP scaling 1 -> 2 ranks (1 thread each) and the driver's overhead
     python -m dtutor.bench horovod         # Horovod (PyTorch) beside DDP, 1 and 2 ranks, same model and data
+    python -m dtutor.bench pipeline        # the pipeline bubble (measured, theory, gap); memory and speed per split
     python -m dtutor.bench ddp --json out.json
 
 Targets on the course's 2-core CPU: scaling efficiency T2 / (2 T1) >= 0.85, and the training driver within
@@ -188,18 +189,37 @@ def plot_scaling(result: dict[str, Any]):
     return figure
 
 
+def bench_pipeline(repeats: int = 5, speed: bool = True) -> dict[str, Any]:
+    """The bubble rows (p = 2, m = 1, 2, 4, 8, GPipe and 1F1B) and the memory/speed rows of the CNN's splits."""
+    from dtutor.pytorch.model_parallel import bubble, memory
+
+    rows = [{k: v for k, v in row.items() if k != "events"} for row in bubble.measure_bubble(2, repeats=repeats)]
+    return {"bubble": rows, "memory": memory.measured_table("cnn", speed=speed)}
+
+
+def format_pipeline(result: dict[str, Any]) -> str:
+    """The two tables ``python -m dtutor.bench pipeline`` prints."""
+    from dtutor.pytorch.model_parallel import bubble, memory
+
+    return f"{bubble.format_bubble(result['bubble'])}\n\n{memory.format_memory(result['memory'])}"
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Command line: ``python -m dtutor.bench {ddp,horovod} [--json FILE]``."""
+    """Command line: ``python -m dtutor.bench {ddp,horovod,pipeline} [--json FILE]``."""
     parser = argparse.ArgumentParser(prog="python -m dtutor.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["ddp", "horovod"])
+    parser.add_argument("what", choices=["ddp", "horovod", "pipeline"])
     parser.add_argument("--batch-per-rank", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=5, help="pairs of 1-rank and 2-rank runs (median)")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="pairs of 1-rank and 2-rank runs, or timed pipeline steps (median)")
     parser.add_argument("--rounds", type=int, default=60, help="pairs of driver and hand-written runs (median)")
     parser.add_argument("--json", metavar="FILE", help="also write the numbers to FILE")
     args = parser.parse_args(argv)
     if args.what == "ddp":
         result: Any = bench_ddp(args.batch_per_rank, args.repeats, args.rounds)
         print(format_ddp(result))
+    elif args.what == "pipeline":
+        result = bench_pipeline(args.repeats)
+        print(format_pipeline(result))
     else:
         result = bench_horovod_vs_ddp(args.batch_per_rank, args.repeats)
         print(format_table(result))

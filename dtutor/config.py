@@ -8,6 +8,7 @@ neither torch nor TensorFlow: the TensorFlow workers use the same rules.
 The batch arithmetic, the same for every strategy:
 
     global_batch = micro-batch per rank x accumulation x data-parallel ranks
+    a pipeline's step: data-parallel ranks = 1 (every stage reads the batch), cut into micro_batches pieces
     an epoch     = samples // global_batch optimizer steps (the remainder of the samples is not used)
 """
 
@@ -18,7 +19,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from dtutor.models import MODELS
+from dtutor.models import MODEL_SHAPES, MODELS
 from dtutor.strategies import STRATEGIES
 
 MODEL_NAMES = tuple(MODELS)  # PyTorch has every model; Keras the CNN only
@@ -37,6 +38,7 @@ class TrainConfig:
     model: str = "cnn"  # a name in MODEL_NAMES (ignored when your own model is passed to fit)
     global_batch: int = 64  # samples per optimizer step, over all ranks
     accumulation: int = 1  # micro-batches per optimizer step on each rank
+    micro_batches: int = 1  # pipelines only: each step's batch is cut into this many micro-batches
     samples: int = 1024  # training samples per epoch (the first ones of the training split)
     epochs: int = 1
     lr: float = 0.05  # the learning rate of the global batch: the same for every strategy and world size
@@ -60,6 +62,7 @@ class TrainConfig:
             if self.checkpoint is not None:
                 raise ConfigError(f"checkpoint: the Keras driver keeps no checkpoints ({self.strategy!r}); "
                                   "use checkpoint=None")
+        _check_model_parallel_fields(self, info.parallelism)
 
     @classmethod
     def from_kwargs(cls, **values: Any) -> TrainConfig:
@@ -118,7 +121,7 @@ def _check_field(name: str, value: Any) -> None:
         _need(value in MODEL_NAMES, name, value, f"one of {', '.join(MODEL_NAMES)}")
     elif name == "backend":
         _need(value in BACKENDS, name, value, f"one of {', '.join(BACKENDS)}")
-    elif name in ("global_batch", "accumulation", "samples", "epochs"):
+    elif name in ("global_batch", "accumulation", "micro_batches", "samples", "epochs"):
         _need(_is_int(value) and value >= 1, name, value, "a whole number >= 1")
     elif name in ("seed", "test_samples"):
         _need(_is_int(value) and value >= 0, name, value, "a whole number >= 0")
@@ -136,19 +139,54 @@ def _check_field(name: str, value: Any) -> None:
         raise AssertionError(f"no validation rule for TrainConfig.{name}")
 
 
+def _check_model_parallel_fields(config: TrainConfig, parallelism: str) -> None:
+    """Fields only some kinds of parallelism use: micro-batches (pipelines); no checkpoints for model parallelism."""
+    if parallelism != "pipeline" and config.micro_batches != 1:
+        raise ConfigError(f"micro_batches: only pipeline strategies cut a batch into micro-batches "
+                          f"({config.strategy!r} does not); use micro_batches=1 (or accumulation)")
+    if parallelism == "pipeline" and config.accumulation != 1:
+        raise ConfigError(f"accumulation: a pipeline accumulates over its micro-batches ({config.strategy!r}); "
+                          f"use accumulation=1 and micro_batches={config.accumulation * config.micro_batches}")
+    if parallelism != "data" and config.checkpoint is not None:
+        raise ConfigError(f"checkpoint: {config.strategy!r} keeps no checkpoints (its state is split over the "
+                          "ranks); use checkpoint=None")
+
+
+def _check_model_split(config: TrainConfig, world_size: int) -> None:
+    """The world-dependent rules of pipelines (stages, 1F1B) and tensor parallelism (widths)."""
+    info, shape = STRATEGIES[config.strategy], MODEL_SHAPES[config.model]
+    if info.parallelism == "pipeline" and world_size > shape.layers:
+        raise ConfigError(f"world size: {world_size} pipeline stages (one per rank) is more than the "
+                          f"{shape.layers} layers of model {config.model!r}; use at most {shape.layers} ranks")
+    if info.schedule == "1f1b" and config.micro_batches < world_size:
+        raise ConfigError(f"micro_batches: 1F1B needs at least one micro-batch per stage, so micro_batches >= "
+                          f"{world_size} stages, got {config.micro_batches}")
+    if info.parallelism == "tensor" and any(width % world_size for width in shape.split_widths):
+        raise ConfigError(f"world size: tensor parallelism over {world_size} ranks must divide the split layer "
+                          f"widths of model {config.model!r}, {', '.join(map(str, shape.split_widths))}")
+
+
 def check_world(config: TrainConfig, world_size: int, data_ranks: int | None = None) -> int:
     """Check the batch arithmetic for ``world_size`` ranks; return the micro-batch per rank.
 
-    ``data_ranks`` is how many ranks split the data (all of them for data parallelism, the default).
-    Every rank must get the same whole micro-batch, and an epoch must hold at least one optimizer step.
+    ``data_ranks`` is how many ranks split the data (default: what the strategy's registry entry says: all
+    of them for data parallelism, one for pipelines and tensor parallelism). Every rank must get the same
+    whole micro-batch, a pipeline's micro-batches must cut it evenly, and an epoch must hold at least one
+    optimizer step; pipelines and tensor parallelism must be able to cut the model over ``world_size``.
     """
     _need(_is_int(world_size) and world_size >= 1, "world size", world_size, "a whole number >= 1")
-    data_ranks = world_size if data_ranks is None else data_ranks
+    if data_ranks is None:
+        data_ranks = STRATEGIES[config.strategy].data_ranks(world_size)
     if config.global_batch % (data_ranks * config.accumulation):
         raise ConfigError(
             f"global_batch: {config.global_batch} must be a multiple of data-parallel ranks x accumulation = "
             f"{data_ranks} x {config.accumulation}, so every rank gets the same micro-batch"
         )
+    per_step = config.global_batch // (data_ranks * config.accumulation)
+    if per_step % config.micro_batches:
+        raise ConfigError(f"micro_batches: {config.micro_batches} must divide the batch of each step, "
+                          f"{per_step}, so every micro-batch has the same size")
     if config.samples < config.global_batch:
         raise ConfigError(f"samples: {config.samples} cannot fill one global batch of {config.global_batch}")
+    _check_model_split(config, world_size)
     return config.micro_batch(data_ranks)

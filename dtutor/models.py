@@ -4,11 +4,14 @@ The CNN is the one every seed notebook trains::
 
     Conv 32 3x3 -> ReLU -> MaxPool 2 -> Conv 64 3x3 -> ReLU -> MaxPool 2 -> Flatten -> Dense 64 -> Dense 10
 
-``wide_mlp`` is a configurable larger model for the memory demonstrations (DataParallel, ZeRO).
+``wide_mlp`` is a configurable larger model for the memory demonstrations (DataParallel, ZeRO) and tensor
+parallelism. ``MODEL_SHAPES`` tells the config check, without torch, how a pipeline or tensor parallelism
+can cut each model (``pipeline_layers`` is the cut a pipeline uses).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # torch is imported inside the functions: TensorFlow workers import this module too
@@ -78,6 +81,41 @@ def wide_mlp(width: int = 1024, depth: int = 4, in_features: int = 28 * 28, clas
 
 
 MODELS = {"cnn": mnist_cnn, "mlp": wide_mlp}  # the names a TrainConfig may give as ``model``
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What model parallelism needs to know of a model before any process starts (no torch needed).
+
+    ``layers``: how many pieces a pipeline may put on different stages (a layer is a child with parameters
+    and the parameter-free children after it, see ``pipeline_layers``). ``split_widths``: the output
+    widths of the linear layers tensor parallelism splits by columns (each must divide by its ranks).
+    """
+
+    layers: int
+    split_widths: tuple[int, ...]
+
+
+# cnn: [conv, relu, pool] [conv, relu, pool, flatten] [linear, relu] [linear]; mlp: 5 linear layers (defaults)
+MODEL_SHAPES = {"cnn": ModelShape(4, (64,)), "mlp": ModelShape(5, (1024, 1024))}
+
+
+def pipeline_layers(model: nn.Sequential) -> list[list[tuple[str, nn.Module]]]:
+    """The children of a ``Sequential`` grouped into layers: one with parameters and the ones after it.
+
+    Parameter-free children before the first parametrised one (``Flatten``) join the first layer. Names are
+    the children's names in ``model``, so a stage built from them keeps the full model's parameter names.
+    """
+    layers: list[list[tuple[str, nn.Module]]] = []
+    last_has_parameters = False
+    for name, child in model.named_children():
+        has_parameters = any(True for _ in child.parameters())
+        if not layers or (has_parameters and last_has_parameters):
+            layers.append([])
+            last_has_parameters = False
+        layers[-1].append((name, child))
+        last_has_parameters |= has_parameters
+    return layers
 
 
 def by_name(name: str):

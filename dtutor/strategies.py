@@ -1,11 +1,13 @@
 """Every strategy in the course, by name: where its code lives, which launcher starts it, what it changes.
 
 This registry is what the launcher, the config check and the benchmarks read; it imports no framework.
+``parallelism`` says what the ranks split: the data (every data-parallel strategy), the layers (pipelines:
+every stage reads the same batches) or each layer (tensor parallelism: every rank reads the same batches).
 A strategy's class is loaded only when it runs (``load``), so a TensorFlow worker never imports torch.
 
 Launchers:
 - ``inprocess``: one process, this one (single device, DataParallel, TensorFlow's MirroredStrategy);
-- ``torchrun``: one process per rank through PyTorch's launcher (DDP; later FSDP, pipelines, tensor parallel);
+- ``torchrun``: one process per rank through PyTorch's launcher (DDP, pipelines, tensor parallel; later FSDP);
 - ``horovodrun``: one process per rank through Horovod's launcher;
 - ``tf_workers``: one process per worker, each told its place by ``TF_CONFIG``.
 """
@@ -25,6 +27,12 @@ class StrategyInfo:
     framework: str  # "torch" or "tensorflow"
     launcher: str  # "inprocess", "torchrun", "horovodrun" or "tf_workers"
     summary: str
+    parallelism: str = "data"  # "data": ranks split the batch; "pipeline", "tensor": every rank reads it all
+    schedule: str = ""  # a pipeline's schedule: "gpipe" or "1f1b" (1F1B needs micro-batches >= stages)
+
+    def data_ranks(self, world_size: int) -> int:
+        """How many of ``world_size`` ranks split the data: all for data parallelism, else one."""
+        return world_size if self.parallelism == "data" else 1
 
 
 STRATEGIES: dict[str, StrategyInfo] = {
@@ -44,6 +52,15 @@ STRATEGIES: dict[str, StrategyInfo] = {
                      "tf.distribute.MultiWorkerMirroredStrategy: one process per worker, TF_CONFIG"),
         StrategyInfo("horovod_keras", "dtutor.tf.horovod_keras:HorovodKeras", "tensorflow", "horovodrun",
                      "Horovod for Keras: DistributedOptimizer and broadcast callbacks"),
+        StrategyInfo("pipeline_gpipe", "dtutor.pytorch.model_parallel.pipeline:PipelineGPipe", "torch", "torchrun",
+                     "one stage of layers per rank, GPipe: all micro-batches forward, then all backward",
+                     parallelism="pipeline", schedule="gpipe"),
+        StrategyInfo("pipeline_1f1b", "dtutor.pytorch.model_parallel.pipeline:Pipeline1F1B", "torch", "torchrun",
+                     "one stage of layers per rank, 1F1B: one forward, one backward; fewer activations held",
+                     parallelism="pipeline", schedule="1f1b"),
+        StrategyInfo("tensor_parallel", "dtutor.pytorch.model_parallel.tensor_parallel:TensorParallel", "torch",
+                     "torchrun", "each linear pair split across ranks (columns, then rows), Megatron-style",
+                     parallelism="tensor"),
     )
 }
 

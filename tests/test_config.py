@@ -26,6 +26,10 @@ def test_defaults_are_valid_and_the_arithmetic_follows():
         ({"momentum": 1.5}, r"momentum: must be a number in \[0, 1\)"),
         ({"global_batch": 0}, "global_batch: must be a whole number >= 1"),
         ({"accumulation": "2"}, "accumulation: must be a whole number >= 1, got '2'"),
+        ({"micro_batches": 0}, "micro_batches: must be a whole number >= 1, got 0"),
+        ({"strategy": "ddp", "micro_batches": 2}, "micro_batches: only pipeline strategies cut a batch"),
+        ({"strategy": "pipeline_1f1b", "accumulation": 2}, "accumulation: a pipeline accumulates over its"),
+        ({"strategy": "tensor_parallel", "checkpoint": "x.pt"}, "checkpoint: 'tensor_parallel' keeps no checkpoints"),
         ({"samples": -5}, "samples: must be a whole number >= 1"),
         ({"seed": -1}, "seed: must be a whole number >= 0"),
         ({"test_samples": None}, "test_samples: must be a whole number >= 0"),
@@ -54,6 +58,10 @@ def test_an_unknown_field_is_refused_with_the_closest_name():
         ({"global_batch": 64, "accumulation": 3}, 2, "= 2 x 3"),
         ({"global_batch": 64, "samples": 32}, 1, "samples: 32 cannot fill one global batch of 64"),
         ({}, 0, "world size: must be a whole number >= 1, got 0"),
+        ({"strategy": "pipeline_gpipe", "micro_batches": 5}, 2, "micro_batches: 5 must divide the batch of each step"),
+        ({"strategy": "pipeline_gpipe", "model": "mlp"}, 6, "world size: 6 pipeline stages"),
+        ({"strategy": "pipeline_1f1b", "micro_batches": 2}, 4, "micro_batches: 1F1B needs .* >= 4 stages, got 2"),
+        ({"strategy": "tensor_parallel", "model": "mlp"}, 3, "world size: tensor parallelism over 3 ranks"),
     ],
 )
 def test_batch_arithmetic_is_checked_for_the_world_size(fields, world, message):

@@ -77,6 +77,15 @@ def _only_call(recorders: dict[str, Recorder], used: str) -> tuple[tuple, dict[s
         (2, {"strategy": "mirrored", "model": "mlp"}, "model: 'mirrored' trains the Keras CNN only"),
         (3, {"strategy": "mirrored"}, "global_batch: 64 must be a multiple of"),
         (2, {"strategy": "horovod_keras", "accumulation": 2}, "accumulation: 'horovod_keras' does not accumulate"),
+        (5, {"strategy": "pipeline_gpipe"}, "world size: 5 pipeline stages .* more than the 4 layers of model 'cnn'"),
+        (2, {"strategy": "pipeline_gpipe", "micro_batches": 3}, "micro_batches: 3 must divide the batch of each "
+                                                                 "step, 64"),
+        (2, {"strategy": "pipeline_1f1b"}, "micro_batches: 1F1B needs .* micro_batches >= 2 stages, got 1"),
+        (3, {"strategy": "tensor_parallel", "model": "mlp", "global_batch": 63},
+         "world size: tensor parallelism over 3 ranks must divide the split layer widths of model 'mlp', 1024"),
+        (2, {"strategy": "ddp", "micro_batches": 2}, "micro_batches: only pipeline strategies"),
+        (2, {"strategy": "pipeline_gpipe", "accumulation": 2}, "accumulation: a pipeline accumulates"),
+        (2, {"strategy": "tensor_parallel", "checkpoint": "x.pt"}, "checkpoint: 'tensor_parallel' keeps no"),
     ],
 )
 def test_bad_input_is_refused_before_anything_starts(recorders, nprocs, options, message):
@@ -137,7 +146,8 @@ def test_mirrored_calls_the_tf_driver_here_with_nprocs_replicas(recorders):
 @pytest.mark.parametrize("strategy", list(STRATEGIES))
 def test_every_registered_strategy_has_a_launcher(recorders, strategy):
     nprocs = 1 if STRATEGIES[strategy].launcher == "inprocess" else 2
-    results = launch.train(nprocs, strategy=strategy)
+    options = {"micro_batches": 2} if STRATEGIES[strategy].schedule == "1f1b" else {}  # 1F1B: m >= stages
+    results = launch.train(nprocs, strategy=strategy, **options)
     assert len(results) == (1 if STRATEGIES[strategy].launcher == "inprocess" else nprocs)
 
 

@@ -62,7 +62,8 @@ def prepare(nprocs: int, nnodes: int, fields: dict[str, Any]) -> TrainConfig:
     config = TrainConfig.from_kwargs(**fields)
     info = STRATEGIES[config.strategy]
     _check_placement(info, nprocs, nnodes)
-    check_world(config, nprocs * nnodes)
+    world_size = nprocs * nnodes
+    check_world(config, world_size, info.data_ranks(world_size))  # pipelines, tensor parallel: 1 data rank
     if info.framework == "torch":  # TensorFlow strategies do not use it: keep torch out of their callers
         config = config.replace(backend=choose_backend(config.backend, nprocs))
     return config

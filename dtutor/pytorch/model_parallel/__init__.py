@@ -1,0 +1,21 @@
+"""Model parallelism in PyTorch: the seed's two-device split, pipelines (by hand and with
+``torch.distributed.pipelining``) and tensor parallelism, each proven equal to the unsplit model and measured.
+
+Modules, in the order of notebook 05:
+
+- ``stages``: joining the group, cutting a ``Sequential`` into stages, sending activations and gradients;
+- ``split``: the seed's CNN cut into part1 (Conv 32 + MaxPool) and part2 (the rest), on two GPUs or two
+  processes; proof that the split equals the unsplit model;
+- ``timeline``: per-stage timestamps, the stage-by-time chart, idle fractions, GPipe's theory;
+- ``gpipe``: GPipe and 1F1B written by hand with send/recv; proof that m micro-batches give the full-batch
+  gradients; activations held per stage;
+- ``pipeline``: the strategies ``pipeline_gpipe`` and ``pipeline_1f1b`` (``PipelineStage``,
+  ``ScheduleGPipe``, ``Schedule1F1B``) for the driver, and their gradient proof;
+- ``tensor_parallel``: the strategy ``tensor_parallel`` (``parallelize_module``, column- then row-wise) and
+  its proof on one MLP block;
+- ``bubble``: the bubble measured against theory (balanced stages), 1F1B against GPipe;
+- ``memory``: parameter memory per rank under each split, and samples/s through the driver;
+- ``demos``: one call per demo for a notebook (each launches its entry point and returns plain values).
+
+Every demo is an entry point for ``dtutor.launch.run(entry, 2, ...)`` returning plain Python values.
+"""

@@ -1,0 +1,159 @@
+"""Tensor parallelism (Megatron-style): each linear pair split across the ranks, as the strategy ``tensor_parallel``.
+
+``parallelize_module`` on a ``DeviceMesh`` over all ranks, with a plan that pairs the model's linear layers:
+
+- the first of a pair is ``ColwiseParallel``: each rank keeps ``out_features / ranks`` rows of the weight
+  (output columns) and computes its slice of the output; nothing is communicated in the forward;
+- the second is ``RowwiseParallel``: each rank keeps ``in_features / ranks`` columns of the weight, multiplies
+  its slice of the activation, and the partial outputs are summed by one all-reduce;
+- a last unpaired linear layer (the MLP's classifier) and everything else stay whole on every rank.
+
+So each rank communicates, per linear pair, one all-reduce of the pair's output (batch x out_features) in
+the forward, and one of the pair's input gradient (batch x in_features) in the backward when that input
+needs a gradient. A pipeline instead sends each activation once, point to point, to the next stage only.
+
+As a strategy: every rank reads the same batches (``data_ranks = 1``); rank 0 alone reports the metrics
+(the others would repeat them); the optimizer is rebuilt over the sharded parameters (``DTensor``);
+``full_state_dict`` returns ``full_tensor()`` of each. Launch recipes::
+
+    dtutor.launch.train(2, strategy="tensor_parallel", model="mlp", global_batch=64)
+    torchrun --standalone --nproc-per-node=2 -m dtutor.launch dtutor.pytorch.driver:train strategy=tensor_parallel
+    dtutor.launch.run("dtutor.pytorch.model_parallel.tensor_parallel:tensor_parallel_demo", 2)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.tensor import DTensor
+from torch.distributed.tensor.debug import CommDebugMode
+from torch.distributed.tensor.parallel import ColwiseParallel, ParallelStyle, RowwiseParallel, parallelize_module
+
+from dtutor.pytorch.ddp import DDP
+from dtutor.pytorch.model_parallel import stages as st
+from dtutor.pytorch.model_parallel.pipeline import zero_totals
+from dtutor.pytorch.strategy import Batch, LossFn, StepTotals
+
+
+def tensor_parallel_plan(model: nn.Module) -> dict[str, ParallelStyle]:
+    """Column-wise, then row-wise, for each pair of consecutive linear layers (by name in ``model``)."""
+    linears = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    plan: dict[str, ParallelStyle] = {}
+    for first, second in zip(linears[0::2], linears[1::2], strict=False):
+        plan[first], plan[second] = ColwiseParallel(), RowwiseParallel()
+    return plan
+
+
+def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor: gathered from the ranks if it is sharded."""
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+def local_shapes(model: nn.Module) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
+    """Per parameter: (the shard this rank holds, the full shape)."""
+    return {name: (tuple(p.to_local().shape) if isinstance(p, DTensor) else tuple(p.shape), tuple(p.shape))
+            for name, p in model.named_parameters()}
+
+
+class TensorParallel(DDP):
+    """Every linear pair split over all ranks (module docs)."""
+
+    name = "tensor_parallel"
+    mesh: DeviceMesh | None = None
+
+    @property
+    def data_rank(self) -> int:
+        """Every rank reads the same batches."""
+        return 0
+
+    @property
+    def data_ranks(self) -> int:
+        """One: the ranks split each layer, not the data."""
+        return 1
+
+    def wrap(self, model: nn.Module, optimizer: Any) -> tuple[nn.Module, Any]:
+        """``parallelize_module`` with ``tensor_parallel_plan``; the optimizer rebuilt over the shards."""
+        self.mesh = init_device_mesh(self.device.type, (self.world_size,))
+        parallelize_module(model, self.mesh, tensor_parallel_plan(model))
+        return model, st.optimizer_for(optimizer, model.parameters())
+
+    def no_sync(self, model: nn.Module) -> contextlib.AbstractContextManager:
+        """Nothing to skip: the ranks hold different shards, there is no gradient all-reduce."""
+        return contextlib.nullcontext()
+
+    def train_step(self, model: nn.Module, optimizer: Any, micro_batches: list[Batch],
+                   loss_fn: LossFn) -> StepTotals:
+        """The default step; only rank 0 reports the totals (every rank computed the same outputs)."""
+        totals = super().train_step(model, optimizer, micro_batches, loss_fn)
+        return totals if self.rank == 0 else zero_totals(self.device)
+
+    def eval_step(self, model: nn.Module, batch: Batch, loss_fn: LossFn) -> StepTotals:
+        """The default evaluation (every rank takes part in the all-reduces); rank 0 reports."""
+        totals = super().eval_step(model, batch, loss_fn)
+        return totals if self.rank == 0 else zero_totals(self.device)
+
+    def full_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """Every parameter whole (``full_tensor()`` gathers the shards), on every rank."""
+        return {name: full_tensor(value).detach() for name, value in model.state_dict().items()}
+
+    def teardown(self) -> None:
+        """Release the mesh, then leave as DDP does."""
+        self.mesh = None
+        super().teardown()
+
+
+def mlp_block(width: int = 64, hidden: int = 256) -> nn.Sequential:
+    """A transformer-style MLP block: Linear(width, hidden), ReLU, Linear(hidden, width)."""
+    return nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, width))
+
+
+def _collectives(mode: CommDebugMode) -> dict[str, int]:
+    return {str(op).split(".")[-1]: count for op, count in mode.get_comm_counts().items()}
+
+
+def tensor_parallel_demo(width: int = 64, hidden: int = 256, batch: int = 8, seed: int = 0,
+                         backend: str = "gloo") -> dict[str, Any]:
+    """Entry point (2 ranks or more): an MLP block split column- then row-wise, against the unsplit block.
+
+    Returns, the same on every rank: the output and gradient differences (parameter gradients read with
+    ``p.grad.full_tensor()``, and the input's gradient), each parameter's local shard and full shape, the
+    collectives counted in the forward and in the backward (``CommDebugMode``) with the bytes each
+    all-reduces, and this rank's parameter bytes against the unsplit block's.
+    """
+    rank, world, device = st.join(backend)
+    if hidden % world:
+        raise ValueError(f"hidden: {hidden} must divide by the {world} ranks")
+    try:
+        torch.manual_seed(seed)
+        reference = mlp_block(width, hidden).to(device)
+        sharded = mlp_block(width, hidden).to(device)
+        sharded.load_state_dict(reference.state_dict())
+        parallelize_module(sharded, init_device_mesh(device.type, (world,)), tensor_parallel_plan(sharded))
+        x = torch.randn(batch, width, generator=torch.Generator().manual_seed(seed + 1)).to(device)
+        x_reference = x.clone().requires_grad_()  # as inside a network: the block's input needs a gradient
+        x.requires_grad_()
+        expected = reference(x_reference)
+        expected.square().mean().backward()
+        with CommDebugMode() as forward_comms:
+            outputs = sharded(x)
+        with CommDebugMode() as backward_comms:
+            outputs.square().mean().backward()
+        grads = {name: p.grad for name, p in reference.named_parameters()}
+        gradient = max(float((full_tensor(p.grad) - grads[n]).abs().max()) for n, p in sharded.named_parameters())
+        gradient = max(gradient, float((x.grad - x_reference.grad).abs().max()))
+        shards: list[Any] = [None] * world
+        dist.all_gather_object(shards, local_shapes(sharded))
+        return {"ranks": world, "output_difference": float((outputs - expected).abs().max()),
+                "gradient_difference": gradient, "local_shapes": shards,
+                "forward_collectives": _collectives(forward_comms),
+                "backward_collectives": _collectives(backward_comms),
+                "forward_all_reduce_bytes": batch * width * 4, "backward_all_reduce_bytes": batch * width * 4,
+                "parameter_bytes": st.parameter_bytes(sharded),
+                "unsplit_parameter_bytes": st.parameter_bytes(reference)}
+    finally:
+        st.leave()

@@ -1,0 +1,122 @@
+"""Where TensorFlow really ran each op, and which tensors crossed between devices (notebook 05, step 1).
+
+``tf.device`` is a request: with soft placement TensorFlow silently runs an op meant for a device that does
+not exist on another one, and around a layer's construction it places only the layer's variables. So the
+model-split lesson checks device names first (``check_device_names``, ``require_devices``) and reads what
+happened from TensorFlow's run metadata (``placement``): the step's graph as partitioned for execution, one
+part per device, with a ``_Send``/``_Recv`` pair for every tensor that crosses.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from typing import Any
+
+DEVICE_NAME = re.compile(r"^/(?:device:)?(CPU|GPU):(\d+)$", re.IGNORECASE)
+DATA_FREE_OPS = {"_Arg", "_Retval", "_Send", "_Recv", "_DeviceArg", "_EagerConst", "Const", "Identity", "NoOp"}
+
+
+def _device_key(match: re.Match) -> tuple[str, int]:
+    """("CPU" or "GPU", index) of a parsed device name."""
+    return match[1].upper(), int(match[2])
+
+
+def normal_name(name: str) -> str:
+    """A device name as "CPU:1" (from "/cpu:1", "/device:CPU:1", or a full "/job:.../device:CPU:1")."""
+    kind, index = _device_key(DEVICE_NAME.match("/" + name.rsplit("/", 1)[-1]))
+    return f"{kind}:{index}"
+
+
+def check_device_names(devices: list[str] | None) -> list[str] | None:
+    """``devices`` (two names like "/GPU:1" or "/device:CPU:0", different), or None (choose); ``ValueError``.
+
+    Checks the spelling only, before any process starts; ``require_devices`` checks that they exist.
+    """
+    if devices is None:
+        return None
+    if not isinstance(devices, (list, tuple)) or len(devices) != 2:
+        raise ValueError(f"devices: give two device names (part1's, part2's), got {devices!r}")
+    parsed = [DEVICE_NAME.match(str(name)) for name in devices]
+    for name, match in zip(devices, parsed, strict=True):
+        if match is None:
+            raise ValueError(f"devices: {name!r} is not a TensorFlow device name like '/GPU:1' or '/CPU:0'")
+    if _device_key(parsed[0]) == _device_key(parsed[1]):
+        raise ValueError(f"devices: the two parts need two different devices, got {devices!r}")
+    return list(devices)
+
+
+def require_devices(devices: list[str]) -> list[str]:
+    """Each of ``devices`` exists in this process (``tf.config.list_logical_devices``), else ``ValueError``.
+
+    Without this check TensorFlow's soft placement would run ``tf.device("/GPU:1")`` work on another device
+    without a word, and the "split" would be no split at all.
+    """
+    import tensorflow as tf
+
+    have = [d.name for d in tf.config.list_logical_devices()]
+    known = {(d.device_type, int(d.name.rsplit(":", 1)[1])) for d in tf.config.list_logical_devices()}
+    for name in check_device_names(devices):
+        if _device_key(DEVICE_NAME.match(name)) not in known:
+            raise ValueError(f"tf.device({name!r}): this process has no such device; it has {have}. TensorFlow "
+                             f"would silently place the work elsewhere (soft placement). On a CPU, call "
+                             f"setup_tensorflow(cpu_replicas=2) first and use '/CPU:0' and '/CPU:1'.")
+    return list(devices)
+
+
+def _phase(node: Any) -> str:
+    """Which part of the step a placed op belongs to: "forward", "backward" or "update"."""
+    if node.name.startswith("gradient"):  # "gradients/..." (tf.gradients), "gradient_tape/..." (GradientTape)
+        return "backward"
+    if "SGD" in node.name or node.op.startswith(("Assign", "ResourceApply")):
+        return "update"
+    return "forward"
+
+
+def placement(step: Any, *args: Any) -> dict[str, Any]:
+    """Where the first call of the ``tf.function`` ``step(*args)`` actually ran each op, and what crossed.
+
+    Read from TensorFlow's run metadata: the graph as partitioned for execution, one part per device, with a
+    ``_Send``/``_Recv`` pair for every tensor that crosses between devices (``step`` must not have run yet:
+    the partitions are recorded when the function is instantiated). Returns ``{"ops": {device: {phase:
+    {op type: count}}}, "crossings": [{"tensor", "from", "to", "phase", "shape", "bytes"}]}``; op counts
+    leave out bookkeeping (arguments, constants, identities, sends, receives, variable reads).
+    """
+    from tensorflow.python.eager import context  # run metadata has no public TF2 API (tf.summary uses this)
+
+    graph = step.get_concrete_function(*args).graph
+    runtime = context.context()
+    runtime.enable_run_metadata()
+    try:
+        runtime.export_run_metadata()  # discard what earlier work in this process left there
+        step(*args)
+        metadata = runtime.export_run_metadata()
+    finally:
+        runtime.disable_run_metadata()
+    ops: dict[str, dict[str, Counter]] = {}
+    crossings = []
+    for function in metadata.function_graphs:
+        for partition in function.partition_graphs:
+            for node in partition.node:
+                device = normal_name(node.device)
+                if node.op == "_Send" and "/ctrl/" not in node.input[0]:
+                    crossings.append(_crossing(graph, node))
+                elif node.op not in DATA_FREE_OPS and node.op != "ReadVariableOp":
+                    ops.setdefault(device, {}).setdefault(_phase(node), Counter())[node.op] += 1
+    return {"ops": {device: {phase: dict(sorted(counts.items())) for phase, counts in sorted(phases.items())}
+                    for device, phases in sorted(ops.items())}, "crossings": crossings}
+
+
+def _crossing(graph: Any, send: Any) -> dict[str, Any]:
+    """One ``_Send`` node as {"tensor", "from", "to", "phase", "shape", "bytes"} (shape from ``graph``)."""
+    name, _, index = send.input[0].partition(":")
+    shape, size = None, None
+    try:
+        tensor = graph.get_operation_by_name(name).outputs[int(index or 0)]
+        if tensor.shape.is_fully_defined():
+            shape, size = tuple(tensor.shape.as_list()), tensor.shape.num_elements() * tensor.dtype.size
+    except (KeyError, ValueError, IndexError):  # a node Grappler created or renamed: no Python tensor
+        pass
+    return {"tensor": send.input[0], "from": normal_name(send.attr["send_device"].s.decode()),
+            "to": normal_name(send.attr["recv_device"].s.decode()), "phase": _phase(send), "shape": shape,
+            "bytes": size}

@@ -1,0 +1,143 @@
+"""The seed's Keras split (dtutor.tf.model_split): where it ran, what crossed, and equal to the unsplit CNN.
+
+One child process with 2 logical CPU devices runs the three variants and the proof (TensorFlow starts once;
+this pytest process never imports it). Measured on CPU: the split's logits, losses and weights after 3 steps
+equal the unsplit model's exactly (0.0), while training moves the weights by ~1e-2.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from test_tf_driver import no_process_may_start, run_child  # noqa: F401  (a fixture)
+
+from dtutor import launch
+from dtutor.tf import model_split
+
+TOLERANCE = 1e-5  # max |split - unsplit| in float32 (logits, losses, weights after 3 steps); measured 0.0 on CPU
+BATCH = 32
+ACTIVATION_BYTES = BATCH * 13 * 13 * 32 * 4  # part1's output: (32, 13, 13, 32) float32
+PART2_WEIGHT_BYTES = (3 * 3 * 32 * 64 + 64 + 1600 * 64 + 64 + 64 * 10 + 10) * 4
+
+PROOF = """
+    import pickle, sys
+    from dtutor.tf import model_split
+
+    out = {variant: model_split.inspect_split(variant, batch=32) for variant in ("seed", "forward", "split")}
+    out["proof"] = model_split.prove_split(steps=3, batch=64)
+    import tensorflow as tf
+    with tf.device("/CPU:5"):  # what require_devices prevents: soft placement falls back without a word
+        out["fallback"] = tf.ones(2).device
+    try:
+        model_split.require_devices(["/CPU:0", "/GPU:1"])
+    except ValueError as error:
+        out["missing"] = str(error)
+    pickle.dump(out, open(sys.argv[1], "wb"))
+"""
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The three variants and the proof, in one child with 2 logical CPUs (about 20 s)."""
+    return run_child(PROOF, str(tmp_path_factory.mktemp("split") / "split.pkl"))
+
+
+def compute_ops(report: dict, device: str, phase: str) -> dict[str, int]:
+    """The op counts of one device and phase ("forward", "backward", "update") in an ``inspect_split`` report."""
+    return report["ops"].get(device, {}).get(phase, {})
+
+
+def convolutions(ops: dict[str, int]) -> int:
+    """Forward convolutions among ``ops`` (``Conv2D``, or Grappler's fused ``_FusedConv2D``)."""
+    return sum(count for op, count in ops.items() if op.endswith("Conv2D"))
+
+
+def test_importing_the_module_imports_neither_framework():
+    code = "import sys, dtutor.tf.model_split; print(sorted(m for m in ('tensorflow', 'torch') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def test_the_variables_live_where_their_part_was_built_in_every_variant(runs):
+    for variant in ("seed", "forward", "split"):
+        variables = runs[variant]["variables"]
+        assert runs[variant]["devices"] == ["CPU:0", "CPU:1"]
+        assert len(variables) == 8 and "part2/3.kernel" in variables  # the first dense layer
+        assert {device for name, device in variables.items() if name.startswith("part1/")} == {"CPU:0"}
+        assert {device for name, device in variables.items() if name.startswith("part2/")} == {"CPU:1"}
+
+
+def test_the_seeds_split_runs_every_op_on_device_0_and_ships_part2s_weights(runs):
+    seed = runs["seed"]
+    assert convolutions(compute_ops(seed, "CPU:0", "forward")) == 2
+    assert compute_ops(seed, "CPU:1", "forward") == {} and compute_ops(seed, "CPU:1", "backward") == {}
+    weights_read = sum(c["bytes"] for c in seed["crossings"] if c["phase"] == "forward" and c["from"] == "CPU:1")
+    assert weights_read == PART2_WEIGHT_BYTES  # every step reads all of part2's weights across
+    assert not [c for c in seed["crossings"] if c["bytes"] == ACTIVATION_BYTES]  # no activation crosses
+
+
+def test_pinning_only_the_forward_leaves_the_backward_on_device_0(runs):
+    forward = runs["forward"]
+    assert convolutions(compute_ops(forward, "CPU:0", "forward")) == 1
+    assert convolutions(compute_ops(forward, "CPU:1", "forward")) == 1
+    assert compute_ops(forward, "CPU:1", "backward") == {}
+    assert "Conv2DBackpropInput" in compute_ops(forward, "CPU:0", "backward")
+
+
+def test_the_working_split_runs_each_part_forward_backward_and_update_on_its_device(runs):
+    split = runs["split"]
+    assert convolutions(compute_ops(split, "CPU:0", "forward")) == 1
+    assert convolutions(compute_ops(split, "CPU:1", "forward")) == 1
+    assert compute_ops(split, "CPU:0", "backward").get("Conv2DBackpropFilter") == 1
+    assert compute_ops(split, "CPU:1", "backward").get("Conv2DBackpropFilter") == 1
+    assert compute_ops(split, "CPU:1", "backward").get("MatMul") == 4  # the two dense layers' gradients
+    assert compute_ops(split, "CPU:0", "update") and compute_ops(split, "CPU:1", "update")
+
+
+def test_only_the_activation_and_its_gradient_cross_in_the_working_split(runs):
+    crossings = runs["split"]["crossings"]
+    large = sorted((c["phase"], c["from"], c["to"], c["shape"]) for c in crossings if (c["bytes"] or 0) > 1024)
+    activation = (BATCH, 13, 13, 32)
+    assert large == [("backward", "CPU:1", "CPU:0", activation), ("forward", "CPU:0", "CPU:1", activation)]
+    assert all(c["bytes"] == ACTIVATION_BYTES for c in crossings if (c["bytes"] or 0) > 1024)
+    assert all(c["bytes"] is not None for c in crossings)  # every crossing has a known size (labels, scalars)
+    assert sum(c["bytes"] for c in crossings) < 2 * ACTIVATION_BYTES + 8 * BATCH + 64
+
+
+def test_the_split_equals_the_unsplit_model_from_the_same_weights(runs):
+    proof = runs["proof"]
+    assert proof["weight_shapes"] == [(3, 3, 1, 32), (32,), (3, 3, 32, 64), (64,), (1600, 64), (64,), (64, 10), (10,)]
+    assert proof["forward_difference"] <= TOLERANCE
+    assert proof["loss_difference"] <= TOLERANCE
+    assert proof["weight_difference"] <= TOLERANCE
+    assert proof["moved"] > 100 * TOLERANCE  # the match is not "nothing happened"
+    assert proof["losses"][-1] < proof["losses"][0]
+
+
+def test_a_device_that_does_not_exist_is_refused_not_silently_replaced(runs):
+    assert runs["fallback"].endswith("CPU:0")  # TensorFlow alone: "/CPU:5" quietly becomes CPU:0
+    assert "tf.device('/GPU:1'): this process has no such device" in runs["missing"]
+    assert "soft placement" in runs["missing"] and "'/device:CPU:1'" in runs["missing"]
+
+
+def test_a_missing_device_fails_the_launched_entry_point_before_training():
+    with pytest.raises(launch.LaunchError) as caught:
+        model_split.run_fresh("inspect_split", devices=["/CPU:0", "/CPU:2"], quiet=True, timeout=120)
+    assert "tf.device('/CPU:2'): this process has no such device" in caught.value.remote_traceback
+
+
+@pytest.mark.parametrize(
+    "entry, kwargs, match",
+    [
+        ("inspect_split", {"devices": ["/GPU:0"]}, "give two device names"),
+        ("inspect_split", {"devices": ["/CPU:0", "/device:cpu:0"]}, "two different devices"),
+        ("prove_split", {"devices": ["/XPU:0", "/CPU:1"]}, "'/XPU:0' is not a TensorFlow device name"),
+        ("inspect_split", {"variant": "pipelined"}, "variant: must be one of seed, forward, split"),
+        ("fit", {}, "entry: must be 'inspect_split' or 'prove_split'"),
+    ],
+)
+def test_bad_input_is_refused_before_any_process_starts(no_process_may_start, entry, kwargs, match):  # noqa: F811
+    with pytest.raises(ValueError, match=match):
+        model_split.run_fresh(entry, **kwargs)
