@@ -20,6 +20,27 @@ from dtutor.pytorch.strategy import Strategy
 OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}
 
 
+def join_process_group(backend: str = "auto") -> tuple[int, int, torch.device]:
+    """Join (once) the process group torchrun describes; return rank, world size and this rank's device.
+
+    With nccl the device is the GPU numbered ``LOCAL_RANK``; otherwise the CPU.
+    """
+    if not dist.is_initialized():
+        dist.init_process_group(choose_backend(backend, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+    device = torch.device("cpu")
+    if dist.get_backend() == "nccl":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def leave_process_group() -> None:
+    """Collect what still holds the group, then destroy it (avoids gloo's abort at exit in torch 2.13)."""
+    gc.collect()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 class ProcessGroupStrategy(Strategy):
     """A strategy whose ranks talk through ``torch.distributed``; subclasses say how they split the work."""
 
@@ -27,12 +48,7 @@ class ProcessGroupStrategy(Strategy):
 
     def join(self) -> None:
         """Join the process group torchrun describes; with nccl, take the GPU numbered ``LOCAL_RANK``."""
-        backend = choose_backend(self.config.backend, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-        dist.init_process_group(backend)
-        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
-        if backend == "nccl":
-            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-            torch.cuda.set_device(self.device)
+        self.rank, self.world_size, self.device = join_process_group(self.config.backend)
 
     def reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
         """``dist.all_reduce`` of a copy of ``tensor``."""
@@ -48,8 +64,6 @@ class ProcessGroupStrategy(Strategy):
         """Drop whatever holds the process group (wrappers, schedules); subclasses add theirs."""
 
     def teardown(self) -> None:
-        """Release what holds the group, collect it, then destroy the process group."""
+        """Release what holds the group, then destroy the process group."""
         self.release()
-        gc.collect()
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        leave_process_group()

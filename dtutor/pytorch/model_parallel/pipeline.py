@@ -26,7 +26,6 @@ Launch recipes (``micro_batches`` must divide the global batch; 1F1B needs ``mic
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import torch
@@ -35,9 +34,9 @@ from torch import nn
 from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
 
 from dtutor import models
-from dtutor.pytorch.ddp import DDP
 from dtutor.pytorch.model_parallel import stages as st
 from dtutor.pytorch.model_parallel.gpipe import full_batch_gradients, max_gradient_difference
+from dtutor.pytorch.process_group import ProcessGroupStrategy
 from dtutor.pytorch.strategy import Batch, LossFn, StepTotals, totals_of
 
 SCHEDULES = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}
@@ -49,7 +48,7 @@ def zero_totals(device: torch.device) -> StepTotals:
     return StepTotals(zero, zero, zero)
 
 
-class Pipeline(DDP):
+class Pipeline(ProcessGroupStrategy):
     """One pipeline stage per rank, stepped by a ``torch.distributed.pipelining`` schedule (module docs)."""
 
     name = "pipeline"
@@ -80,10 +79,6 @@ class Pipeline(DDP):
                 part.to("meta")  # another rank's layers: no memory here
         self.stage = PipelineStage(parts[self.rank], self.rank, self.world_size, self.device)
         return parts[self.rank], st.optimizer_for(optimizer, parts[self.rank].parameters())
-
-    def no_sync(self, model: nn.Module) -> contextlib.AbstractContextManager:
-        """Nothing to skip: a pipeline has no gradient all-reduce."""
-        return contextlib.nullcontext()
 
     def train_step(self, model: nn.Module, optimizer: Any, micro_batches: list[Batch],
                    loss_fn: LossFn) -> StepTotals:
@@ -118,10 +113,9 @@ class Pipeline(DDP):
         dist.all_gather_object(gathered, {k: v.detach().cpu() for k, v in model.state_dict().items()})
         return {name: tensor for state in gathered for name, tensor in (state or {}).items()}
 
-    def teardown(self) -> None:
-        """Release the schedule and stage (they hold the group), then leave as DDP does."""
+    def release(self) -> None:
+        """Release the schedule and stage: they hold the process group."""
         self.schedule = self.stage = None
-        super().teardown()
 
 
 class PipelineGPipe(Pipeline):

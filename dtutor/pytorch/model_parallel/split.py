@@ -102,7 +102,7 @@ def split_demo(batch: int = 32, lr: float = 0.05, seed: int = 0, backend: str = 
         forward_difference = 0.0
         if rank == 1:  # the split's output is on rank 1: compare with the unsplit forward
             outputs = parts[1](st.recv(shapes[0], 0, device))
-            forward_difference = float((outputs - whole(x)).abs().max())
+            forward_difference = float((outputs - whole(x)).detach().abs().max())
         else:
             st.send(parts[0](x), 1)
         with torch.no_grad():
@@ -110,7 +110,7 @@ def split_demo(batch: int = 32, lr: float = 0.05, seed: int = 0, backend: str = 
                 parameter -= lr * parameter.grad
         _sgd_step(whole, x, y, lr)
         reference = dict(whole.named_parameters())
-        step_difference = max(float((p - reference[n]).abs().max()) for n, p in parts[rank].named_parameters())
+        step_difference = max(float((p - reference[n]).detach().abs().max()) for n, p in parts[rank].named_parameters())
         for parameter in parts[rank].parameters():
             parameter.grad = None
         timed = run_stage(parts[rank], gpipe_actions(1), stage=rank, stages=2, shapes=shapes, inputs=[x],

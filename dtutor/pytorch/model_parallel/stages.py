@@ -1,7 +1,7 @@
 """What every model-parallel demo shares: joining the group, cutting a model into stages, moving tensors.
 
-- ``join(backend)`` / ``leave()``: the process group of a demo launched with ``dtutor.launch.run`` (gloo on a
-  CPU, nccl with a GPU per rank), and the clean exit torch 2.13 + gloo needs (``gc.collect`` then destroy);
+- ``join(backend)`` / ``leave()``: the process group of a demo launched with ``dtutor.launch.run`` (the
+  strategies' own, from ``dtutor.pytorch.process_group``);
 - ``cut_layers`` / ``stage_modules``: a ``Sequential`` cut into contiguous stages of whole layers
   (``dtutor.models.pipeline_layers``); every stage keeps the full model's parameter names, so stage
   gradients and parameters compare with the unsplit model's by name;
@@ -12,8 +12,6 @@
 
 from __future__ import annotations
 
-import gc
-import os
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -22,27 +20,11 @@ import torch.distributed as dist
 from torch import nn
 
 from dtutor import data, models
-from dtutor.launch import choose_backend
+from dtutor.pytorch.process_group import join_process_group, leave_process_group
+
+join, leave = join_process_group, leave_process_group  # the demos' short names for the strategies' own
 
 MAX_DIMS = 8  # a tensor header: its number of dimensions, then up to 8 sizes
-
-
-def join(backend: str = "gloo") -> tuple[int, int, torch.device]:
-    """Join (once) the process group torchrun describes; return rank, world size and this rank's device."""
-    if not dist.is_initialized():
-        dist.init_process_group(choose_backend(backend, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
-    device = torch.device("cpu")
-    if dist.get_backend() == "nccl":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    return dist.get_rank(), dist.get_world_size(), device
-
-
-def leave() -> None:
-    """Destroy the process group after releasing what holds it (avoids gloo's abort at exit in torch 2.13)."""
-    gc.collect()
-    if dist.is_initialized():
-        dist.destroy_process_group()
 
 
 def even_cuts(layers: int, stages: int) -> tuple[int, ...]:

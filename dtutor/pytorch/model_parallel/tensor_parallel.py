@@ -23,7 +23,6 @@ As a strategy: every rank reads the same batches (``data_ranks = 1``); rank 0 al
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import torch
@@ -34,9 +33,9 @@ from torch.distributed.tensor import DTensor
 from torch.distributed.tensor.debug import CommDebugMode
 from torch.distributed.tensor.parallel import ColwiseParallel, ParallelStyle, RowwiseParallel, parallelize_module
 
-from dtutor.pytorch.ddp import DDP
 from dtutor.pytorch.model_parallel import stages as st
 from dtutor.pytorch.model_parallel.pipeline import zero_totals
+from dtutor.pytorch.process_group import ProcessGroupStrategy
 from dtutor.pytorch.strategy import Batch, LossFn, StepTotals
 
 
@@ -60,7 +59,7 @@ def local_shapes(model: nn.Module) -> dict[str, tuple[tuple[int, ...], tuple[int
             for name, p in model.named_parameters()}
 
 
-class TensorParallel(DDP):
+class TensorParallel(ProcessGroupStrategy):
     """Every linear pair split over all ranks (module docs)."""
 
     name = "tensor_parallel"
@@ -82,10 +81,6 @@ class TensorParallel(DDP):
         parallelize_module(model, self.mesh, tensor_parallel_plan(model))
         return model, st.optimizer_for(optimizer, model.parameters())
 
-    def no_sync(self, model: nn.Module) -> contextlib.AbstractContextManager:
-        """Nothing to skip: the ranks hold different shards, there is no gradient all-reduce."""
-        return contextlib.nullcontext()
-
     def train_step(self, model: nn.Module, optimizer: Any, micro_batches: list[Batch],
                    loss_fn: LossFn) -> StepTotals:
         """The default step; only rank 0 reports the totals (every rank computed the same outputs)."""
@@ -101,10 +96,9 @@ class TensorParallel(DDP):
         """Every parameter whole (``full_tensor()`` gathers the shards), on every rank."""
         return {name: full_tensor(value).detach() for name, value in model.state_dict().items()}
 
-    def teardown(self) -> None:
-        """Release the mesh, then leave as DDP does."""
+    def release(self) -> None:
+        """Release the device mesh: it holds the process group."""
         self.mesh = None
-        super().teardown()
 
 
 def mlp_block(width: int = 64, hidden: int = 256) -> nn.Sequential:
@@ -148,7 +142,7 @@ def tensor_parallel_demo(width: int = 64, hidden: int = 256, batch: int = 8, see
         gradient = max(gradient, float((x.grad - x_reference.grad).abs().max()))
         shards: list[Any] = [None] * world
         dist.all_gather_object(shards, local_shapes(sharded))
-        return {"ranks": world, "output_difference": float((outputs - expected).abs().max()),
+        return {"ranks": world, "output_difference": float((outputs - expected).detach().abs().max()),
                 "gradient_difference": gradient, "local_shapes": shards,
                 "forward_collectives": _collectives(forward_comms),
                 "backward_collectives": _collectives(backward_comms),
