@@ -4,12 +4,14 @@ from dtutor import TrainConfig, bench, data
 from dtutor.pytorch import fit
 
 RESULT = {"samples_per_s_1": 1000.0, "samples_per_s_2": 1900.0, "efficiency": 0.95, "driver_s": 1.01,
-          "hand_s": 1.0, "overhead": 0.01, "overhead_q1": -0.01, "overhead_q3": 0.03, "rounds": 60, "steps": 10}
+          "hand_s": 1.0, "overhead": 0.01, "overhead_q1": -0.01, "overhead_q3": 0.03, "control": -0.004, "rounds": 60,
+          "steps": 10}
 
 
 def test_ddp_table_verdicts_follow_the_numbers():
     table = bench.format_ddp(RESULT)
     assert ">= 0.85: met" in table and "<= 2%: met" in table and "1,900" in table
+    assert "control: hand loop against itself" in table and "-0.40%" in table
     missed = bench.format_ddp(RESULT | {"efficiency": 0.5, "overhead": 0.05})
     assert ">= 0.85: missed" in missed and "<= 2%: missed" in missed
 
@@ -31,7 +33,7 @@ def test_the_hand_written_loop_computes_what_the_driver_computes():
 
 def test_driver_overhead_pairs_both_contenders():
     result = bench.driver_overhead(steps=2, batch_size=4, rounds=3)
-    assert result["rounds"] == 3 and result["overhead_q1"] <= result["overhead_q3"]
+    assert result["rounds"] == 3 and result["overhead_q1"] <= result["overhead_q3"] and "control" in result
     assert result["driver_s"] == pytest.approx(result["hand_s"], rel=2.0)  # same work: same order of time
 
 
