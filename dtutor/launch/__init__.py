@@ -1,9 +1,9 @@
 """Run an importable ``dtutor`` entry point on N processes, from a notebook or a script.
 
-``run("dtutor.ddp:train", nprocs=2, steps=10)`` starts PyTorch's elastic launcher (``torchrun``, i.e.
+``run("dtutor.pytorch.driver:train", nprocs=2, strategy="ddp")`` starts PyTorch's elastic launcher (``torchrun``, i.e.
 ``python -m torch.distributed.run``) as a child process, exactly as you would in a terminal::
 
-    torchrun --standalone --nproc-per-node 2 -m dtutor.launch dtutor.ddp:train steps=10
+    torchrun --standalone --nproc-per-node 2 -m dtutor.launch dtutor.pytorch.driver:train strategy=ddp
 
 Each worker imports the entry point, calls it with the keyword arguments, and hands its return value
 back to the notebook (pickled into a temporary folder); the notebook sees every rank's output as it
