@@ -33,6 +33,7 @@ from torch import nn
 
 from dtutor.config import TrainConfig
 from dtutor.pytorch import checkpoint
+from dtutor.strategies import STRATEGIES
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -84,14 +85,19 @@ class Strategy:
             torch.cuda.set_device(self.device)
 
     @property
-    def data_rank(self) -> int:
-        """Which shard of the data this rank reads."""
-        return self.rank
+    def data_ranks(self) -> int:
+        """How many ranks split the data (the batch arithmetic divides the global batch by this).
+
+        The registry says it (``StrategyInfo.parallelism``): every rank for data parallelism, one for
+        pipelines and tensor parallelism, whose ranks all read the same batches.
+        """
+        info = STRATEGIES.get(self.name)
+        return info.data_ranks(self.world_size) if info else self.world_size
 
     @property
-    def data_ranks(self) -> int:
-        """How many ranks split the data (the batch arithmetic divides the global batch by this)."""
-        return self.world_size
+    def data_rank(self) -> int:
+        """Which shard of the data this rank reads (0 when the ranks do not split the data)."""
+        return self.rank if self.data_ranks == self.world_size else 0
 
     @property
     def is_logger(self) -> bool:

@@ -57,16 +57,6 @@ class Pipeline(ProcessGroupStrategy):
     schedule: Any = None
 
     @property
-    def data_rank(self) -> int:
-        """Every stage reads the same batches."""
-        return 0
-
-    @property
-    def data_ranks(self) -> int:
-        """One: the stages split the layers, not the data."""
-        return 1
-
-    @property
     def is_last(self) -> bool:
         """Whether this rank is the last stage (the one with the outputs and the loss)."""
         return self.rank == self.world_size - 1

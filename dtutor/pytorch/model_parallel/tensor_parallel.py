@@ -65,16 +65,6 @@ class TensorParallel(ProcessGroupStrategy):
     name = "tensor_parallel"
     mesh: DeviceMesh | None = None
 
-    @property
-    def data_rank(self) -> int:
-        """Every rank reads the same batches."""
-        return 0
-
-    @property
-    def data_ranks(self) -> int:
-        """One: the ranks split each layer, not the data."""
-        return 1
-
     def wrap(self, model: nn.Module, optimizer: Any) -> tuple[nn.Module, Any]:
         """``parallelize_module`` with ``tensor_parallel_plan``; the optimizer rebuilt over the shards."""
         self.mesh = init_device_mesh(self.device.type, (self.world_size,))
