@@ -24,6 +24,8 @@ from dtutor.strategies import STRATEGIES
 
 MODEL_NAMES = tuple(MODELS)  # PyTorch has every model; Keras the CNN only
 BACKENDS = ("auto", "gloo", "nccl", "mpi")
+OPTIMIZERS = ("sgd", "adam")
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 class ConfigError(ValueError):
@@ -43,6 +45,10 @@ class TrainConfig:
     epochs: int = 1
     lr: float = 0.05  # the learning rate of the global batch: the same for every strategy and world size
     momentum: float = 0.9  # SGD momentum (0 for plain SGD)
+    optimizer: str = "sgd"  # "sgd" (with momentum) or "adam" (torch.optim.Adam, the ZeRO paper's optimizer)
+    zero_stage: int = 0  # deepspeed only: 0 (none), 1 (optimizer state), 2 (+ gradients), 3 (+ parameters)
+    offload: bool = False  # deepspeed only, stages 1-3: keep the optimizer state and its step in CPU memory
+    precision: str = "fp32"  # deepspeed only: "bf16" or "fp16" (GPUs only) train in 16 bits, fp32 masters
     seed: int = 0
     backend: str = "auto"  # torch.distributed backend: auto = nccl with a GPU per rank, else gloo
     test_samples: int = 512  # test images evaluated after the last epoch (0: none; at most the split's size)
@@ -63,6 +69,7 @@ class TrainConfig:
                 raise ConfigError(f"checkpoint: the Keras driver keeps no checkpoints ({self.strategy!r}); "
                                   "use checkpoint=None")
         _check_model_parallel_fields(self, info.parallelism)
+        _check_deepspeed_fields(self)
 
     @classmethod
     def from_kwargs(cls, **values: Any) -> TrainConfig:
@@ -121,6 +128,14 @@ def _check_field(name: str, value: Any) -> None:
         _need(value in MODEL_NAMES, name, value, f"one of {', '.join(MODEL_NAMES)}")
     elif name == "backend":
         _need(value in BACKENDS, name, value, f"one of {', '.join(BACKENDS)}")
+    elif name == "optimizer":
+        _need(value in OPTIMIZERS, name, value, f"one of {', '.join(OPTIMIZERS)}")
+    elif name == "precision":
+        _need(value in PRECISIONS, name, value, f"one of {', '.join(PRECISIONS)}")
+    elif name == "zero_stage":
+        _need(_is_int(value) and 0 <= value <= 3, name, value, "0, 1, 2 or 3")
+    elif name == "offload":
+        _need(isinstance(value, bool), name, value, "True or False")
     elif name in ("global_batch", "accumulation", "micro_batches", "samples", "epochs"):
         _need(_is_int(value) and value >= 1, name, value, "a whole number >= 1")
     elif name in ("seed", "test_samples"):
@@ -150,6 +165,20 @@ def _check_model_parallel_fields(config: TrainConfig, parallelism: str) -> None:
     if parallelism != "data" and config.checkpoint is not None:
         raise ConfigError(f"checkpoint: {config.strategy!r} keeps no checkpoints (its state is split over the "
                           "ranks); use checkpoint=None")
+
+
+def _check_deepspeed_fields(config: TrainConfig) -> None:
+    """ZeRO stage, offload and precision belong to DeepSpeed; offload needs a partitioned optimizer (stage >= 1)."""
+    if config.strategy != "deepspeed":
+        for name, default in (("zero_stage", 0), ("offload", False), ("precision", "fp32")):
+            if getattr(config, name) != default:
+                raise ConfigError(f"{name}: only strategy='deepspeed' uses it ({config.strategy!r} does not); "
+                                  f"leave it at {default!r}")
+    elif config.offload and config.zero_stage == 0:
+        raise ConfigError("offload: DeepSpeed offloads a partitioned optimizer only (ZeRO stages 1-3); "
+                          "use zero_stage=1, 2 or 3, or offload=False")
+    if STRATEGIES[config.strategy].framework == "tensorflow" and config.optimizer != "sgd":
+        raise ConfigError(f"optimizer: the Keras driver trains with SGD ({config.strategy!r}); use optimizer='sgd'")
 
 
 def _check_model_split(config: TrainConfig, world_size: int) -> None:

@@ -7,7 +7,8 @@ A strategy's class is loaded only when it runs (``load``), so a TensorFlow worke
 
 Launchers:
 - ``inprocess``: one process, this one (single device, DataParallel, TensorFlow's MirroredStrategy);
-- ``torchrun``: one process per rank through PyTorch's launcher (DDP, pipelines, tensor parallel; later FSDP);
+- ``torchrun``: one process per rank through PyTorch's launcher (DDP, pipelines, tensor parallel, FSDP, and
+  DeepSpeed, which also runs under its own ``deepspeed`` launcher);
 - ``horovodrun``: one process per rank through Horovod's launcher;
 - ``tf_workers``: one process per worker, each told its place by ``TF_CONFIG``.
 """
@@ -46,6 +47,10 @@ STRATEGIES: dict[str, StrategyInfo] = {
                      "DistributedDataParallel: one process per GPU, gradients all-reduced during backward"),
         StrategyInfo("horovod", "dtutor.pytorch.horovod:Horovod", "torch", "horovodrun",
                      "Horovod's DistributedOptimizer: gradients all-reduced by Horovod's background thread"),
+        StrategyInfo("deepspeed", "dtutor.pytorch.sharded.deepspeed_zero:DeepSpeedZeRO", "torch", "torchrun",
+                     "DeepSpeed's engine: ZeRO stages 1-3 partition optimizer state, gradients, parameters"),
+        StrategyInfo("fsdp", "dtutor.pytorch.sharded.fsdp:FSDP", "torch", "torchrun",
+                     "PyTorch's FSDP2 (fully_shard): parameters, gradients and optimizer state sharded"),
         StrategyInfo("mirrored", "dtutor.tf.mirrored:Mirrored", "tensorflow", "inprocess",
                      "tf.distribute.MirroredStrategy: one process, one replica per device"),
         StrategyInfo("multiworker", "dtutor.tf.multiworker:MultiWorker", "tensorflow", "tf_workers",

@@ -87,8 +87,22 @@ def _report_result(result_dir: Path | None, rank: int, result: Any) -> None:
         print(f"result: {short_repr(result)}")
 
 
+def drop_local_rank(argv: list[str]) -> list[str]:
+    """``argv`` without the ``--local_rank=N`` DeepSpeed's launcher adds (it also sets ``LOCAL_RANK``)."""
+    words, skip_next = [], False
+    for word in argv:
+        if skip_next:
+            skip_next = False
+        elif word == "--local_rank":
+            skip_next = True
+        elif not word.startswith("--local_rank="):
+            words.append(word)
+    return words
+
+
 def main(argv: list[str]) -> None:
     """Run ``ENTRY key=value ...`` (``argv``) as this rank; exit with status 1 if the entry point raises."""
+    argv = drop_local_rank(argv)
     if not argv:
         raise SystemExit("usage: python -m dtutor.launch package.module:function [key=value ...]")
     entry, kwargs = argv[0], parse_arguments(argv[1:])

@@ -32,6 +32,7 @@ Your own model, data and loss, in your own entry point (``mypkg/train.py``)::
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import resource
@@ -60,8 +61,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def sgd(parameters: Iterable[torch.nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
-    """The course's optimizer: SGD with the config's learning rate and momentum (it has state to checkpoint)."""
+def course_optimizer(parameters: Iterable[torch.nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
+    """The config's optimizer: SGD with its learning rate and momentum, or Adam with its learning rate."""
+    if config.optimizer == "adam":
+        return torch.optim.Adam(parameters, lr=config.lr)
     return torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum)
 
 
@@ -79,7 +82,7 @@ def fit(
     train_data: Dataset | None = None,
     test_data: Dataset | None = None,
     loss_fn: LossFn = nn.functional.cross_entropy,
-    optimizer: Callable[[Iterable[torch.nn.Parameter], TrainConfig], Any] = sgd,
+    optimizer: Callable[[Iterable[torch.nn.Parameter], TrainConfig], Any] = course_optimizer,
     strategy: Strategy | None = None,
 ) -> RunResult:
     """Train under ``config`` (or ``strategy``, an instance) on this rank; return this rank's ``RunResult``.
@@ -206,9 +209,12 @@ def _progress_bar(total: int, label: str):
 def _evaluate(strategy: Strategy, model: nn.Module, test_data: Dataset, loss_fn: LossFn) -> tuple[float, float]:
     """Mean loss and accuracy on ``test_data``, each data rank evaluating its interleaved share."""
     share = Subset(test_data, data.shard_indices(len(test_data), strategy.data_ranks, strategy.data_rank).tolist())
+    # the same number of batches on every rank: a sharded model's forward is collective (ZeRO-3, FSDP)
+    largest_share = math.ceil(len(test_data) / strategy.data_ranks)
+    batches = math.ceil(largest_share / TEST_BATCH)
     model.eval()
     totals = torch.zeros(3, dtype=torch.float64, device=strategy.device)
-    for batch in DataLoader(share, batch_size=TEST_BATCH):
+    for batch in DataLoader(share, batch_size=max(1, math.ceil(len(share) / batches))):
         totals += strategy.eval_step(model, _on(strategy.device, batch), loss_fn).stacked()
     model.train()
     loss_sum, correct, count = strategy.reduce(totals).tolist()
