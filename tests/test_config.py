@@ -39,6 +39,14 @@ def test_defaults_are_valid_and_the_arithmetic_follows():
         ({"strategy": "mirrored", "model": "mlp"}, "model: 'mirrored' trains the Keras CNN only"),
         ({"strategy": "horovod_keras", "accumulation": 2}, "accumulation: 'horovod_keras' does not accumulate"),
         ({"strategy": "multiworker", "checkpoint": "x.pt"}, "checkpoint: the Keras driver keeps no checkpoints"),
+        ({"optimizer": "lamb"}, "optimizer: must be one of sgd, adam, got 'lamb'"),
+        ({"strategy": "mirrored", "optimizer": "adam"}, "optimizer: the Keras driver trains with SGD"),
+        ({"strategy": "deepspeed", "zero_stage": 4}, "zero_stage: must be 0, 1, 2 or 3, got 4"),
+        ({"strategy": "deepspeed", "offload": "cpu"}, "offload: must be True or False, got 'cpu'"),
+        ({"strategy": "deepspeed", "offload": True}, "offload: DeepSpeed offloads a partitioned optimizer only"),
+        ({"strategy": "deepspeed", "precision": "fp8"}, "precision: must be one of fp32, bf16, fp16"),
+        ({"strategy": "ddp", "zero_stage": 2}, "zero_stage: only strategy='deepspeed' uses it"),
+        ({"strategy": "fsdp", "precision": "bf16"}, "precision: only strategy='deepspeed' uses it"),
     ],
 )
 def test_every_bad_field_is_refused_with_its_name(fields, message):

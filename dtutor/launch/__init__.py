@@ -10,9 +10,9 @@ back to the notebook (pickled into a temporary folder); the notebook sees every 
 happens, prefixed ``[rank N]``. Why a child process rather than calling the launcher's API in the
 kernel: a notebook kernel cannot be given a hard timeout, does not show output written by other
 processes, and must survive a worker that crashes; a child process can be timed out and killed with
-everything it started. ``run_horovod`` (horovodrun), ``run_tf_workers`` (TensorFlow workers, one
-``TF_CONFIG`` each) and ``run_single`` (one fresh process) work the same way; ``train`` picks the right
-one for a training strategy.
+everything it started. ``run_horovod`` (horovodrun), ``run_deepspeed`` (DeepSpeed's launcher),
+``run_tf_workers`` (TensorFlow workers, one ``TF_CONFIG`` each) and ``run_single`` (one fresh process) work
+the same way; ``train`` picks the right one for a training strategy.
 
 Guarantees: bad input is refused before any process starts; every launch has a timeout; when a rank
 fails or the timeout expires, every process of the launch is ended and ``LaunchError`` names the
@@ -28,12 +28,21 @@ from dtutor.launch.arguments import worker_arguments
 from dtutor.launch.commands import (
     BACKENDS,
     choose_backend,
+    deepspeed_command,
     gpu_count,
     horovodrun_command,
     show_commands,
     torchrun_command,
 )
-from dtutor.launch.runners import run, run_horovod, run_single, run_tf_workers, show_tf_worker_commands, tf_config
+from dtutor.launch.runners import (
+    run,
+    run_deepspeed,
+    run_horovod,
+    run_single,
+    run_tf_workers,
+    show_tf_worker_commands,
+    tf_config,
+)
 from dtutor.launch.supervisor import LaunchError, supervise
 from dtutor.launch.training import train
 from dtutor.launch.worker import worker_rank
@@ -42,9 +51,11 @@ __all__ = [
     "BACKENDS",
     "LaunchError",
     "choose_backend",
+    "deepspeed_command",
     "gpu_count",
     "horovodrun_command",
     "run",
+    "run_deepspeed",
     "run_horovod",
     "run_single",
     "run_tf_workers",

@@ -69,6 +69,20 @@ def show_commands(entry: str, nprocs: int = 2, **kwargs: Any) -> str:
     )
 
 
+def deepspeed_command(entry: str, nprocs: int, kwargs: dict[str, Any], *, nnodes: int = 1,
+                      hostfile: str = "hostfile") -> list[str]:
+    """DeepSpeed's launcher for ``entry``: ``nprocs`` ranks here, or per machine of a ``hostfile`` (``nnodes`` > 1).
+
+    Each rank runs ``python -m dtutor.launch --local_rank=N ENTRY ...`` (the worker drops ``--local_rank``).
+    A hostfile has one line per machine, ``HOST slots=GPUS``; DeepSpeed reaches the others with pdsh or ssh.
+    """
+    head = ["deepspeed", f"--num_gpus={nprocs}"]
+    if nnodes > 1:
+        head += [f"--hostfile={hostfile}", f"--num_nodes={nnodes}"]
+    module, *rest = worker_arguments(entry, kwargs)[1:]  # "-m dtutor.launch ..." becomes "--module dtutor.launch ..."
+    return [*head, "--module", module, *rest]
+
+
 def host_slots(hosts: str) -> int:
     """The process slots in a horovodrun ``-H`` list such as ``host1:4,host2:4`` (a bare host has one)."""
     try:

@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from dtutor.launch.arguments import resolve_entry, worker_arguments
-from dtutor.launch.commands import check_count, choose_backend, horovodrun_command, host_slots, torchrun_command
+from dtutor.launch.commands import (
+    check_count,
+    choose_backend,
+    deepspeed_command,
+    horovodrun_command,
+    host_slots,
+    torchrun_command,
+)
 from dtutor.launch.supervisor import supervise
 
 # What TensorFlow workers need: Keras 2 (Horovod's Keras integration and the course's Keras code), quiet C++
@@ -121,6 +128,22 @@ def run_horovod(
     actual = [horovodrun, *command[1:python], sys.executable, *command[python + 1:]]
     return supervise([actual], entry=entry, timeout=timeout, quiet=quiet, threads=_threads(threads_per_rank, nprocs),
                      envs=[dict(TF_WORKER_ENV)], display=shlex.join(command))
+
+
+def run_deepspeed(entry: str, nprocs: int = 2, *, backend: str = "auto", timeout: float = 300.0,
+                  threads_per_rank: int | None = None, quiet: bool = False, **kwargs: Any) -> list[Any]:
+    """Run ``entry`` on ``nprocs`` processes with DeepSpeed's own launcher (``deepspeed --num_gpus N``).
+
+    The same workers as ``run`` (torchrun): DeepSpeed's launcher sets ``RANK``, ``WORLD_SIZE`` and the
+    master address, and adds ``--local_rank=N``. Without GPUs, DeepSpeed's CPU accelerator is selected.
+    """
+    check_count("nprocs", nprocs)
+    kwargs = _with_backend(entry, backend, nprocs, kwargs)
+    command = deepspeed_command(entry, nprocs, kwargs)
+    actual = [str(Path(sys.executable).with_name("deepspeed")), "--log_level=warning", *command[1:]]
+    env = {} if "nccl" in str(kwargs.get("backend")) else {"DS_ACCELERATOR": "cpu"}
+    return supervise([actual], entry=entry, timeout=timeout, quiet=quiet, threads=_threads(threads_per_rank, nprocs),
+                     envs=[env], display=shlex.join(command))
 
 
 def run_single(entry: str, *, timeout: float = 300.0, env: dict[str, str] | None = None, threads: int | None = None,

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from dtutor.config import TrainConfig, check_world
+from dtutor.deepspeed_config import deepspeed_config
 from dtutor.launch.commands import check_count, choose_backend
 from dtutor.launch.runners import run, run_horovod, run_tf_workers
 from dtutor.strategies import STRATEGIES, StrategyInfo
@@ -66,6 +67,8 @@ def prepare(nprocs: int, nnodes: int, fields: dict[str, Any]) -> TrainConfig:
     check_world(config, world_size, info.data_ranks(world_size))  # pipelines, tensor parallel: 1 data rank
     if info.framework == "torch":  # TensorFlow strategies do not use it: keep torch out of their callers
         config = config.replace(backend=choose_backend(config.backend, nprocs))
+    if info.name == "deepspeed":  # e.g. fp16 without GPUs: refused here, not inside the workers
+        deepspeed_config(config, world_size, "cuda" if config.backend == "nccl" else "cpu")
     return config
 
 

@@ -26,8 +26,12 @@ Launch recipes::
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -76,11 +80,24 @@ class DeepSpeedZeRO(ProcessGroupStrategy):
         return DTYPES[self.config.precision]
 
     def wrap(self, model: nn.Module, optimizer: Any) -> tuple[nn.Module, Any]:
-        """``deepspeed.initialize`` with the configuration ``dtutor.deepspeed_config`` builds."""
+        """``deepspeed.initialize`` with the configuration ``dtutor.deepspeed_config`` builds.
+
+        Kept off the screen: its "built successfully" line at every start, its warning that ZeRO partitions
+        an optimizer DeepSpeed did not write (``torch.optim``'s: the point, here), and torch's deprecation
+        warnings about the collectives DeepSpeed 0.19 calls.
+        """
         import deepspeed
 
         settings = deepspeed_config(self.config, self.world_size, self.device.type)
-        self.engine, ds_optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=settings)
+        warnings.filterwarnings("ignore", message=r".*torch\.distributed\.\w+` is deprecated", category=FutureWarning)
+        level = deepspeed.utils.logger.level
+        deepspeed.utils.logger.setLevel(logging.ERROR)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                self.engine, ds_optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
+                                                                       config=settings)
+        finally:
+            deepspeed.utils.logger.setLevel(level)
         return self.engine, ds_optimizer
 
     def _forward(self, engine: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
@@ -118,14 +135,15 @@ class DeepSpeedZeRO(ProcessGroupStrategy):
             return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
     def save_checkpoint(self, path: str, model: nn.Module, optimizer: Any, epoch: int) -> None:
-        """``engine.save_checkpoint`` into the folder ``path``: every rank writes its own partitions."""
-        model.save_checkpoint(path, tag="latest", client_state={"epoch": epoch, "rng": checkpoint.rng_state()})
+        """``engine.save_checkpoint`` into the folder ``path``: every rank writes its own partitions into a
+        sub-folder named after the step, then rank 0 names that one in the file ``latest``."""
+        model.save_checkpoint(path, client_state={"epoch": epoch, "rng": checkpoint.rng_state()})
 
     def load_checkpoint(self, path: str, model: nn.Module, optimizer: Any) -> int | None:
         """``engine.load_checkpoint`` from the folder ``path``; None when there is nothing to resume."""
         if not (Path(path) / "latest").exists():
             return None
-        _, client_state = model.load_checkpoint(path, tag="latest")
+        _, client_state = model.load_checkpoint(path)  # the sub-folder ``latest`` names
         checkpoint.set_rng_state(client_state["rng"])
         return client_state["epoch"]
 
