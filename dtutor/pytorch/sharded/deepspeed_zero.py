@@ -31,6 +31,7 @@ import io
 import logging
 import os
 import sys
+import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -56,11 +57,33 @@ def deepspeed_environment() -> None:
 
 
 def prebuild() -> None:
-    """Compile (once) the helper DeepSpeed's CPU communication backend loads at start-up, so no launch waits."""
-    deepspeed_environment()
-    from deepspeed.comm.torch import build_shm_op
+    """Compile (once) the helper DeepSpeed's CPU communication backend loads at start-up, so no launch waits.
 
-    build_shm_op()
+    The compiler's and DeepSpeed's own probes write to the process's file descriptors directly (e.g. a
+    failed link test for the optional ``libaio``); they are shown only if the build fails.
+    """
+    deepspeed_environment()
+    with tempfile.TemporaryFile(mode="w+") as log:
+        saved = [os.dup(1), os.dup(2)]
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            from deepspeed.comm.torch import build_shm_op
+
+            build_shm_op()
+        except Exception:
+            log.seek(0)
+            failure = log.read()
+            raise RuntimeError(f"DeepSpeed's CPU helper did not compile:\n{failure[-3000:]}") from None
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
 
 
 class DeepSpeedZeRO(ProcessGroupStrategy):
