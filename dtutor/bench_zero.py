@@ -20,6 +20,7 @@ from dtutor import zero
 
 TARGET = 0.10  # every measured part within 10% of its formula
 MB = 1e6
+LEGEND = {"parameters": "parameters", "gradients": "gradients", "optimizer": "optimizer state + fp32 master"}
 QUICK_RUNS = ({"strategy": "deepspeed", "zero_stage": 3, "precision": "bf16"}, {"strategy": "fsdp"})
 QUICK_WIDTH = 512  # wide_mlp(512, 4): 1,195,018 parameters (ZeRO-3 keeps layers of <= 1e5 whole)
 
@@ -68,6 +69,8 @@ def memory_row(per_rank: list[dict[str, Any]]) -> dict[str, Any]:
                               key=lambda r: abs(r - 1)) for name in (*zero.COMPONENTS, "total")}
     row["bucket_capacity"] = max(rank["bytes"]["bucket_capacity"] for rank in per_rank)
     row["bucket_resident"] = max(rank["bytes"]["bucket_resident"] for rank in per_rank)
+    row["bucket_in_use"] = max(moment["reduce_bucket"] for rank in per_rank
+                               for moment in rank.get("moments", {"": rank["bytes"]}).values())
     row["within_target"] = all(abs(r - 1) <= TARGET for r in row["ratio"].values())
     return row
 
@@ -100,7 +103,16 @@ def format_zero(rows: list[dict[str, Any]]) -> str:
                  f"{TARGET:.0%} of its formula: {'met' if met else 'missed'}")
     first = rows[0]
     lines.append(f"Ψ = {first['parameter_count']:,} parameters, N = {first['ranks']} ranks, Adam; MB = 1e6 bytes")
-    bucket = max(rows, key=lambda row: row["bucket_capacity"])
+    moments: dict[str, list[str]] = {}
+    for row in rows:
+        moments.setdefault(row["moment"], []).append(row["configuration"])
+    lines.append("measured " + "; ".join(f"{moment}: {', '.join(names)}" for moment, names in moments.items()))
+    lines.append("other: held beyond the model state (partition buffers' slack, offload transfer buffers, "
+                 "gathered layers)")
+    waiting = [f"{row['configuration']} {row['bucket_in_use'] / MB:.1f} MB" for row in rows if row["bucket_in_use"]]
+    if waiting:
+        lines.append("gradients in the reduce bucket at the end of backward (not counted): " + ", ".join(waiting))
+    bucket = max(rows, key=lambda row: (row["bucket_resident"], row["bucket_capacity"]))
     if bucket["bucket_capacity"] > 0 and bucket["bucket_resident"] >= 0:
         lines.append(f"reduce bucket ({bucket['configuration']}): {bucket['bucket_capacity'] / MB:,.0f} MB allocated, "
                      f"{bucket['bucket_resident'] / MB:,.1f} MB resident (not counted: a communication buffer)")
@@ -119,7 +131,7 @@ def plot_memory(rows: list[dict[str, Any]]):
         for name in zero.COMPONENTS:
             measured, expected = max(row[name]) / MB, row["formula"][name] / MB
             axes.bar(index - 0.2, measured, 0.38, bottom=measured_bottom, color=colors[name],
-                     label=name if index == 0 else None)
+                     label=LEGEND[name] if index == 0 else None)
             axes.bar(index + 0.2, expected, 0.38, bottom=formula_bottom, color=colors[name], alpha=0.45,
                      hatch="//", edgecolor="white")
             measured_bottom, formula_bottom = measured_bottom + measured, formula_bottom + expected

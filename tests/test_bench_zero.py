@@ -64,3 +64,13 @@ def test_the_command_prints_and_writes_the_quick_table(tmp_path, capsys):
     assert [row["configuration"] for row in rows] == ["ZeRO-3 bf16", "FSDP fp32"]
     assert all(row["within_target"] for row in rows) and "every cell within 10% of its formula: met" in printed
     assert {"parameters", "gradients", "optimizer", "total", "other", "formula", "ratio", "moment"} <= rows[0].keys()
+
+
+def test_gradients_waiting_in_the_bucket_are_reported_apart():
+    ranks = [zero2(0, 0), zero2(1, 0)]
+    for rank in ranks:
+        end_of_backward = {**rank["bytes"], "gradients": 0, "reduce_bucket": 2 * PSI}
+        rank["moments"] = {"end of backward, before the reduction": end_of_backward, "after backward": rank["bytes"]}
+    row = bench_zero.memory_row(ranks)
+    assert row["bucket_in_use"] == 2 * PSI and row["within_target"]  # not model state: the ratios do not see it
+    assert "reduce bucket at the end of backward (not counted): ZeRO-2 bf16 2.0 MB" in bench_zero.format_zero([row])
