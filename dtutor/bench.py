@@ -3,10 +3,12 @@
     python -m dtutor.bench ddp             # DDP scaling 1 -> 2 ranks (1 thread each) and the driver's overhead
     python -m dtutor.bench horovod         # Horovod (PyTorch) beside DDP, 1 and 2 ranks, same model and data
     python -m dtutor.bench pipeline        # the pipeline bubble (measured, theory, gap); memory and speed per split
+    python -m dtutor.bench zero            # ZeRO 0-3 and FSDP model-state memory per rank, measured against formulas
     python -m dtutor.bench ddp --json out.json
 
-Targets on the course's 2-core CPU: scaling efficiency T2 / (2 T1) >= 0.85, and the training driver within
-2% of a hand-written loop that computes the same metrics, on the same model and data.
+Targets on the course's 2-core CPU: scaling efficiency T2 / (2 T1) >= 0.85, the training driver within
+2% of a hand-written loop that computes the same metrics, on the same model and data, and every part of the
+measured model-state memory within 10% of its ZeRO formula (``dtutor.bench_zero``).
 """
 
 from __future__ import annotations
@@ -214,18 +216,24 @@ def format_pipeline(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command line: ``python -m dtutor.bench {ddp,horovod,pipeline} [--json FILE]``."""
+    """Command line: ``python -m dtutor.bench {ddp,horovod,pipeline,zero} [--quick] [--json FILE]``."""
     parser = argparse.ArgumentParser(prog="python -m dtutor.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["ddp", "horovod", "pipeline"])
+    parser.add_argument("what", choices=["ddp", "horovod", "pipeline", "zero"])
     parser.add_argument("--batch-per-rank", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=5,
                         help="pairs of 1-rank and 2-rank runs, or timed pipeline steps (median)")
     parser.add_argument("--rounds", type=int, default=60, help="pairs of driver and hand-written runs (median)")
+    parser.add_argument("--quick", action="store_true", help="zero: two configurations of a small model")
     parser.add_argument("--json", metavar="FILE", help="also write the numbers to FILE")
     args = parser.parse_args(argv)
     if args.what == "ddp":
         result: Any = bench_ddp(args.batch_per_rank, args.repeats, args.rounds)
         print(format_ddp(result))
+    elif args.what == "zero":
+        from dtutor import bench_zero
+
+        result = bench_zero.bench_zero(quick=args.quick)
+        print(bench_zero.format_zero(result))
     elif args.what == "pipeline":
         result = bench_pipeline(args.repeats)
         print(format_pipeline(result))

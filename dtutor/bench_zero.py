@@ -1,0 +1,146 @@
+"""``python -m dtutor.bench zero``: model-state memory per rank, measured against the ZeRO formulas.
+
+Each configuration (ZeRO stages 0-3 in fp32 and bf16, ZeRO-2 with offload, FSDP; Adam, a 14.2 M-parameter MLP,
+2 ranks) is measured tensor by tensor (``dtutor.pytorch.sharded.memory``) and set beside ``dtutor.zero``'s
+formula under DeepSpeed's convention, split into the paper's three parts: parameters, gradients (device and
+host) and optimizer (fp32 master copy + state). Target: every measured part within 10% of its formula.
+"Other" is what a rank holds beyond the model state (partition buffers' slack, offload transfer buffers).
+The rows are JSON-friendly; ``plot_memory`` draws them. Nothing here imports torch: the measurement runs in
+the launched processes.
+
+    python -m dtutor.bench zero                  # all configurations, about 2 minutes on 2 cores
+    python -m dtutor.bench zero --quick --json out.json   # 2 configurations of a 1.2 M-parameter model
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dtutor import zero
+
+TARGET = 0.10  # every measured part within 10% of its formula
+MB = 1e6
+LEGEND = {"parameters": "parameters", "gradients": "gradients", "optimizer": "optimizer state + fp32 master"}
+QUICK_RUNS = ({"strategy": "deepspeed", "zero_stage": 3, "precision": "bf16"}, {"strategy": "fsdp"})
+QUICK_WIDTH = 512  # wide_mlp(512, 4): 1,195,018 parameters (ZeRO-3 keeps layers of <= 1e5 whole)
+
+
+def label(run: dict[str, Any]) -> str:
+    """A configuration's name, e.g. ``ZeRO-2 bf16 + offload`` or ``FSDP fp32``."""
+    precision = run.get("precision", "fp32")
+    name = "FSDP" if run["strategy"] == "fsdp" else f"ZeRO-{run.get('zero_stage', 0)}"
+    extras = [run["optimizer"]] if run.get("optimizer", "adam") != "adam" else []
+    return " ".join([name, precision, *extras]) + (" + offload" if run.get("offload") else "")
+
+
+def formula(run: dict[str, Any], parameters: int, ranks: int) -> zero.ModelState:
+    """The estimator's bytes per rank for one measured configuration (Adam unless it names an optimizer)."""
+    return zero.estimate(parameters, ranks, run.get("zero_stage", 0), run.get("precision", "fp32"),
+                         run.get("offload", False), run.get("optimizer", "adam"), run["strategy"])
+
+
+def measured_parts(measured: dict[str, int]) -> dict[str, int]:
+    """One rank's measured bytes as the formula's parts (``zero.COMPONENTS``) and the rest it holds."""
+    return {"parameters": measured["parameters"],
+            "gradients": measured["gradients"] + measured["host_gradients"],
+            "optimizer": measured["master_weights"] + measured["optimizer_state"],
+            "other": measured["buffers"] + measured["gathered_parameters"] + measured["reduce_bucket"]}
+
+
+def _ratio(measured: float, expected: float) -> float:
+    if expected == 0:
+        return 1.0 if measured == 0 else float("inf")
+    return measured / expected
+
+
+def memory_row(per_rank: list[dict[str, Any]]) -> dict[str, Any]:
+    """One configuration's row: per part, every rank's bytes, the formula and the ratio farthest from 1."""
+    first = per_rank[0]
+    expected = formula(first["run"], first["parameter_count"], first["ranks"])
+    parts = [measured_parts(rank["bytes"]) for rank in per_rank]
+    row: dict[str, Any] = {"configuration": label(first["run"]), "run": first["run"],
+                           "parameter_count": first["parameter_count"], "ranks": first["ranks"],
+                           "moment": first["moment"], "formula": {**expected.components(), "total": expected.total,
+                                                                  "device": expected.device, "host": expected.host}}
+    for name in (*zero.COMPONENTS, "other"):
+        row[name] = [part[name] for part in parts]
+    row["total"] = [sum(part[name] for name in zero.COMPONENTS) for part in parts]
+    row["ratio"] = {name: max((_ratio(value, row["formula"][name]) for value in row[name]),
+                              key=lambda r: abs(r - 1)) for name in (*zero.COMPONENTS, "total")}
+    row["bucket_capacity"] = max(rank["bytes"]["bucket_capacity"] for rank in per_rank)
+    row["bucket_resident"] = max(rank["bytes"]["bucket_resident"] for rank in per_rank)
+    row["bucket_in_use"] = max(moment["reduce_bucket"] for rank in per_rank
+                               for moment in rank.get("moments", {"": rank["bytes"]}).values())
+    row["within_target"] = all(abs(r - 1) <= TARGET for r in row["ratio"].values())
+    return row
+
+
+def bench_zero(quick: bool = False, nprocs: int = 2, timeout: float = 900.0) -> list[dict[str, Any]]:
+    """Measure every configuration (``quick``: two, on a 1.2 M-parameter model) and return the table's rows."""
+    from dtutor.pytorch.sharded import memory
+
+    runs, width = (QUICK_RUNS, QUICK_WIDTH) if quick else (memory.RUNS, memory.WIDTH)
+    return [memory_row(per_rank) for per_rank in memory.measure(list(runs), nprocs, width=width, timeout=timeout)]
+
+
+def _cell(values: list[float]) -> str:
+    low, high = min(values), max(values)
+    return f"{high / MB:.1f}" if high - low <= 0.005 * max(high, 1) else f"{low / MB:.1f}-{high / MB:.1f}"
+
+
+def format_zero(rows: list[dict[str, Any]]) -> str:
+    """The table: per part measured MB (largest rank; a range where ranks differ), formula MB, ratio; a verdict."""
+    head = f"{'configuration':<22}" + "".join(f"{name + ' MB':>27}" for name in (*zero.COMPONENTS, "total"))
+    lines = [head, f"{'':<22}" + f"{'measured':>11}{'formula':>9}{'ratio':>7}" * 4 + f"{'other MB per rank':>20}"]
+    for row in rows:
+        cells = "".join(f"{_cell(row[name]):>11}{row['formula'][name] / MB:>9.1f}{row['ratio'][name]:>7.3f}"
+                        for name in (*zero.COMPONENTS, "total"))
+        other = " | ".join(f"{value / MB:.1f}" for value in row["other"])
+        lines.append(f"{row['configuration']:<22}{cells}{other:>20}")
+    ratios = [r for row in rows for r in row["ratio"].values()]
+    met = all(row["within_target"] for row in rows)
+    lines.append(f"{len(ratios)} cells, ratios {min(ratios):.3f} to {max(ratios):.3f}; every cell within "
+                 f"{TARGET:.0%} of its formula: {'met' if met else 'missed'}")
+    first = rows[0]
+    lines.append(f"Ψ = {first['parameter_count']:,} parameters, N = {first['ranks']} ranks, Adam; MB = 1e6 bytes")
+    moments: dict[str, list[str]] = {}
+    for row in rows:
+        moments.setdefault(row["moment"], []).append(row["configuration"])
+    lines.append("measured " + "; ".join(f"{moment}: {', '.join(names)}" for moment, names in moments.items()))
+    lines.append("other: held beyond the model state (partition buffers' slack, offload transfer buffers, "
+                 "gathered layers)")
+    waiting = [f"{row['configuration']} {row['bucket_in_use'] / MB:.1f} MB" for row in rows if row["bucket_in_use"]]
+    if waiting:
+        lines.append("gradients in the reduce bucket at the end of backward (not counted): " + ", ".join(waiting))
+    bucket = max(rows, key=lambda row: (row["bucket_resident"], row["bucket_capacity"]))
+    if bucket["bucket_capacity"] > 0 and bucket["bucket_resident"] >= 0:
+        lines.append(f"reduce bucket ({bucket['configuration']}): {bucket['bucket_capacity'] / MB:,.0f} MB allocated, "
+                     f"{bucket['bucket_resident'] / MB:,.1f} MB resident (not counted: a communication buffer)")
+    return "\n".join(lines)
+
+
+def plot_memory(rows: list[dict[str, Any]]):
+    """Bars per configuration: measured (largest rank, left) beside formula (hatched, right), each split into
+    parameters, gradients and optimizer state; the title states the measured ratio range."""
+    import matplotlib.pyplot as plt
+
+    colors = dict(zip(zero.COMPONENTS, ("tab:blue", "tab:orange", "tab:green"), strict=True))
+    figure, axes = plt.subplots(figsize=(max(6.0, 0.9 * len(rows) + 2), 3.8))
+    for index, row in enumerate(rows):
+        measured_bottom = formula_bottom = 0.0
+        for name in zero.COMPONENTS:
+            measured, expected = max(row[name]) / MB, row["formula"][name] / MB
+            axes.bar(index - 0.2, measured, 0.38, bottom=measured_bottom, color=colors[name],
+                     label=LEGEND[name] if index == 0 else None)
+            axes.bar(index + 0.2, expected, 0.38, bottom=formula_bottom, color=colors[name], alpha=0.45,
+                     hatch="//", edgecolor="white")
+            measured_bottom, formula_bottom = measured_bottom + measured, formula_bottom + expected
+    axes.bar(0, 0, color="white", edgecolor="grey", hatch="//", label="formula (right bar)")
+    axes.set_xticks(range(len(rows)), [row["configuration"] for row in rows], rotation=35, ha="right")
+    axes.set_ylabel("MB per rank")
+    totals = [row["ratio"]["total"] for row in rows]
+    axes.set_title(f"Model state per rank, Ψ = {rows[0]['parameter_count'] / 1e6:.1f} M, N = {rows[0]['ranks']}: "
+                   f"measured / formula {min(totals):.3f} to {max(totals):.3f}", fontsize=10)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    return figure

@@ -1,0 +1,76 @@
+"""``python -m dtutor.bench zero``: rows of measured against formula, the table's verdict, the plot, the command."""
+
+import json
+
+import pytest
+
+from dtutor import bench, bench_zero
+
+PSI = 1_000_000
+
+
+def fake_rank(rank: int, run: dict, **bytes_: int) -> dict:
+    """A measurement as ``memory.measure_run`` returns it."""
+    base = dict.fromkeys(["parameters", "gradients", "host_gradients", "master_weights", "optimizer_state",
+                          "gathered_parameters", "reduce_bucket", "buffers", "bucket_capacity", "bucket_resident"], 0)
+    return {"run": run, "rank": rank, "ranks": 2, "parameter_count": PSI, "moment": "after backward",
+            "bytes": {**base, **bytes_}}
+
+
+ZERO2 = {"strategy": "deepspeed", "zero_stage": 2, "precision": "bf16"}
+
+
+def zero2(rank: int, buffers: int) -> dict:
+    return fake_rank(rank, ZERO2, parameters=2 * PSI, gradients=PSI, master_weights=2 * PSI,
+                     optimizer_state=4 * PSI, buffers=buffers, bucket_capacity=10**9, bucket_resident=2 * PSI)
+
+
+def test_a_row_sets_each_part_beside_its_formula():
+    row = bench_zero.memory_row([zero2(0, 300), zero2(1, 100)])
+    assert row["configuration"] == "ZeRO-2 bf16" and row["within_target"]
+    assert row["formula"]["parameters"] == 2 * PSI and row["formula"]["optimizer"] == 6 * PSI
+    assert row["ratio"] == {"parameters": 1.0, "gradients": 1.0, "optimizer": 1.0, "total": 1.0}
+    assert row["other"] == [300, 100] and row["total"] == [9 * PSI, 9 * PSI]
+
+
+def test_the_worst_rank_decides_the_ratio_and_the_verdict():
+    off = zero2(1, 0)
+    off["bytes"]["gradients"] = int(1.2 * PSI)
+    row = bench_zero.memory_row([zero2(0, 0), off])
+    assert row["ratio"]["gradients"] == pytest.approx(1.2) and not row["within_target"]
+    table = bench_zero.format_zero([row])
+    assert "within 10% of its formula: missed" in table and "1.0-1.2" in table  # the ranks' range
+    good = bench_zero.format_zero([bench_zero.memory_row([zero2(0, 0), zero2(1, 0)])])
+    assert "within 10% of its formula: met" in good
+    assert "1,000 MB allocated, 2.0 MB resident" in good
+
+
+def test_labels_name_stage_precision_optimizer_and_offload():
+    assert bench_zero.label({"strategy": "fsdp"}) == "FSDP fp32"
+    assert bench_zero.label({**ZERO2, "offload": True, "optimizer": "sgd"}) == "ZeRO-2 bf16 sgd + offload"
+
+
+def test_the_plot_titles_the_measured_ratio():
+    figure = bench_zero.plot_memory([bench_zero.memory_row([zero2(0, 0), zero2(1, 0)])])
+    assert figure.axes[0].get_title().endswith("measured / formula 1.000 to 1.000")
+    assert [t.get_text() for t in figure.axes[0].get_xticklabels()] == ["ZeRO-2 bf16"]
+
+
+def test_the_command_prints_and_writes_the_quick_table(tmp_path, capsys):
+    out = tmp_path / "zero.json"
+    bench.main(["zero", "--quick", "--json", str(out)])
+    printed = capsys.readouterr().out
+    rows = json.loads(out.read_text())
+    assert [row["configuration"] for row in rows] == ["ZeRO-3 bf16", "FSDP fp32"]
+    assert all(row["within_target"] for row in rows) and "every cell within 10% of its formula: met" in printed
+    assert {"parameters", "gradients", "optimizer", "total", "other", "formula", "ratio", "moment"} <= rows[0].keys()
+
+
+def test_gradients_waiting_in_the_bucket_are_reported_apart():
+    ranks = [zero2(0, 0), zero2(1, 0)]
+    for rank in ranks:
+        end_of_backward = {**rank["bytes"], "gradients": 0, "reduce_bucket": 2 * PSI}
+        rank["moments"] = {"end of backward, before the reduction": end_of_backward, "after backward": rank["bytes"]}
+    row = bench_zero.memory_row(ranks)
+    assert row["bucket_in_use"] == 2 * PSI and row["within_target"]  # not model state: the ratios do not see it
+    assert "reduce bucket at the end of backward (not counted): ZeRO-2 bf16 2.0 MB" in bench_zero.format_zero([row])
