@@ -1,0 +1,248 @@
+"""Run a generated batch script under Slurm and collect the ranks' results, as ``dtutor.launch`` does.
+
+``train(2, strategy="ddp", global_batch=64)`` writes the recipe (``dtutor.launch.recipes.training_sbatch``),
+submits it with ``sbatch``, waits for it with a bounded timeout while printing the job's state changes and
+its output as it grows, and returns every rank's ``RunResult`` (pickled by the ranks into the job's
+``DTUTOR_RESULT_DIR``). ``run_script`` does the same for any script. A job that ends badly raises
+``SlurmJobError`` (a ``LaunchError``): the rank that failed and its traceback, read from the job's output;
+or the time limit Slurm enforced (state ``TIMEOUT``). A job still running at the timeout, or when the
+caller is interrupted, is cancelled with ``scancel``.
+
+Job states come from ``scontrol show job``, which needs no accounting database (``sacct`` would). The job's
+folder (``workdir``, default ``./slurm-jobs``) must be one every node sees, as your home folder is on most
+clusters; the script and its output file stay there.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dtutor.launch.recipes import training_sbatch
+from dtutor.launch.supervisor import NOISE, TAIL_LINES, LaunchError, _read_results
+from dtutor.launch.worker import RESULT_DIR_ENV
+
+if TYPE_CHECKING:
+    from dtutor.result import RunResult
+
+ENDED = {"COMPLETED", "FAILED", "TIMEOUT", "CANCELLED", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY", "BOOT_FAIL",
+         "DEADLINE"}
+COMMAND_TIMEOUT = 30.0  # seconds for one sbatch/scontrol/scancel call
+RANK_LINE = re.compile(r"\[rank (\d+)\] (.*)$")
+
+
+@dataclass
+class Job:
+    """A submitted job as last seen: its id, state (``PENDING``, ``RUNNING``, ``COMPLETED``, ``FAILED``, ...)."""
+
+    job_id: int
+    output: Path
+    state: str = "PENDING"
+    reason: str = ""
+    exit_code: str = ""
+    time_limit: str = ""
+    nodes: str = ""
+    submitted: float = field(default_factory=time.monotonic)  # time.monotonic() when it was submitted
+    seconds: float = 0.0  # from submission to the last look, measured here
+
+    @property
+    def ended(self) -> bool:
+        """Whether Slurm has finished with the job."""
+        return self.state in ENDED
+
+    def summary(self) -> str:
+        """One line, e.g. ``job 7 COMPLETED on n[1-2] after 9.2 s (exit code 0:0)``."""
+        where = f" on {self.nodes}" if self.nodes and self.nodes != "(null)" else ""
+        why = f", {self.reason}" if self.reason and self.reason != "None" else ""
+        return f"job {self.job_id} {self.state}{where} after {self.seconds:.1f} s (exit code {self.exit_code}{why})"
+
+
+class SlurmJobError(LaunchError):
+    """A Slurm job that did not complete: ``job`` says how it ended; ``rank`` and ``remote_traceback`` which
+    rank failed first, when one did (read from the job's output)."""
+
+    def __init__(self, message: str, job: Job, rank: int | None = None, remote_traceback: str = ""):
+        super().__init__(message, rank=rank, remote_traceback=remote_traceback)
+        self.job = job
+
+
+def _slurm(*arguments: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run one Slurm command; its output, or ``RuntimeError`` when it is missing or hangs."""
+    if shutil.which(arguments[0]) is None:
+        raise RuntimeError(f"{arguments[0]} not found: Slurm's client commands are not installed here")
+    try:
+        return subprocess.run(arguments, capture_output=True, text=True, env=env, timeout=COMMAND_TIMEOUT)
+    except subprocess.TimeoutExpired as error:
+        raise RuntimeError(f"{shlex.join(arguments)} did not answer within {COMMAND_TIMEOUT:g} s") from error
+
+
+def submit(script: str, workdir: Path, env: dict[str, str] | None = None) -> Job:
+    """Write ``script`` into ``workdir`` and submit it with ``sbatch`` (run there, with ``env``); the new job."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / f"job-{uuid.uuid4().hex[:8]}.sbatch"
+    path.write_text(script)
+    done = _slurm("sbatch", "--parsable", f"--chdir={workdir}", str(path), env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"sbatch refused {path}: {done.stderr.strip()}")
+    job_id = int(done.stdout.strip().split(";")[0])
+    name = re.search(r"^#SBATCH --job-name=(\S+)", script, re.M)
+    output = workdir / f"{name.group(1) if name else path.name}-{job_id}.out"
+    return Job(job_id, output)
+
+
+def job_fields(job_id: int) -> dict[str, str] | None:
+    """``scontrol show job``'s ``Key=Value`` fields (None once Slurm has forgotten the job: ``MinJobAge``)."""
+    done = _slurm("scontrol", "show", "job", "--oneliner", str(job_id))
+    if done.returncode != 0:
+        if "Invalid job id" in done.stderr:
+            return None
+        raise RuntimeError(f"scontrol show job {job_id} failed: {done.stderr.strip()}")
+    return dict(re.findall(r"(\w+)=(\S*)", done.stdout))
+
+
+def refresh(job: Job) -> Job:
+    """Update ``job`` from ``scontrol show job`` (a forgotten job keeps its last state)."""
+    fields = job_fields(job.job_id)
+    job.seconds = time.monotonic() - job.submitted
+    if fields is not None:
+        job.state = fields.get("JobState", job.state)
+        job.reason, job.exit_code = fields.get("Reason", ""), fields.get("ExitCode", "")
+        job.time_limit, job.nodes = fields.get("TimeLimit", ""), fields.get("NodeList", "")
+    return job
+
+
+def cancel(job: Job, grace: float = 30.0) -> None:
+    """``scancel`` the job and wait (at most ``grace`` seconds) until Slurm says it has ended."""
+    _slurm("scancel", str(job.job_id))
+    deadline = time.monotonic() + grace
+    while not refresh(job).ended and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
+class _Follower:
+    """Prints the ranks' lines (``[rank N] ...``) that a job's output file gains; the launchers' own lines stay
+    in the file, whose tail ``verdict`` shows when the job fails."""
+
+    def __init__(self, path: Path, quiet: bool):
+        self.path, self.quiet, self.offset, self.partial = path, quiet, 0, ""
+
+    def poll(self) -> None:
+        if self.quiet or not self.path.exists():
+            return
+        with self.path.open("rb") as stream:
+            stream.seek(self.offset)
+            data = stream.read()
+        self.offset += len(data)
+        done, _, self.partial = (self.partial + data.decode(errors="replace")).rpartition("\n")
+        for line in done.split("\n") if done else []:
+            found = RANK_LINE.search(line)
+            if found and not any(noise in line for noise in NOISE):
+                print(found.group(0))
+
+
+def wait(job: Job, timeout: float, *, quiet: bool = False, poll: float = 0.5) -> Job:
+    """Wait until ``job`` ends, printing its state changes and the ranks' new output lines (unless ``quiet``).
+
+    At most ``timeout`` seconds: then, or on an interruption, the job is cancelled; a timeout raises
+    ``SlurmJobError``.
+    """
+    if timeout <= 0:
+        raise ValueError(f"timeout must be positive, got {timeout}")
+    deadline, follower, seen = time.monotonic() + timeout, _Follower(job.output, quiet), ""
+    try:
+        while not refresh(job).ended:
+            follower.poll()
+            if not quiet and job.state != seen:
+                seen = job.state
+                print(f"[slurm] job {job.job_id} {job.state}" + (f" ({job.reason})" if job.state == "PENDING" else "")
+                      + f" at {job.seconds:.1f} s")
+            if time.monotonic() > deadline:
+                cancel(job)
+                raise SlurmJobError(f"job {job.job_id} did not finish within {timeout:g} s; it was cancelled "
+                                    f"({job.state})", job)
+            time.sleep(poll)
+    except KeyboardInterrupt:
+        cancel(job)
+        raise
+    follower.poll()
+    if not quiet:
+        print(f"[slurm] {job.summary()}")
+    return job
+
+
+def rank_failures(output: str) -> dict[int, str]:
+    """Each failed rank's traceback in a job's output (lines ``[rank N] ...``), in the order they appear."""
+    found: dict[int, list[str]] = {}
+    for line in output.splitlines():
+        match = RANK_LINE.search(line)
+        if match is None:
+            continue
+        rank, text = int(match.group(1)), match.group(2)
+        if rank in found:
+            found[rank].append(text)
+        elif text.startswith("Traceback (most recent call last):"):
+            found[rank] = [text]
+    return {rank: "\n".join(lines) + "\n" for rank, lines in found.items()}
+
+
+def verdict(job: Job, result_dir: Path) -> list[Any]:
+    """The ranks' results in rank order, or ``SlurmJobError``: the time limit, the first failed rank, or why."""
+    output = job.output.read_text(errors="replace") if job.output.exists() else ""
+    if job.state == "TIMEOUT":
+        raise SlurmJobError(f"job {job.job_id} ran past its time limit ({job.time_limit}); Slurm ended it "
+                            "(state TIMEOUT)", job)
+    failures = rank_failures(output)
+    if job.state != "COMPLETED" and failures:
+        rank, text = next(iter(failures.items()))
+        raise SlurmJobError(f"rank {rank} of job {job.job_id} failed (job {job.state}):\n{text}", job, rank, text)
+    results = _read_results(result_dir) if result_dir.is_dir() else []
+    if job.state != "COMPLETED" or not results:
+        tail = "\n".join(output.splitlines()[-TAIL_LINES:])
+        why = "" if results else f"; no rank wrote a result into {result_dir} (a folder every node must see)"
+        raise SlurmJobError(f"{job.summary()}{why}; last output:\n{tail}", job)
+    return results
+
+
+def run_script(script: str, *, timeout: float = 300.0, workdir: str | Path | None = None,
+               quiet: bool = False) -> list[Any]:
+    """Submit ``script`` (a generated recipe), wait at most ``timeout`` seconds, return each rank's result.
+
+    The ranks pickle their results into a fresh folder under ``workdir`` (default ``./slurm-jobs``), named in
+    ``DTUTOR_RESULT_DIR``, which the job inherits with the rest of this process's environment; the folder
+    is removed once read. Raises ``SlurmJobError`` (see ``verdict``).
+    """
+    workdir = Path(workdir or Path.cwd() / "slurm-jobs").resolve()
+    result_dir = workdir / f"results-{uuid.uuid4().hex[:8]}"
+    env = {**os.environ, RESULT_DIR_ENV: str(result_dir), "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1"}
+    job = submit(script, workdir, env)
+    if not quiet:
+        print(f"[slurm] submitted job {job.job_id}; its output: {job.output}")
+    try:
+        return verdict(wait(job, timeout, quiet=quiet), result_dir)
+    finally:
+        shutil.rmtree(result_dir, ignore_errors=True)
+
+
+def this_environment() -> str:
+    """The recipe's setup line that puts this Python's environment (and its launchers) first on ``PATH``."""
+    return f'export PATH={shlex.quote(str(Path(sys.executable).parent))}:"$PATH"  # the Python that submitted the job'
+
+
+def train(nodes: int = 2, *, timeout: float = 300.0, quiet: bool = False, workdir: str | Path | None = None,
+          **options: Any) -> list[RunResult]:
+    """Train under Slurm on ``nodes`` nodes with ``training_sbatch(nodes, **options)``; every rank's result.
+
+    ``options`` are ``training_sbatch``'s (``gpus_per_node``, ``procs_per_node``, ``launcher``, ``time``, ...)
+    and ``TrainConfig`` fields, all checked before anything is submitted. The job runs this Python.
+    """
+    script = training_sbatch(nodes, setup=this_environment(), **options)
+    return run_script(script, timeout=timeout, workdir=workdir, quiet=quiet)
