@@ -11,6 +11,7 @@ reason, where Slurm is not installed or this is not root (scripts/install_slurm.
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import subprocess
 import time
@@ -43,6 +44,51 @@ def assert_nothing_left(folder: Path, ports: list[int], mark: str) -> None:
     assert slurm_local.leftovers(folder, (MARK, mark)) == []
     assert listening(ports) == []
     assert not folder.exists()
+
+
+OUTPUT = """[2026-11-23 22:48:11,780] [INFO] [runner.py:618:main] cmd = ...
+[rank 0] epoch 0: loss 2.3000
+[rank 1] Traceback (most recent call last):
+[rank 1]   File "dtutor/diagnostics.py", line 38, in fail_on_rank
+[rank 1] RuntimeError: rank 1 failed on purpose
+[1]<stderr>:[rank 0] Traceback (most recent call last):
+[1]<stderr>:[rank 0] ValueError: afterwards
+"""
+
+
+def test_failed_ranks_and_their_tracebacks_are_read_from_the_output_in_order():
+    failures = slurm.rank_failures(OUTPUT)
+    assert list(failures) == [1, 0]
+    assert failures[1].splitlines() == ["Traceback (most recent call last):",
+                                        '  File "dtutor/diagnostics.py", line 38, in fail_on_rank',
+                                        "RuntimeError: rank 1 failed on purpose"]
+    assert failures[0].splitlines()[-1] == "ValueError: afterwards"
+
+
+@pytest.mark.parametrize(
+    ("state", "output", "results", "message"),
+    [
+        ("FAILED", OUTPUT, 0, "rank 1 of job 7 failed (job FAILED):\nTraceback"),
+        ("TIMEOUT", OUTPUT, 0, "job 7 ran past its time limit (00:01:00); Slurm ended it (state TIMEOUT)"),
+        ("FAILED", "srun: error: n2: task 1: Exited with exit code 1\n", 0, "job 7 FAILED on n[1-2] after 3.0 s"),
+        ("COMPLETED", "", 0, "no rank wrote a result into"),
+    ],
+)
+def test_a_job_that_did_not_complete_is_explained(tmp_path, state, output, results, message):
+    (tmp_path / "job.out").write_text(output)
+    job = slurm.Job(7, tmp_path / "job.out", state=state, time_limit="00:01:00", nodes="n[1-2]", seconds=3.0)
+    with pytest.raises(slurm.SlurmJobError) as caught:
+        slurm.verdict(job, tmp_path / "results")
+    assert message in str(caught.value) and caught.value.job is job
+    assert caught.value.rank == (1 if message.startswith("rank 1") else None)
+
+
+def test_a_completed_jobs_results_come_back_in_rank_order(tmp_path):
+    (tmp_path / "results").mkdir()
+    for rank in (1, 0):
+        (tmp_path / "results" / f"rank{rank}.pkl").write_bytes(pickle.dumps({"rank": rank}))
+    job = slurm.Job(7, tmp_path / "job.out", state="COMPLETED")
+    assert slurm.verdict(job, tmp_path / "results") == [{"rank": 0}, {"rank": 1}]
 
 
 @pytest.fixture(scope="module")

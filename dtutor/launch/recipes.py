@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 import shlex
+from dataclasses import dataclass
 from typing import Any
 
 from dtutor.config import ConfigError, TrainConfig, check_world
@@ -136,9 +137,9 @@ def _check_placement(launcher: str, nodes: int, procs: int, gpus: int) -> None:
     if launcher not in LAUNCHERS:
         raise ValueError(f"launcher: must be one of {', '.join(LAUNCHERS)}, got {launcher!r}")
     check_count("nodes", nodes)
-    check_count("procs_per_node", procs)
     if not isinstance(gpus, int) or isinstance(gpus, bool) or gpus < 0:
         raise ValueError(f"gpus_per_node must be a whole number >= 0, got {gpus!r}")
+    check_count("procs_per_node", procs)
     if gpus and procs != gpus:
         raise ValueError(f"procs_per_node: one rank per GPU, so {gpus} with gpus_per_node={gpus}, got {procs}")
     if launcher == "tf_workers" and procs != 1:
@@ -183,6 +184,45 @@ def sbatch_script(
     return "\n".join(lines) + "\n"
 
 
+@dataclass(frozen=True)
+class TrainingPlan:
+    """A checked training job: the driver to run, its launcher, ranks per node and ``key=value`` arguments."""
+
+    entry: str
+    launcher: str
+    procs_per_node: int
+    arguments: dict[str, Any]
+    name: str
+
+
+def training_plan(nodes: int, gpus_per_node: int = 0, procs_per_node: int | None = None,
+                  launcher: str | None = None, **fields: Any) -> TrainingPlan:
+    """Check ``fields`` (``TrainConfig``) for ``nodes`` x ranks per node and pick the launcher and backend.
+
+    The launcher is the strategy's own (``dtutor.strategies``) unless ``launcher`` names another that starts
+    the same kind of processes (``deepspeed`` can start any torchrun strategy). The backend ``auto``
+    becomes nccl with GPUs, gloo without. Errors name the field or argument at fault.
+    """
+    config = TrainConfig.from_kwargs(**fields)
+    info = STRATEGIES[config.strategy]
+    launcher = launcher or info.launcher
+    if info.launcher == "inprocess":
+        raise ValueError(f"strategy: {config.strategy!r} runs in one process ({info.summary}); a multi-node job "
+                         "needs a strategy with a launcher, e.g. 'ddp'")
+    procs = procs_per_node or gpus_per_node or 1
+    _check_placement(launcher, nodes, procs, gpus_per_node)
+    if launcher != info.launcher and {launcher, info.launcher} != {"torchrun", "deepspeed"}:
+        raise ValueError(f"launcher: {config.strategy!r} is started by {info.launcher}, not {launcher}")
+    check_world(config, nodes * procs)
+    if info.framework == "torch":
+        if config.backend == "nccl" and not gpus_per_node:
+            raise ConfigError("backend: nccl needs GPUs; set gpus_per_node, or use backend='gloo'")
+        if config.backend == "auto":
+            config = config.replace(backend="nccl" if gpus_per_node else "gloo")
+    name = f"dtutor-{config.strategy}".replace("_", "-")
+    return TrainingPlan(DRIVERS[info.framework], launcher, procs, config.as_arguments(), name)
+
+
 def training_sbatch(
     nodes: int = 2,
     *,
@@ -196,30 +236,17 @@ def training_sbatch(
 ) -> str:
     """The sbatch script that trains with ``fields`` (``TrainConfig`` fields) on ``nodes`` nodes.
 
-    The config and its batch arithmetic for the job's world size are checked here, before anything is
-    submitted. The launcher is the strategy's own (``dtutor.strategies``) unless ``launcher`` names another
-    that starts the same kind of processes (``deepspeed`` can start any torchrun strategy). The backend
-    ``auto`` becomes nccl with GPUs, gloo without.
+    Everything is checked here, before anything is submitted (see ``training_plan``).
     """
-    config = TrainConfig.from_kwargs(**fields)
-    info = STRATEGIES[config.strategy]
-    launcher = launcher or info.launcher
-    if info.launcher == "inprocess":
-        raise ValueError(f"strategy: {config.strategy!r} runs in one process ({info.summary}); a multi-node job "
-                         "needs a strategy with a launcher, e.g. 'ddp'")
-    if launcher != info.launcher and {launcher, info.launcher} != {"torchrun", "deepspeed"}:
-        raise ValueError(f"launcher: {config.strategy!r} is started by {info.launcher}, not {launcher}")
-    procs = procs_per_node or gpus_per_node or 1
-    check_world(config, nodes * procs)
-    if info.framework == "torch":
-        if config.backend == "nccl" and not gpus_per_node:
-            raise ConfigError("backend: nccl needs GPUs; set gpus_per_node, or use backend='gloo'")
-        if config.backend == "auto":
-            config = config.replace(backend="nccl" if gpus_per_node else "gloo")
-    name = f"dtutor-{config.strategy}".replace("_", "-")
-    return sbatch_script(DRIVERS[info.framework], launcher, nodes=nodes, gpus_per_node=gpus_per_node,
-                         procs_per_node=procs, cpus_per_rank=cpus_per_rank, time=time, job_name=name, setup=setup,
-                         **config.as_arguments())
+    plan = training_plan(nodes, gpus_per_node, procs_per_node, launcher, **fields)
+    return sbatch_script(plan.entry, plan.launcher, nodes=nodes, gpus_per_node=gpus_per_node,
+                         procs_per_node=plan.procs_per_node, cpus_per_rank=cpus_per_rank, time=time,
+                         job_name=plan.name, setup=setup, **plan.arguments)
+
+
+def launcher_lines(script: str) -> str:
+    """The part of a generated script that differs from launcher to launcher (after the shared prologue)."""
+    return script.partition(PROLOGUE[-1][1] + "\n")[2]
 
 
 def sbatch_options(script: str) -> dict[str, str]:
