@@ -132,6 +132,11 @@ def _tf_workers(entry: str, kwargs: dict[str, Any], nodes: int, procs: int) -> L
 BODIES = {"torchrun": _torchrun, "deepspeed": _deepspeed, "horovodrun": _horovodrun, "tf_workers": _tf_workers}
 
 
+def ranks_per_node(launcher: str, procs_per_node: int | None, gpus_per_node: int) -> int:
+    """Ranks on each node: as asked, else one per GPU (one TensorFlow worker per node), else one."""
+    return procs_per_node or (1 if launcher == "tf_workers" else gpus_per_node) or 1
+
+
 def _check_placement(launcher: str, nodes: int, procs: int, gpus: int) -> None:
     """Refuse placements the launcher cannot give (``ValueError`` naming the argument)."""
     if launcher not in LAUNCHERS:
@@ -140,10 +145,10 @@ def _check_placement(launcher: str, nodes: int, procs: int, gpus: int) -> None:
     if not isinstance(gpus, int) or isinstance(gpus, bool) or gpus < 0:
         raise ValueError(f"gpus_per_node must be a whole number >= 0, got {gpus!r}")
     check_count("procs_per_node", procs)
-    if gpus and procs != gpus:
+    if gpus and procs != gpus and launcher != "tf_workers":
         raise ValueError(f"procs_per_node: one rank per GPU, so {gpus} with gpus_per_node={gpus}, got {procs}")
     if launcher == "tf_workers" and procs != 1:
-        raise ValueError(f"procs_per_node: TensorFlow runs one worker per node (it uses the node's devices), "
+        raise ValueError(f"procs_per_node: TensorFlow runs one worker per node (it uses the node's GPUs), "
                          f"got {procs}")
 
 
@@ -162,11 +167,11 @@ def sbatch_script(
 ) -> str:
     """The sbatch script that runs ``entry`` ("module:function") with ``launcher`` on ``nodes`` nodes.
 
-    ``procs_per_node`` ranks per node (default: one per GPU, or 1 without GPUs); ``cpus_per_rank`` cores
+    ``procs_per_node`` ranks per node (default: ``ranks_per_node``); ``cpus_per_rank`` cores
     each; ``time`` the wall-clock limit ("HH:MM:SS"); ``setup`` the line that makes the environment's
     ``python`` (and launchers) found; ``kwargs`` go to the entry point as ``key=value`` (Python literals).
     """
-    procs = procs_per_node or gpus_per_node or 1
+    procs = ranks_per_node(launcher, procs_per_node, gpus_per_node)
     _check_placement(launcher, nodes, procs, gpus_per_node)
     if not re.fullmatch(r"(\d+-)?\d{1,2}:\d{2}:\d{2}", time):
         raise ValueError(f"time must look like 'HH:MM:SS' (or 'D-HH:MM:SS'), got {time!r}")
@@ -209,7 +214,7 @@ def training_plan(nodes: int, gpus_per_node: int = 0, procs_per_node: int | None
     if info.launcher == "inprocess":
         raise ValueError(f"strategy: {config.strategy!r} runs in one process ({info.summary}); a multi-node job "
                          "needs a strategy with a launcher, e.g. 'ddp'")
-    procs = procs_per_node or gpus_per_node or 1
+    procs = ranks_per_node(launcher, procs_per_node, gpus_per_node)
     _check_placement(launcher, nodes, procs, gpus_per_node)
     if launcher != info.launcher and {launcher, info.launcher} != {"torchrun", "deepspeed"}:
         raise ValueError(f"launcher: {config.strategy!r} is started by {info.launcher}, not {launcher}")

@@ -194,6 +194,11 @@ def rank_failures(output: str) -> dict[int, str]:
     return {rank: "\n".join(lines) + "\n" for rank, lines in found.items()}
 
 
+def read_results(result_dir: str | Path) -> list[Any]:
+    """The results a job's ranks pickled into ``result_dir`` (its ``DTUTOR_RESULT_DIR``), in rank order."""
+    return _read_results(Path(result_dir))
+
+
 def verdict(job: Job, result_dir: Path) -> list[Any]:
     """The ranks' results in rank order, or ``SlurmJobError``: the time limit, the first failed rank, or why."""
     output = job.output.read_text(errors="replace") if job.output.exists() else ""
@@ -204,7 +209,7 @@ def verdict(job: Job, result_dir: Path) -> list[Any]:
     if job.state != "COMPLETED" and failures:
         rank, text = next(iter(failures.items()))
         raise SlurmJobError(f"rank {rank} of job {job.job_id} failed (job {job.state}):\n{text}", job, rank, text)
-    results = _read_results(result_dir) if result_dir.is_dir() else []
+    results = read_results(result_dir) if result_dir.is_dir() else []
     if job.state != "COMPLETED" or not results:
         tail = "\n".join(output.splitlines()[-TAIL_LINES:])
         why = "" if results else f"; no rank wrote a result into {result_dir} (a folder every node must see)"
