@@ -163,8 +163,8 @@ def wait(job: Job, timeout: float, *, quiet: bool = False, poll: float = 0.5) ->
             follower.poll()
             if not quiet and job.state != seen:
                 seen = job.state
-                print(f"[slurm] job {job.job_id} {job.state}" + (f" ({job.reason})" if job.state == "PENDING" else "")
-                      + f" at {job.seconds:.1f} s")
+                why = f" ({job.reason})" if job.state == "PENDING" and job.reason not in ("", "None") else ""
+                print(f"[slurm] job {job.job_id} {job.state}{why} at {job.seconds:.1f} s")
             if time.monotonic() > deadline:
                 cancel(job)
                 raise SlurmJobError(f"job {job.job_id} did not finish within {timeout:g} s; it was cancelled "
