@@ -77,6 +77,7 @@ def test_every_launched_strategy_gets_a_script_for_its_launcher(name):
     assert recipes.sbatch_options(script)["nodes"] == "2" and f" strategy={name} " in script + " "
     launcher = STRATEGIES[name].launcher
     assert {"torchrun": "srun --ntasks-per-node=1 --kill-on-bad-exit=1 torchrun --nnodes=2",
+            "deepspeed": "bash -c 'exec deepspeed --hostfile=\"$HOSTFILE\" --no_ssh",
             "horovodrun": 'horovodrun -np 2 --gloo -H "$HOSTS"', "tf_workers": "TF_CONFIG="}[launcher] in script
     assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
 

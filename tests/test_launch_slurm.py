@@ -1,20 +1,16 @@
-"""Tests for dtutor.launch.slurm and dtutor.launch.slurm_local: the generated recipes submitted to a real Slurm.
+"""Tests for dtutor.launch.slurm: the generated recipes submitted to a real Slurm.
 
 The cluster is scripts/slurm_cluster.sh's throwaway cluster on this machine (three one-CPU nodes: two for the
 jobs, one for a job left to run past its time limit meanwhile). Every launcher's job must end with the
 parameters of the same run started locally by dtutor.launch; a failing rank must end its job FAILED and be
-named with its traceback; Slurm must end a job at its time limit; and nothing may be left running: no daemon,
-job step, worker or listening port, also when the cluster script is interrupted. The tests skip, with the
-reason, where Slurm is not installed or this is not root (scripts/install_slurm.sh installs it).
-"""
+named with its traceback; Slurm must end a job at its time limit; and after the module no daemon, job step,
+worker or listening port may remain (checked when the cluster fixture ends). The tests skip, with the
+reason, where Slurm is not installed or this is not root (scripts/install_slurm.sh installs it)."""
 
 from __future__ import annotations
 
 import os
 import pickle
-import signal
-import subprocess
-import time
 import uuid
 from pathlib import Path
 from types import SimpleNamespace
@@ -30,7 +26,7 @@ from dtutor.strategies import STRATEGIES
 SMALL = {"samples": 256, "global_batch": 32, "epochs": 1, "test_samples": 0}
 TOLERANCE = 1e-6  # Slurm's run against the local run: the same ranks, data and reductions (measured: 0.0)
 MARK = "DTUTOR_SLURM_TEST"  # its value, carried by every job's processes, is how a cluster's leftovers are found
-FAILS_WITHIN = 60.0  # seconds from submission to FAILED for a job whose rank raises at once (~10 s idle)
+FAILS_WITHIN = 60.0  # seconds from submission to FAILED when a rank raises at once (measured 20 s, loaded machine)
 
 
 def listening(ports: list[int]) -> list[int]:
@@ -110,10 +106,13 @@ def cluster(tmp_path_factory):
     assert_nothing_left(folder, ports, mark)  # after the module: no Slurm, munge or worker process remains
 
 
-@pytest.fixture(scope="module")
-def local_ddp(cluster) -> list:
-    """The local 2-process DDP run every torch.distributed job here must equal."""
-    return launch.train(2, strategy="ddp", quiet=True, timeout=240, **SMALL)
+def beside_the_local_run(cluster, launcher: str | None = None, **fields) -> tuple[list, list]:
+    """The ranks of the Slurm job and of the same run started locally (while the job runs)."""
+    fields = {**SMALL, **fields}
+    submitted = slurm.start(slurm.training_script(2, launcher=launcher, **fields), workdir=cluster.workdir,
+                            quiet=True)
+    local = launch.train(2, quiet=True, timeout=300, **fields)
+    return slurm.collect(submitted, timeout=300, quiet=True), local
 
 
 def assert_equal_runs(ranks: list, local: list) -> None:
@@ -121,34 +120,27 @@ def assert_equal_runs(ranks: list, local: list) -> None:
     assert max(max_difference(rank, local[0]) for rank in ranks) <= TOLERANCE
 
 
-def test_ddp_through_torchrun_on_two_nodes_equals_the_local_run(cluster, local_ddp):
-    ranks = slurm.train(2, strategy="ddp", timeout=240, quiet=True, workdir=cluster.workdir, **SMALL)
-    assert_equal_runs(ranks, local_ddp)
+def test_ddp_through_torchrun_on_two_nodes_equals_the_local_run(cluster):
+    assert_equal_runs(*beside_the_local_run(cluster, strategy="ddp"))
 
 
-def test_the_deepspeed_launcher_with_a_hostfile_starts_the_same_run(cluster, local_ddp):
-    ranks = slurm.train(2, strategy="ddp", launcher="deepspeed", timeout=240, quiet=True, workdir=cluster.workdir,
-                        **SMALL)
-    assert_equal_runs(ranks, local_ddp)
+def test_the_deepspeed_launcher_with_a_hostfile_starts_the_same_run(cluster):
+    assert_equal_runs(*beside_the_local_run(cluster, "deepspeed", strategy="ddp"))
 
 
 def test_deepspeed_zero_through_the_deepspeed_launcher_equals_the_local_run(cluster):
     if "deepspeed" not in STRATEGIES:
         pytest.skip("the 'deepspeed' strategy is not in dtutor.strategies.STRATEGIES yet (notebook 06's issue)")
-    fields = {**SMALL, "strategy": "deepspeed", "zero_stage": 2}
-    ranks = slurm.train(2, launcher="deepspeed", timeout=300, quiet=True, workdir=cluster.workdir, **fields)
-    assert_equal_runs(ranks, launch.train(2, quiet=True, timeout=300, **fields))
+    assert_equal_runs(*beside_the_local_run(cluster, "deepspeed", strategy="deepspeed", zero_stage=2))
 
 
 def test_horovod_with_hosts_from_the_job_equals_the_local_run(cluster):
     require_horovod("torch")
-    ranks = slurm.train(2, strategy="horovod", timeout=240, quiet=True, workdir=cluster.workdir, **SMALL)
-    assert_equal_runs(ranks, launch.train(2, strategy="horovod", quiet=True, timeout=240, **SMALL))
+    assert_equal_runs(*beside_the_local_run(cluster, strategy="horovod"))
 
 
 def test_multiworker_with_tf_config_from_the_job_equals_the_local_run(cluster):
-    ranks = slurm.train(2, strategy="multiworker", timeout=240, quiet=True, workdir=cluster.workdir, **SMALL)
-    assert_equal_runs(ranks, launch.train(2, strategy="multiworker", quiet=True, timeout=240, **SMALL))
+    assert_equal_runs(*beside_the_local_run(cluster, strategy="multiworker"))
 
 
 def test_a_failing_rank_ends_the_job_failed_and_is_named_with_its_traceback(cluster):
@@ -161,45 +153,6 @@ def test_a_failing_rank_ends_the_job_failed_and_is_named_with_its_traceback(clus
     assert "RuntimeError: rank 1 failed on purpose" in error.remote_traceback
     assert f"rank 1 of job {error.job.job_id} failed (job FAILED)" in str(error)
     assert error.job.seconds < FAILS_WITHIN  # srun --kill-on-bad-exit: rank 0's barrier would wait 30 minutes
-
-
-def test_the_cluster_script_runs_a_job_and_leaves_nothing_behind():
-    reason = slurm_local.local_unavailable()
-    if reason:
-        pytest.skip(reason)
-    done = subprocess.run(["bash", str(slurm_local.CLUSTER_SCRIPT), "run", "--", "bash", "-c",
-                           'srun -N2 hostname && echo "$SLURM_CONF"'], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    *hosts, conf = done.stdout.split()
-    assert hosts == [os.uname().nodename] * 2
-    assert not Path(conf).parent.exists() and slurm_local.leftovers(Path(conf).parent) == []
-
-
-def test_an_interrupted_cluster_script_leaves_nothing_behind(tmp_path):
-    reason = slurm_local.local_unavailable()
-    if reason:
-        pytest.skip(reason)
-    log, mark = tmp_path / "cluster.log", uuid.uuid4().hex
-    command = "sbatch -N2 -o /dev/null --wrap 'srun sleep 300' && sleep 300"
-    with log.open("w") as stderr:
-        script = subprocess.Popen(["bash", str(slurm_local.CLUSTER_SCRIPT), "run", "--", "bash", "-c", command],
-                                  stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True,
-                                  env={**os.environ, MARK: mark})
-    try:
-        conf = slurm_local._wait_ready(script, log, timeout=60)
-        env = {**os.environ, "SLURM_CONF": str(conf)}
-        folder, ports = conf.parent, slurm_local.LocalCluster(conf, 2, script.pid).ports()
-        deadline = time.monotonic() + 60
-        while "RUNNING" not in subprocess.run(["squeue", "-h", "-o", "%T"], env=env, capture_output=True,
-                                              text=True).stdout:
-            assert time.monotonic() < deadline, "the job never ran"
-            time.sleep(0.2)
-        os.killpg(script.pid, signal.SIGINT)  # what Ctrl-C in its terminal does
-        assert script.wait(timeout=60) == 130
-    finally:
-        if script.poll() is None:
-            os.killpg(script.pid, signal.SIGKILL)
-    assert_nothing_left(folder, ports, mark)
 
 
 def test_a_job_past_its_time_limit_is_ended_by_slurm(cluster):

@@ -217,13 +217,19 @@ def verdict(job: Job, result_dir: Path) -> list[Any]:
     return results
 
 
-def run_script(script: str, *, timeout: float = 300.0, workdir: str | Path | None = None,
-               quiet: bool = False) -> list[Any]:
-    """Submit ``script`` (a generated recipe), wait at most ``timeout`` seconds, return each rank's result.
+@dataclass
+class Submission:
+    """A job submitted by ``start``, whose ranks write their results into ``result_dir``."""
+
+    job: Job
+    result_dir: Path
+
+
+def start(script: str, *, workdir: str | Path | None = None, quiet: bool = False) -> Submission:
+    """Submit ``script`` (a generated recipe) and return at once; ``collect`` waits for it.
 
     The ranks pickle their results into a fresh folder under ``workdir`` (default ``./slurm-jobs``), named in
-    ``DTUTOR_RESULT_DIR``, which the job inherits with the rest of this process's environment; the folder
-    is removed once read. Raises ``SlurmJobError`` (see ``verdict``).
+    ``DTUTOR_RESULT_DIR``, which the job inherits with the rest of this process's environment.
     """
     workdir = Path(workdir or Path.cwd() / "slurm-jobs").resolve()
     result_dir = workdir / f"results-{uuid.uuid4().hex[:8]}"
@@ -231,15 +237,33 @@ def run_script(script: str, *, timeout: float = 300.0, workdir: str | Path | Non
     job = submit(script, workdir, env)
     if not quiet:
         print(f"[slurm] submitted job {job.job_id}; its output: {job.output}")
+    return Submission(job, result_dir)
+
+
+def collect(submission: Submission, *, timeout: float = 300.0, quiet: bool = False) -> list[Any]:
+    """Wait at most ``timeout`` seconds for a started job; each rank's result, or ``SlurmJobError`` (see
+    ``verdict``). The results folder is removed once read."""
     try:
-        return verdict(wait(job, timeout, quiet=quiet), result_dir)
+        return verdict(wait(submission.job, timeout, quiet=quiet), submission.result_dir)
     finally:
-        shutil.rmtree(result_dir, ignore_errors=True)
+        shutil.rmtree(submission.result_dir, ignore_errors=True)
+
+
+def run_script(script: str, *, timeout: float = 300.0, workdir: str | Path | None = None,
+               quiet: bool = False) -> list[Any]:
+    """Submit ``script``, wait at most ``timeout`` seconds and return each rank's result (``start``, then
+    ``collect``)."""
+    return collect(start(script, workdir=workdir, quiet=quiet), timeout=timeout, quiet=quiet)
 
 
 def this_environment() -> str:
     """The recipe's setup line that puts this Python's environment (and its launchers) first on ``PATH``."""
     return f'export PATH={shlex.quote(str(Path(sys.executable).parent))}:"$PATH"  # the Python that submitted the job'
+
+
+def training_script(nodes: int = 2, **options: Any) -> str:
+    """``training_sbatch(nodes, **options)`` for a job that runs this Python (``this_environment``)."""
+    return training_sbatch(nodes, setup=this_environment(), **options)
 
 
 def train(nodes: int = 2, *, timeout: float = 300.0, quiet: bool = False, workdir: str | Path | None = None,
@@ -249,5 +273,4 @@ def train(nodes: int = 2, *, timeout: float = 300.0, quiet: bool = False, workdi
     ``options`` are ``training_sbatch``'s (``gpus_per_node``, ``procs_per_node``, ``launcher``, ``time``, ...)
     and ``TrainConfig`` fields, all checked before anything is submitted. The job runs this Python.
     """
-    script = training_sbatch(nodes, setup=this_environment(), **options)
-    return run_script(script, timeout=timeout, workdir=workdir, quiet=quiet)
+    return run_script(training_script(nodes, **options), timeout=timeout, workdir=workdir, quiet=quiet)
