@@ -26,8 +26,9 @@ print(" ".join(str(s.getsockname()[1]) for s in sockets))
 EOF
 }
 
-write_config() {  # DIR NODES CTLD_PORT FIRST_NODE_PORT
-    local dir=$1 nodes=$2 ctld_port=$3 node_port=$4
+write_config() {  # DIR NODES CTLD_PORT NODE_PORT...  (one port for each node's slurmd)
+    local dir=$1 nodes=$2 ctld_port=$3
+    shift 3
     cat > "$dir/slurm.conf" <<EOF
 # A throwaway cluster made by scripts/slurm_cluster.sh: $nodes nodes, all this machine
 ClusterName=dtutor
@@ -59,9 +60,13 @@ MinJobAge=600
 InactiveLimit=0
 SlurmctldTimeout=30
 SlurmdTimeout=60
-NodeName=n[1-$nodes] NodeHostname=$(hostname) NodeAddr=127.0.0.1 Port=$node_port-$((node_port + nodes - 1)) CPUs=1 State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 EOF
+    local i=1 port
+    for port in "$@"; do  # every node is this machine, its slurmd on its own port
+        echo "NodeName=n$i NodeHostname=$(hostname) NodeAddr=127.0.0.1 Port=$port CPUs=1 State=UNKNOWN"
+        i=$((i + 1))
+    done >> "$dir/slurm.conf"
 }
 
 start_munge() {  # DIR: a fresh key in a 0700 folder; the socket's folder must be 0755 or munged refuses it
@@ -98,8 +103,8 @@ start() {  # DIR [NODES]
     mkdir -p "$dir/ctld" "$dir/run" "$dir/log"
     for i in $(seq "$nodes"); do mkdir -p "$dir/spool/n$i"; done
     local ports
-    read -r -a ports <<< "$(free_ports 2)"
-    write_config "$dir" "$nodes" "${ports[0]}" "${ports[1]}"
+    read -r -a ports <<< "$(free_ports $((nodes + 1)))"
+    write_config "$dir" "$nodes" "${ports[@]}"
     export DTUTOR_SLURM_CLUSTER="$dir"  # every daemon and job step carries it: how leftovers are found
     start_munge "$dir"
     setsid slurmctld -D -i -f "$dir/slurm.conf" </dev/null >>"$dir/log/slurmctld.out" 2>&1 &

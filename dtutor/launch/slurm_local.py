@@ -44,9 +44,8 @@ class LocalCluster:
 
     def ports(self) -> list[int]:
         """The TCP ports its daemons listen on (slurmctld's, then one per slurmd)."""
-        text = self.conf.read_text()
-        first, last = map(int, re.search(r"Port=(\d+)-(\d+)", text).groups())
-        return [int(re.search(r"SlurmctldPort=(\d+)", text).group(1)), *range(first, last + 1)]
+        pattern = r"^(?:SlurmctldPort=|NodeName=.* Port=)(\d+)"
+        return [int(port) for port in re.findall(pattern, self.conf.read_text(), re.M)]
 
 
 def cluster_answers() -> bool:
