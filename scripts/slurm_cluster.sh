@@ -145,7 +145,19 @@ stop() {  # DIR
     for pidfile in "$dir"/run/slurmd-*.setsid.pid; do [ -e "$pidfile" ] && stop_pid "$pidfile"; done
     stop_pid "$dir/run/slurmctld.setsid.pid"
     stop_pid "$dir/run/munged.pid"
+    sweep "$dir"
     rm -rf "$dir"
+}
+
+sweep() {  # DIR: kill what still carries DTUTOR_SLURM_CLUSTER=DIR (a job step that outlived its daemons)
+    local environ pid
+    for environ in $(grep -lsxzF "DTUTOR_SLURM_CLUSTER=$1" /proc/[0-9]*/environ); do
+        pid=${environ#/proc/}
+        pid=${pid%/environ}
+        { [ "$pid" = $$ ] || [ "$pid" = "$BASHPID" ]; } && continue
+        echo "slurm_cluster: killing leftover $pid $(cat "/proc/$pid/comm" 2>/dev/null)" >&2
+        kill -KILL "$pid" 2>/dev/null || true
+    done
 }
 
 child=""  # the command run() is running (global: the EXIT trap needs it)
