@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dtutor.launch.recipes import training_sbatch
-from dtutor.launch.supervisor import NOISE, TAIL_LINES, LaunchError, _read_results
+from dtutor.launch.supervisor import NOISE, TAIL_LINES, LaunchError, _first_failure, _read_results
 from dtutor.launch.worker import RESULT_DIR_ENV
 
 if TYPE_CHECKING:
@@ -200,14 +200,21 @@ def read_results(result_dir: str | Path) -> list[Any]:
 
 
 def verdict(job: Job, result_dir: Path) -> list[Any]:
-    """The ranks' results in rank order, or ``SlurmJobError``: the time limit, the first failed rank, or why."""
+    """The ranks' results in rank order, or ``SlurmJobError``: the time limit, the first failed rank, or why.
+
+    The first failed rank is the one whose failure report (``rankN.err`` in ``result_dir``) is the earliest:
+    the other ranks often fail after it, and the job's output interleaves the nodes. Its traceback is read
+    from the job's output (from the report where the output has none).
+    """
     output = job.output.read_text(errors="replace") if job.output.exists() else ""
     if job.state == "TIMEOUT":
         raise SlurmJobError(f"job {job.job_id} ran past its time limit ({job.time_limit}); Slurm ended it "
                             "(state TIMEOUT)", job)
     failures = rank_failures(output)
-    if job.state != "COMPLETED" and failures:
-        rank, text = next(iter(failures.items()))
+    first = _first_failure(result_dir) if result_dir.is_dir() else None  # by the time each rank wrote it down
+    if job.state != "COMPLETED" and (failures or first):
+        rank, text = first or next(iter(failures.items()))
+        text = failures.get(rank, text)
         raise SlurmJobError(f"rank {rank} of job {job.job_id} failed (job {job.state}):\n{text}", job, rank, text)
     results = read_results(result_dir) if result_dir.is_dir() else []
     if job.state != "COMPLETED" or not results:
