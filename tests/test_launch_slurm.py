@@ -91,6 +91,40 @@ def test_the_first_failed_rank_is_the_earliest_report_not_the_first_in_the_outpu
     assert caught.value.remote_traceback == "Traceback (most recent call last):\nRuntimeError: first\n"
 
 
+class FakeSlurm:
+    """Stands in for scontrol and scancel: the job's states in turn, the last one for good (scancel: CANCELLED)."""
+
+    def __init__(self, monkeypatch, states: list[str]):
+        self.states, self.calls = list(states), []
+        monkeypatch.setattr(slurm, "job_fields", self.fields)
+        monkeypatch.setattr(slurm, "_slurm", lambda *arguments, env=None: self.calls.append(arguments))
+
+    def fields(self, job_id: int) -> dict[str, str]:
+        if self.calls and self.calls[-1][0] == "scancel":
+            self.states = ["CANCELLED"]
+        state = self.states.pop(0) if len(self.states) > 1 else self.states[0]
+        return {"JobState": state, "Reason": "Resources" if state == "PENDING" else "None", "NodeList": "n[1-2]"}
+
+
+def test_wait_prints_the_states_and_the_ranks_lines(tmp_path, monkeypatch, capsys):
+    FakeSlurm(monkeypatch, ["PENDING", "RUNNING", "RUNNING", "COMPLETED"])
+    (tmp_path / "job.out").write_text("[INFO] a launcher's line\n[rank 0] epoch 0: loss 2.3\n[1]<stdout>:[rank 1] hi\n")
+    job = slurm.wait(slurm.Job(7, tmp_path / "job.out"), timeout=30, poll=0.01)
+    lines = capsys.readouterr().out.splitlines()
+    assert job.state == "COMPLETED"
+    assert [line.split(" at ")[0] for line in lines[:4]] == ["[slurm] job 7 PENDING (Resources)",
+                                                              "[rank 0] epoch 0: loss 2.3", "[rank 1] hi",
+                                                              "[slurm] job 7 RUNNING"]
+    assert lines[4].startswith("[slurm] job 7 COMPLETED on n[1-2] after") and len(lines) == 5
+
+
+def test_wait_cancels_a_job_still_running_at_the_timeout(tmp_path, monkeypatch):
+    fake = FakeSlurm(monkeypatch, ["RUNNING"])
+    with pytest.raises(slurm.SlurmJobError, match=r"job 7 did not finish within 0.2 s; it was cancelled \(CANCELLED\)"):
+        slurm.wait(slurm.Job(7, tmp_path / "job.out"), timeout=0.2, quiet=True, poll=0.01)
+    assert ("scancel", "7") in fake.calls
+
+
 def test_a_completed_jobs_results_come_back_in_rank_order(tmp_path):
     (tmp_path / "results").mkdir()
     for rank in (1, 0):

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 ENDED = {"COMPLETED", "FAILED", "TIMEOUT", "CANCELLED", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY", "BOOT_FAIL",
          "DEADLINE"}
 COMMAND_TIMEOUT = 30.0  # seconds for one sbatch/scontrol/scancel call
+HEARTBEAT = 30.0  # seconds without a printed line after which wait says the job's state again
 RANK_LINE = re.compile(r"\[rank (\d+)\] (.*)$")
 
 
@@ -128,43 +129,52 @@ def cancel(job: Job, grace: float = 30.0) -> None:
         time.sleep(0.2)
 
 
-class _Follower:
-    """Prints the ranks' lines (``[rank N] ...``) that a job's output file gains; the launchers' own lines stay
-    in the file, whose tail ``verdict`` shows when the job fails."""
+class _Progress:
+    """What ``wait`` prints: the job's state changes, the ranks' new lines (``[rank N] ...``) as its output file
+    grows, and a line every ``HEARTBEAT`` seconds of silence. The launchers' own lines stay in the file, whose
+    tail ``verdict`` shows when the job fails."""
 
-    def __init__(self, path: Path, quiet: bool):
-        self.path, self.quiet, self.offset, self.partial = path, quiet, 0, ""
+    def __init__(self, job: Job, quiet: bool):
+        self.job, self.quiet, self.offset, self.partial, self.state = job, quiet, 0, "", ""
+        self.last = time.monotonic()
+
+    def say(self, line: str) -> None:
+        print(line)
+        self.last = time.monotonic()
 
     def poll(self) -> None:
-        if self.quiet or not self.path.exists():
+        """Print what is new since the last call."""
+        if self.quiet:
             return
-        with self.path.open("rb") as stream:
-            stream.seek(self.offset)
-            data = stream.read()
-        self.offset += len(data)
-        done, _, self.partial = (self.partial + data.decode(errors="replace")).rpartition("\n")
-        for line in done.split("\n") if done else []:
-            found = RANK_LINE.search(line)
-            if found and not any(noise in line for noise in NOISE):
-                print(found.group(0))
+        job = self.job
+        if job.state != self.state or time.monotonic() - self.last > HEARTBEAT:
+            self.state = job.state
+            why = f" ({job.reason})" if job.state == "PENDING" and job.reason not in ("", "None") else ""
+            self.say(f"[slurm] job {job.job_id} {job.state}{why} at {job.seconds:.1f} s")
+        if self.job.output.exists():
+            with self.job.output.open("rb") as stream:
+                stream.seek(self.offset)
+                data = stream.read()
+            self.offset += len(data)
+            done, _, self.partial = (self.partial + data.decode(errors="replace")).rpartition("\n")
+            for line in done.split("\n") if done else []:
+                found = RANK_LINE.search(line)
+                if found and not any(noise in line for noise in NOISE):
+                    self.say(found.group(0))
 
 
 def wait(job: Job, timeout: float, *, quiet: bool = False, poll: float = 0.5) -> Job:
-    """Wait until ``job`` ends, printing its state changes and the ranks' new output lines (unless ``quiet``).
+    """Wait until ``job`` ends, printing its progress (unless ``quiet``; see ``_Progress``).
 
     At most ``timeout`` seconds: then, or on an interruption, the job is cancelled; a timeout raises
     ``SlurmJobError``.
     """
     if timeout <= 0:
         raise ValueError(f"timeout must be positive, got {timeout}")
-    deadline, follower, seen = time.monotonic() + timeout, _Follower(job.output, quiet), ""
+    deadline, progress = time.monotonic() + timeout, _Progress(job, quiet)
     try:
         while not refresh(job).ended:
-            follower.poll()
-            if not quiet and job.state != seen:
-                seen = job.state
-                why = f" ({job.reason})" if job.state == "PENDING" and job.reason not in ("", "None") else ""
-                print(f"[slurm] job {job.job_id} {job.state}{why} at {job.seconds:.1f} s")
+            progress.poll()
             if time.monotonic() > deadline:
                 cancel(job)
                 raise SlurmJobError(f"job {job.job_id} did not finish within {timeout:g} s; it was cancelled "
@@ -173,7 +183,8 @@ def wait(job: Job, timeout: float, *, quiet: bool = False, poll: float = 0.5) ->
     except KeyboardInterrupt:
         cancel(job)
         raise
-    follower.poll()
+    progress.state = job.state  # the summary says it
+    progress.poll()
     if not quiet:
         print(f"[slurm] {job.summary()}")
     return job
