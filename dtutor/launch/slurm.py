@@ -254,7 +254,8 @@ def start(script: str, *, workdir: str | Path | None = None, quiet: bool = False
     env = {**os.environ, RESULT_DIR_ENV: str(result_dir), "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1"}
     job = submit(script, workdir, env)
     if not quiet:
-        print(f"[slurm] submitted job {job.job_id}; its output: {job.output}")
+        shown = job.output.relative_to(Path.cwd()) if job.output.is_relative_to(Path.cwd()) else job.output
+        print(f"[slurm] submitted job {job.job_id}; its output: {shown}")
     return Submission(job, result_dir)
 
 
