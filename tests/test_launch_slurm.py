@@ -177,7 +177,8 @@ def test_the_deepspeed_launcher_with_a_hostfile_starts_the_same_run(cluster):
 def test_deepspeed_zero_through_the_deepspeed_launcher_equals_the_local_run(cluster):
     if "deepspeed" not in STRATEGIES:
         pytest.skip("the 'deepspeed' strategy is not in dtutor.strategies.STRATEGIES yet (notebook 06's issue)")
-    assert_equal_runs(*beside_the_local_run(cluster, "deepspeed", strategy="deepspeed", zero_stage=2))
+    fields = {"strategy": "deepspeed", "zero_stage": 2, "optimizer": "adam", "lr": 1e-3}  # as notebook 06's tests
+    assert_equal_runs(*beside_the_local_run(cluster, "deepspeed", **fields))
 
 
 def test_horovod_with_hosts_from_the_job_equals_the_local_run(cluster):
