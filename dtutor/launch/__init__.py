@@ -20,8 +20,10 @@ failing rank with its traceback.
 
 Modules: ``arguments`` (entry points, ``key=value`` words), ``commands`` (launcher commands, backends),
 ``supervisor`` (processes, output, timeout, results), ``runners`` (the launches), ``training`` (``train``),
-``worker`` (what ``python -m dtutor.launch`` runs). Importing this package imports neither torch nor
-TensorFlow.
+``worker`` (what ``python -m dtutor.launch`` runs); for clusters, imported by name: ``recipes`` (Slurm batch
+scripts for every launcher), ``ssh`` (the same jobs on machines reached by ssh), ``slurm`` (submit, wait,
+collect) and ``slurm_local`` (a throwaway Slurm cluster on this machine). Importing this package imports
+neither torch nor TensorFlow.
 """
 
 from dtutor.launch.arguments import worker_arguments
