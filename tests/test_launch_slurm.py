@@ -97,7 +97,7 @@ class FakeSlurm:
     def __init__(self, monkeypatch, states: list[str]):
         self.states, self.calls = list(states), []
         monkeypatch.setattr(slurm, "job_fields", self.fields)
-        monkeypatch.setattr(slurm, "_slurm", lambda *arguments, env=None: self.calls.append(arguments))
+        monkeypatch.setattr(slurm, "_slurm", lambda *arguments, env=None, cwd=None: self.calls.append(arguments))
 
     def fields(self, job_id: int) -> dict[str, str]:
         if self.calls and self.calls[-1][0] == "scancel":

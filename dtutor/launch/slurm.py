@@ -76,12 +76,12 @@ class SlurmJobError(LaunchError):
         self.job = job
 
 
-def _slurm(*arguments: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def _slurm(*arguments: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run one Slurm command; its output, or ``RuntimeError`` when it is missing or hangs."""
     if shutil.which(arguments[0]) is None:
         raise RuntimeError(f"{arguments[0]} not found: Slurm's client commands are not installed here")
     try:
-        return subprocess.run(arguments, capture_output=True, text=True, env=env, timeout=COMMAND_TIMEOUT)
+        return subprocess.run(arguments, capture_output=True, text=True, env=env, cwd=cwd, timeout=COMMAND_TIMEOUT)
     except subprocess.TimeoutExpired as error:
         raise RuntimeError(f"{shlex.join(arguments)} did not answer within {COMMAND_TIMEOUT:g} s") from error
 
@@ -91,7 +91,7 @@ def submit(script: str, workdir: Path, env: dict[str, str] | None = None) -> Job
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / f"job-{uuid.uuid4().hex[:8]}.sbatch"
     path.write_text(script)
-    done = _slurm("sbatch", "--parsable", f"--chdir={workdir}", str(path), env=env)
+    done = _slurm("sbatch", "--parsable", str(path), env=env, cwd=workdir)  # SLURM_SUBMIT_DIR: workdir
     if done.returncode != 0:
         raise RuntimeError(f"sbatch refused {path}: {done.stderr.strip()}")
     job_id = int(done.stdout.strip().split(";")[0])
