@@ -9,6 +9,7 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
+from dtutor.config import ConfigError
 from dtutor.launch.arguments import worker_arguments
 
 BACKENDS = ("auto", "gloo", "nccl", "mpi")
@@ -28,21 +29,25 @@ def gpu_count() -> int:
 
 
 def choose_backend(backend: str, nprocs: int) -> str:
-    """Resolve ``backend``: ``auto`` is nccl when there are at least ``nprocs`` GPUs, else gloo."""
+    """Resolve ``backend``: ``auto`` is nccl when there are at least ``nprocs`` GPUs, else gloo.
+
+    A backend this machine cannot give raises ``ConfigError`` (a ``ValueError``) naming the field and what
+    to use instead: a worker started by hand says it in one line.
+    """
     import torch.distributed as dist
 
     if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        raise ConfigError(f"backend: unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend == "auto":
         return "nccl" if gpu_count() >= nprocs and dist.is_nccl_available() else "gloo"
     if backend == "nccl" and gpu_count() < nprocs:
-        raise ValueError(
-            f"backend 'nccl' needs one GPU per rank: {nprocs} ranks asked for, {gpu_count()} GPU(s) here. "
-            "Use backend='gloo' (CPU, or several ranks sharing GPUs) or fewer processes."
+        raise ConfigError(
+            f"backend: 'nccl' needs one GPU per rank: {nprocs} ranks asked for, {gpu_count()} GPU(s) here. "
+            "Use backend=gloo (CPU, or several ranks sharing GPUs) or fewer processes."
         )
     available = {"gloo": dist.is_gloo_available(), "nccl": dist.is_nccl_available(), "mpi": dist.is_mpi_available()}
     if not available[backend]:
-        raise ValueError(f"backend {backend!r} is not available in this PyTorch build")
+        raise ConfigError(f"backend: {backend!r} is not available in this PyTorch build; use backend=gloo")
     return backend
 
 

@@ -1,0 +1,142 @@
+"""The notebooks' exercise checks: the learner's answer, verified with the course's own proofs.
+
+Every notebook ends with exercises. The learner writes an answer in a cell (a number, or a run they launched:
+``my_runs = launch.train(4, strategy="ddp", ...)``); a check cell passes it to one of these functions, which
+print one verdict line and return True only for a right answer:
+
+- ``check_answer``: a predicted value (a number, a tuple) against the course's own computation of it;
+- ``check_same_training``: a run the learner launched, checked for the change the exercise asks for (ranks,
+  accumulation, micro-batches, ...) and then proven equal to its single-device twin (``twin_of``) with
+  ``dtutor.result.max_difference``, the proof every notebook uses.
+
+An answer left at its placeholder (``None``) prints ``not attempted yet: ...`` and returns False, the same
+text every time, so a notebook whose exercises are blank passes nbval. Worked solutions live in
+``notebooks/solutions/`` and CI runs each one through its check (``tests/test_exercises.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from dtutor.config import TrainConfig
+from dtutor.result import RunResult, max_difference
+from dtutor.strategies import STRATEGIES
+
+TOLERANCE = 1e-5  # float32 rounding of a gradient average computed in another order
+
+
+def _say(verdict: str, text: str) -> None:
+    print(f"{verdict}: {text}")
+
+
+def check_answer(answer: Any, expected: Any, *, what: str, why: str, tolerance: float = 0.0,
+                 hint: str = "write your answer in the cell above, then run this cell again") -> bool:
+    """Compare ``answer`` with ``expected`` (numbers within ``tolerance``; anything else by ``==``).
+
+    Prints ``right: what = expected: why`` or ``not quite: ...`` (with the expected value and ``why``), or
+    ``not attempted yet: what: hint`` while ``answer`` is None.
+    """
+    if answer is None:
+        _say("not attempted yet", f"{what}: {hint}")
+        return False
+    right = _close(answer, expected, tolerance)
+    if right:
+        _say("right", f"{what} = {_text(expected)}. {why}")
+    else:
+        _say("not quite", f"{what} is {_text(expected)}, not {_text(answer)}. {why}")
+    return right
+
+
+def _close(answer: Any, expected: Any, tolerance: float) -> bool:
+    if isinstance(expected, int | float) and not isinstance(expected, bool):
+        try:
+            return math.isclose(float(answer), float(expected), rel_tol=0.0, abs_tol=tolerance)
+        except (TypeError, ValueError):
+            return False
+    if isinstance(expected, Sequence) and not isinstance(expected, str):
+        return (isinstance(answer, Sequence) and not isinstance(answer, str) and len(answer) == len(expected)
+                and all(_close(a, e, tolerance) for a, e in zip(answer, expected, strict=True)))
+    return answer == expected
+
+
+def _text(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else repr(value)
+
+
+def twin_of(run: RunResult) -> RunResult:
+    """The single-device twin of ``run``: its config on one device, started afresh.
+
+    PyTorch runs get the ``single`` strategy in this process (no accumulation, no micro-batches: the same
+    global batch in one piece); Keras runs get one replica (``mirrored``, ``replicas=1``) in a fresh process,
+    which works whatever TensorFlow already set up here.
+    """
+    from dtutor import launch
+
+    config = TrainConfig.from_kwargs(**run.config)
+    if STRATEGIES[config.strategy].framework == "tensorflow":
+        fields = config.replace(strategy="mirrored").as_arguments()
+        return launch.run_single("dtutor.tf.driver:train", replicas=1, timeout=600, **fields)
+    fields = config.replace(strategy="single", accumulation=1, micro_batches=1, checkpoint=None,
+                            stop_after_epochs=None, backend="auto", return_parameters=True).as_arguments()
+    return launch.train(1, quiet=True, **fields)[0]
+
+
+def _as_runs(answer: Any) -> list[RunResult] | None:
+    runs = [answer] if isinstance(answer, RunResult) else answer
+    if isinstance(runs, Sequence) and runs and all(isinstance(run, RunResult) for run in runs):
+        return list(runs)
+    return None
+
+
+def _differences(runs: list[RunResult], expect: Mapping[str, Any]) -> list[str]:
+    """What the run does not do that the exercise asks for (``world_size`` and config fields)."""
+    found = []
+    for key, wanted in expect.items():
+        have = runs[0].world_size if key == "world_size" else runs[0].config.get(key)
+        if have != wanted:
+            found.append(f"{key} is {have!r}, the exercise asks for {wanted!r}")
+    return found
+
+
+def check_same_training(answer: Any, *, expect: Mapping[str, Any], tolerance: float = TOLERANCE,
+                        twin: RunResult | None = None,
+                        hint: str = "launch the run in the cell above, then run this cell again") -> bool:
+    """Check a learner's run: it makes the change asked for, and it trains exactly like one device.
+
+    ``answer``: the list of ``RunResult`` a launch returned (or one of them). ``expect``: what the exercise
+    asks for, e.g. ``{"strategy": "ddp", "world_size": 4}``. Then the course's proof: every rank holds the
+    same parameters, and they equal the single-device twin's (``twin_of``, or ``twin``) within ``tolerance``.
+    """
+    if answer is None:
+        _say("not attempted yet", hint)
+        return False
+    runs = _as_runs(answer)
+    if runs is None:
+        _say("not quite", f"expected the list of RunResult a launch returns, got {type(answer).__name__}")
+        return False
+    missing = _differences(runs, expect)
+    if missing:
+        _say("not yet", "; ".join(missing) + ".")
+        return False
+    if any(run.parameters is None for run in runs):
+        _say("not quite", "the run kept no parameters to compare: launch it with return_parameters=True")
+        return False
+    spread = max(max_difference(runs[0], run) for run in runs)
+    if spread > tolerance:
+        _say("wrong", f"the ranks disagree (by {spread:.1e}): their replicas drifted apart, so their gradients "
+                      "were not averaged before each step")
+        return False
+    twin = twin or twin_of(runs[0])
+    gap = max_difference(runs[0], twin)
+    what = f"{runs[0].strategy} on {runs[0].world_size} rank(s), global batch {runs[0].config['global_batch']}"
+    if gap <= tolerance:
+        _say("right", f"{what} trained like one device with the same global batch (max |difference| "
+                      f"{gap:.1e} <= {tolerance:g}): however the batch is split, the averaged gradient is the "
+                      "gradient of the mean loss over the global batch.")
+        return True
+    _say("wrong", f"{what} ended {gap:.1e} away from one device (> {tolerance:g}): the gradient of each step "
+                  "was not the mean over the global batch (check the learning rate, the loss scaling, and "
+                  "that every rank saw its share)")
+    return False
