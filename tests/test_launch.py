@@ -106,6 +106,10 @@ def test_commands_shown_for_one_and_two_nodes():
     quoted = launch.show_commands("dtutor.pytorch.driver:train", 4, checkpoint="two words.pt")
     assert "torchrun --standalone --nproc-per-node=4 -m dtutor.launch dtutor.diagnostics:sleep seconds=2.5" in text
     assert "--nnodes=2 --nproc-per-node=4 --rdzv-backend=c10d --rdzv-endpoint=HOST:29400" in text
+    assert "--rdzv-conf=join_timeout=120,read_timeout=30" in text and "HOST = 127.0.0.1" in text
+    training = launch.show_commands("dtutor.pytorch.driver:train", 2, strategy="ddp")
+    assert training.count("backend=gloo") == 2 and training.count("backend=nccl") == 2  # CPU and GPU forms
+    assert "seconds=2.5 backend" not in text  # an entry point without a backend gets none
     assert "'checkpoint='\"'\"'two words.pt'\"'\"''" in quoted  # strings that are not bare words keep their quotes
 
 
