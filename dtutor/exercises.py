@@ -140,3 +140,23 @@ def check_same_training(answer: Any, *, expect: Mapping[str, Any], tolerance: fl
                   "was not the mean over the global batch (check the learning rate, the loss scaling, and "
                   "that every rank saw its share)")
     return False
+
+
+def check_plan_without_nccl(answer: Any, node: Any) -> bool:
+    """Notebook 00: notebook 02's plan, ``(mode, workers, backend)``, on ``node`` once its torch lacks NCCL.
+
+    The course's answer is ``dtutor.devices.recommend`` on a copy of ``node`` whose ``nccl`` backend is not
+    usable (a torch built without NCCL).
+    """
+    import dataclasses
+
+    from dtutor import devices
+
+    without = dataclasses.replace(node, backends={**node.backends,
+                                                  "nccl": devices.Backend("nccl", False, "not built into torch")})
+    plan = next(r for r in devices.recommend(without) if r.notebook == "02")
+    return check_answer(answer, (plan.mode, plan.workers, plan.backend),
+                        what=f"notebook 02 on {len(node.gpus)} GPUs without NCCL",
+                        why="DDP's all-reduce between GPUs is NCCL's; without it the course falls back to gloo "
+                            f"and simulates {plan.workers} CPU workers, and the GPUs sit idle.",
+                        hint="set my_plan = (mode, workers, backend), then run this cell again")
