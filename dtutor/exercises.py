@@ -2,7 +2,7 @@
 
 Every notebook ends with exercises. The learner writes an answer in a cell (a number, or a run they launched:
 ``my_runs = launch.train(4, strategy="ddp", ...)``); a check cell passes it to one of these functions, which
-print one verdict line and return True only for a right answer:
+print one verdict line (``right: ...``, ``not quite: ...``) and return True only for a right answer:
 
 - ``check_answer``: a predicted value (a number, a tuple) against the course's own computation of it;
 - ``check_same_training``: a run the learner launched, checked for the change the exercise asks for (ranks,
@@ -10,14 +10,23 @@ print one verdict line and return True only for a right answer:
   ``dtutor.result.max_difference``, the proof every notebook uses.
 
 An answer left at its placeholder (``None``) prints ``not attempted yet: ...`` and returns False, the same
-text every time, so a notebook whose exercises are blank passes nbval. Worked solutions live in
-``notebooks/solutions/`` and CI runs each one through its check (``tests/test_exercises.py``).
+text every time, so a notebook whose exercises are blank passes nbval.
+
+Worked solutions live beside the notebooks: ``notebooks/solutions/NN_name.py`` for ``notebooks/NN_name.ipynb``.
+A solution defines ``answers()``, returning ``{answer variable: value}``, and the names the notebook's check
+cells use; ``check_solution`` runs the notebook's own check cells on those answers. CI runs every solution
+(``tests/test_exercises.py``); a learner can too: ``python notebooks/solutions/02_distributed_data_parallel.py``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import math
+import runpy
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from dtutor.config import TrainConfig
@@ -25,6 +34,7 @@ from dtutor.result import RunResult, max_difference
 from dtutor.strategies import STRATEGIES
 
 TOLERANCE = 1e-5  # float32 rounding of a gradient average computed in another order
+VERDICTS = ("right", "not quite", "not yet", "wrong", "not attempted yet")  # the first word(s) of every verdict
 
 
 def _say(verdict: str, text: str) -> None:
@@ -160,3 +170,26 @@ def check_plan_without_nccl(answer: Any, node: Any) -> bool:
                         why="DDP's all-reduce between GPUs is NCCL's; without it the course falls back to gloo "
                             f"and simulates {plan.workers} CPU workers, and the GPUs sit idle.",
                         hint="set my_plan = (mode, workers, backend), then run this cell again")
+
+
+def check_cells(notebook: str | Path) -> list[str]:
+    """The sources of ``notebook``'s check cells: code cells that call ``exercises.check...``."""
+    cells = json.loads(Path(notebook).read_text())["cells"]
+    sources = ["".join(cell["source"]) for cell in cells if cell["cell_type"] == "code"]
+    return [source for source in sources if "exercises.check" in source]
+
+
+def check_solution(solution: str | Path) -> bool:
+    """Run the worked solution ``notebooks/solutions/NN_name.py`` through ``notebooks/NN_name.ipynb``'s own
+    check cells; True when there is at least one check and every one says right (the verdicts are printed)."""
+    solution = Path(solution)
+    namespace = runpy.run_path(str(solution), run_name="dtutor_solution")
+    namespace.update(namespace["answers"]())
+    printed = io.StringIO()
+    sources = check_cells(solution.parent.parent / f"{solution.stem}.ipynb")
+    with contextlib.redirect_stdout(printed):
+        for source in sources:
+            exec(compile(source, f"{solution.stem} check cell", "exec"), namespace)  # noqa: S102 - the notebook's
+    print(printed.getvalue(), end="")
+    verdicts = [line.split(":")[0] for line in printed.getvalue().splitlines() if line.split(":")[0] in VERDICTS]
+    return bool(sources) and len(verdicts) >= len(sources) and set(verdicts) == {"right"}

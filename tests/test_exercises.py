@@ -1,5 +1,10 @@
 """The exercise checks say right, wrong or not attempted, with the course's proofs; every worked solution passes."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -51,3 +56,24 @@ def test_a_real_run_is_checked_against_its_single_device_twin(capsys):
                         timeout=240, quiet=True)
     assert exercises.check_same_training(runs, expect={"world_size": 2, "accumulation": 2})
     assert capsys.readouterr().out.startswith("right: ddp on 2 rank(s), global batch 32 trained like one device")
+
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+SOLUTIONS = sorted((ROOT / "notebooks" / "solutions").glob("[0-9][0-9]_*.py"))
+
+
+def test_every_notebook_ends_with_exercises_and_has_worked_solutions():
+    for notebook in NOTEBOOKS:
+        assert exercises.check_cells(notebook), f"{notebook.name} has no exercise check cell"
+        assert (ROOT / "notebooks" / "solutions" / f"{notebook.stem}.py").exists(), f"no solution for {notebook.name}"
+
+
+@pytest.mark.parametrize("solution", SOLUTIONS, ids=[path.stem for path in SOLUTIONS])
+def test_every_worked_solution_passes_its_notebooks_own_checks(solution):
+    env = {**os.environ, "DTUTOR_OFFLINE": "1", "TQDM_DISABLE": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, str(solution)], capture_output=True, text=True, timeout=900, env=env,
+                          cwd=ROOT)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.stdout.startswith("right: ")
