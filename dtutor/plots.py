@@ -28,7 +28,7 @@ def learning_title(runs: Mapping[str, RunResult]) -> str:
     results = list(runs.values())
     if len(results) > 1 and all(run.parameters is not None for run in results):
         gap = max(max_difference(results[0], other) for other in results[1:])
-        parts.append(f"parameters differ by at most {gap:.1e}")
+        parts.append("parameters bitwise equal" if gap == 0 else f"parameters differ by at most {gap:.1e}")
     return "; ".join(parts)
 
 

@@ -8,14 +8,16 @@
   printing them. Every rank's other output is printed as before.
 - In a worker started by hand (``torchrun ... -m dtutor.launch ...`` in a terminal): a text bar on rank 0.
 
-``TQDM_DISABLE=1`` turns every bar off (the relay lines are still written: the supervisor decides). Lines
-printed while a bar is live go through ``Progress.write`` so they do not garble it.
+``TQDM_DISABLE=1`` turns every bar off (the relay lines are still written: the supervisor decides), and no bar
+is drawn into a pipe or a file (``can_draw``). Lines printed while a bar is live go through ``Progress.write``
+so they do not garble it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from typing import Any
 
@@ -29,10 +31,27 @@ def bars_disabled() -> bool:
     return bool(os.environ.get("TQDM_DISABLE"))
 
 
+def can_draw() -> bool:
+    """Whether a bar can be drawn here: in a Jupyter kernel (a widget) or on a terminal (a text bar).
+
+    Not into a pipe or a file (a log, horovodrun's relay of a worker's output), where a redrawn bar is noise.
+    """
+    try:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+        if shell is not None and "IPKernelApp" in shell.config:
+            return True
+    except ImportError:
+        pass
+    return sys.stderr.isatty()
+
+
 def _tqdm(total: int, label: str, unit: str) -> Any:
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=label, unit=unit, leave=True, dynamic_ncols=True, disable=bars_disabled())
+    return tqdm(total=total, desc=label, unit=unit, leave=True, dynamic_ncols=True,
+                disable=bars_disabled() or not can_draw())
 
 
 class Progress:

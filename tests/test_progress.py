@@ -71,3 +71,9 @@ def test_the_supervisor_consumes_relayed_lines_and_shows_one_bar(monkeypatch, en
 def test_tqdm_disable_turns_the_bars_off(monkeypatch):
     monkeypatch.setenv("TQDM_DISABLE", "1")
     assert progress.bars_disabled() and not progress.RelayedBar().enabled
+
+
+def test_no_bar_is_drawn_into_a_pipe_or_a_file(monkeypatch):
+    monkeypatch.delenv("TQDM_DISABLE")
+    monkeypatch.setattr("sys.stderr", io.StringIO())
+    assert not progress.can_draw() and progress._tqdm(10, "ddp", "step").disable

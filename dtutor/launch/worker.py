@@ -59,6 +59,9 @@ class _Prefixed(io.TextIOBase):
     def flush(self) -> None:
         self._stream.flush()
 
+    def isatty(self) -> bool:
+        return self._stream.isatty()
+
     def finish(self) -> None:
         """Write out a last line that has no newline."""
         if self._pending:
