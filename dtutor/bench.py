@@ -123,7 +123,7 @@ def hand_written_fit(config: TrainConfig, dataset) -> tuple[list[float], dict]:
     return losses, model.state_dict()
 
 
-def driver_overhead(steps: int = 10, batch_size: int = 64, rounds: int = 60) -> dict[str, Any]:
+def driver_overhead(steps: int = 10, batch_size: int = 64, rounds: int = 60, log: Log = None) -> dict[str, Any]:
     """Time ``fit`` against ``hand_written_fit``, with the hand loop also against itself as a control.
 
     Three contenders (the driver, the hand loop, the hand loop again) run back to back in each of
@@ -133,6 +133,7 @@ def driver_overhead(steps: int = 10, batch_size: int = 64, rounds: int = 60) -> 
     runs; ``control`` is the same figure for the hand loop against itself: the noise floor of this machine
     (single pairs spread by about 10% on a shared 2-core VM, so a median of 60 pairs is good to about 2%).
     Times are this process's CPU time with one thread; the driver runs as in a launched worker (no bar).
+    ``log`` gets a line about every 10 s.
     """
     import torch
 
@@ -149,12 +150,16 @@ def driver_overhead(steps: int = 10, batch_size: int = 64, rounds: int = 60) -> 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     times: dict[str, list[float]] = {name: [] for name in contenders}
-    with quietly():
-        for round_ in range(rounds + 1):  # round 0 is a warm-up
+    said = time.monotonic()
+    for round_ in range(rounds + 1):  # round 0 is a warm-up
+        with quietly():
             for name in order[round_ % 3:] + order[: round_ % 3]:
                 start = time.process_time()
                 contenders[name]()
                 times[name].append(time.process_time() - start)
+        if log and time.monotonic() - said > 10:
+            log(f"driver overhead: round {round_}/{rounds}")
+            said = time.monotonic()
     torch.set_num_threads(threads)
 
     def ratios(a: str, b: str) -> list[float]:
@@ -172,18 +177,25 @@ def bench_ddp(batch_per_rank: int = 256, repeats: int = 5, rounds: int = 60, log
     measured = scaling("ddp", batch_per_rank, repeats, log)
     if log:
         log(f"driver overhead: {rounds} rounds of the driver and a hand-written loop")
-    return {**measured, **driver_overhead(rounds=rounds)}
+    return {**measured, **driver_overhead(rounds=rounds, log=log)}
 
 
 def _verdict(met: bool) -> str:
     return "met" if met else "missed"
 
 
-def _overhead_verdict(overhead: float, control: float) -> str:
-    """Met or missed, unless the noise floor (the hand loop against itself) is itself beyond the target."""
-    if abs(control) > DRIVER_OVERHEAD_TARGET:
-        return f"undecided (the noise floor, {control:+.1%}, is beyond the target)"
-    return _verdict(overhead <= DRIVER_OVERHEAD_TARGET)
+def _overhead_verdict(result: dict[str, Any]) -> str:
+    """Met or missed, or undecided when this machine's noise is larger than what is measured.
+
+    Undecided: the noise floor (the hand loop against itself) is beyond the target, or the median misses it
+    while the middle half of the pairs still reaches below it (more rounds would tell).
+    """
+    target, overhead = DRIVER_OVERHEAD_TARGET, result["overhead"]
+    if abs(result["control"]) > target:
+        return f"undecided (the noise floor, {result['control']:+.1%}, is beyond the target)"
+    if overhead > target and result["overhead_q1"] <= target:
+        return "undecided (the middle half of the pairs spans the target: more --rounds)"
+    return _verdict(overhead <= target)
 
 
 def format_ddp(result: dict[str, Any]) -> str:
@@ -200,7 +212,7 @@ def format_ddp(result: dict[str, Any]) -> str:
         f"{'driver, CPU s per run of ' + str(result['steps']) + ' steps':<44}{result['driver_s']:>12.4f}",
         f"{'hand-written loop, same metrics':<44}{result['hand_s']:>12.4f}",
         f"{'driver overhead (median of ' + str(result['rounds']) + ' pairs)':<44}{overhead:>+12.2%}  "
-        f"<= {DRIVER_OVERHEAD_TARGET:.0%}: {_overhead_verdict(overhead, result['control'])}",
+        f"<= {DRIVER_OVERHEAD_TARGET:.0%}: {_overhead_verdict(result)}",
         f"{'  middle half of the pairs':<44}{result['overhead_q1']:>+6.1%} to {result['overhead_q3']:+.1%}",
         f"{'  control: hand loop against itself':<44}{result['control']:>+12.2%}  (the noise floor)",
     ])

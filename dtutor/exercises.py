@@ -2,7 +2,8 @@
 
 Every notebook ends with exercises. The learner writes an answer in a cell (a number, or a run they launched:
 ``my_runs = launch.train(4, strategy="ddp", ...)``); a check cell passes it to one of these functions, which
-print one verdict line (``right: ...``, ``not quite: ...``) and return True only for a right answer:
+print one verdict line (``right: ...``, ``not quite: ...``) and return a ``Verdict``, true only for a right
+answer (Jupyter shows nothing more for it):
 
 - ``check_answer``: a predicted value (a number, a tuple) against the course's own computation of it;
 - ``check_same_training``: a run the learner launched, checked for the change the exercise asks for (ranks,
@@ -37,26 +38,39 @@ TOLERANCE = 1e-5  # float32 rounding of a gradient average computed in another o
 VERDICTS = ("right", "not quite", "not yet", "wrong", "not attempted yet")  # the first word(s) of every verdict
 
 
-def _say(verdict: str, text: str) -> None:
+class Verdict:
+    """What a check returns: true for a right answer. Its line is already printed, so Jupyter shows nothing more."""
+
+    def __init__(self, right: bool):
+        self.right = right
+
+    def __bool__(self) -> bool:
+        return self.right
+
+    def __repr__(self) -> str:
+        return f"Verdict(right={self.right})"
+
+    def _ipython_display_(self) -> None:
+        """Nothing: the check printed its verdict line."""
+
+
+def _say(verdict: str, text: str) -> Verdict:
     print(f"{verdict}: {text}")
+    return Verdict(verdict == "right")
 
 
 def check_answer(answer: Any, expected: Any, *, what: str, why: str, tolerance: float = 0.0,
-                 hint: str = "write your answer in the cell above, then run this cell again") -> bool:
+                 hint: str = "write your answer in the cell above, then run this cell again") -> Verdict:
     """Compare ``answer`` with ``expected`` (numbers within ``tolerance``; anything else by ``==``).
 
     Prints ``right: what = expected: why`` or ``not quite: ...`` (with the expected value and ``why``), or
     ``not attempted yet: what: hint`` while ``answer`` is None.
     """
     if answer is None:
-        _say("not attempted yet", f"{what}: {hint}")
-        return False
-    right = _close(answer, expected, tolerance)
-    if right:
-        _say("right", f"{what} = {_text(expected)}. {why}")
-    else:
-        _say("not quite", f"{what} is {_text(expected)}, not {_text(answer)}. {why}")
-    return right
+        return _say("not attempted yet", f"{what}: {hint}")
+    if _close(answer, expected, tolerance):
+        return _say("right", f"{what} = {_text(expected)}. {why}")
+    return _say("not quite", f"{what} is {_text(expected)}, not {_text(answer)}. {why}")
 
 
 def _close(answer: Any, expected: Any, tolerance: float) -> bool:
@@ -112,7 +126,7 @@ def _differences(runs: list[RunResult], expect: Mapping[str, Any]) -> list[str]:
 
 def check_same_training(answer: Any, *, expect: Mapping[str, Any], tolerance: float = TOLERANCE,
                         twin: RunResult | None = None,
-                        hint: str = "launch the run in the cell above, then run this cell again") -> bool:
+                        hint: str = "launch the run in the cell above, then run this cell again") -> Verdict:
     """Check a learner's run: it makes the change asked for, and it trains exactly like one device.
 
     ``answer``: the list of ``RunResult`` a launch returned (or one of them). ``expect``: what the exercise
@@ -120,39 +134,32 @@ def check_same_training(answer: Any, *, expect: Mapping[str, Any], tolerance: fl
     same parameters, and they equal the single-device twin's (``twin_of``, or ``twin``) within ``tolerance``.
     """
     if answer is None:
-        _say("not attempted yet", hint)
-        return False
+        return _say("not attempted yet", hint)
     runs = _as_runs(answer)
     if runs is None:
-        _say("not quite", f"expected the list of RunResult a launch returns, got {type(answer).__name__}")
-        return False
+        return _say("not quite", f"expected the list of RunResult a launch returns, got {type(answer).__name__}")
     missing = _differences(runs, expect)
     if missing:
-        _say("not yet", "; ".join(missing) + ".")
-        return False
+        return _say("not yet", "; ".join(missing) + ".")
     if any(run.parameters is None for run in runs):
-        _say("not quite", "the run kept no parameters to compare: launch it with return_parameters=True")
-        return False
+        return _say("not quite", "the run kept no parameters to compare: launch it with return_parameters=True")
     spread = max(max_difference(runs[0], run) for run in runs)
     if spread > tolerance:
-        _say("wrong", f"the ranks disagree (by {spread:.1e}): their replicas drifted apart, so their gradients "
-                      "were not averaged before each step")
-        return False
+        return _say("wrong", f"the ranks disagree (by {spread:.1e}): their replicas drifted apart, so their "
+                             "gradients were not averaged before each step")
     twin = twin or twin_of(runs[0])
     gap = max_difference(runs[0], twin)
     what = f"{runs[0].strategy} on {runs[0].world_size} rank(s), global batch {runs[0].config['global_batch']}"
     if gap <= tolerance:
-        _say("right", f"{what} trained like one device with the same global batch (max |difference| "
-                      f"{gap:.1e} <= {tolerance:g}): however the batch is split, the averaged gradient is the "
-                      "gradient of the mean loss over the global batch.")
-        return True
-    _say("wrong", f"{what} ended {gap:.1e} away from one device (> {tolerance:g}): the gradient of each step "
-                  "was not the mean over the global batch (check the learning rate, the loss scaling, and "
-                  "that every rank saw its share)")
-    return False
+        return _say("right", f"{what} trained like one device with the same global batch (max |difference| "
+                             f"{gap:.1e} <= {tolerance:g}): however the batch is split, the averaged gradient is "
+                             "the gradient of the mean loss over the global batch.")
+    return _say("wrong", f"{what} ended {gap:.1e} away from one device (> {tolerance:g}): the gradient of each "
+                         "step was not the mean over the global batch (check the learning rate, the loss scaling, "
+                         "and that every rank saw its share)")
 
 
-def check_plan_without_nccl(answer: Any, node: Any) -> bool:
+def check_plan_without_nccl(answer: Any, node: Any) -> Verdict:
     """Notebook 00: notebook 02's plan, ``(mode, workers, backend)``, on ``node`` once its torch lacks NCCL.
 
     The course's answer is ``dtutor.devices.recommend`` on a copy of ``node`` whose ``nccl`` backend is not

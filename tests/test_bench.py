@@ -14,8 +14,10 @@ def test_ddp_table_verdicts_follow_the_numbers_and_the_machines_ceiling():
     assert "  DDP / ceiling                                    0.955  >= 0.9: met" in table
     assert "  ceiling: independent / (2 T1)                    0.890" in table and "1,780" in table
     assert "<= 2%: met" in table and "control: hand loop against itself" in table and "-0.40%" in table
-    missed = bench.format_ddp(RESULT | {"of_ceiling": 0.7, "overhead": 0.05})
+    missed = bench.format_ddp(RESULT | {"of_ceiling": 0.7, "overhead": 0.05, "overhead_q1": 0.03})
     assert ">= 0.9: missed" in missed and "<= 2%: missed" in missed
+    spread = bench.format_ddp(RESULT | {"overhead": 0.03, "overhead_q1": -0.04})
+    assert "<= 2%: undecided (the middle half of the pairs spans the target: more --rounds)" in spread
     noisy = bench.format_ddp(RESULT | {"overhead": 0.05, "control": 0.04})
     assert "<= 2%: undecided (the noise floor, +4.0%, is beyond the target)" in noisy
 

@@ -27,8 +27,8 @@ def test_a_blank_answer_is_not_attempted_yet_in_the_same_words_every_time(capsys
 
 @pytest.mark.parametrize(("answer", "right"), [(0.111, True), (1 / 9, True), (0.2, False), ("a lot", False)])
 def test_a_number_is_right_within_its_tolerance(answer, right, capsys):
-    assert exercises.check_answer(answer, 1 / 9, what="the bubble", why="(p - 1) / (m + p - 1).",
-                                  tolerance=0.005) is right
+    verdict = exercises.check_answer(answer, 1 / 9, what="the bubble", why="(p - 1) / (m + p - 1).", tolerance=0.005)
+    assert bool(verdict) is right and repr(verdict) == f"Verdict(right={right})"
     assert capsys.readouterr().out.startswith("right: " if right else "not quite: the bubble is 0.1111")
 
 
