@@ -4,7 +4,8 @@
 seed, load and shard the data, build the model and optimizer, wrap them (the strategy), resume from a
 checkpoint, train the epochs (each optimizer step is the strategy's ``train_step``), keep the metrics on
 the device (one all-reduce per epoch, no host sync per step), time each epoch by the slowest rank, log and
-show progress on rank 0, save checkpoints, evaluate on the test split, and return one ``RunResult``.
+show progress on rank 0 (one bar for the run, ``dtutor.progress``), save checkpoints, evaluate on the test
+split, and return one ``RunResult``.
 
 Launch recipes (``train`` is the entry point; its arguments are ``TrainConfig`` fields)::
 
@@ -12,9 +13,13 @@ Launch recipes (``train`` is the entry point; its arguments are ``TrainConfig`` 
     dtutor.launch.train(2, strategy="ddp", global_batch=64, epochs=1)
     # one machine, 2 processes (--nproc-per-node=<number of GPUs> on a GPU machine)
     torchrun --standalone --nproc-per-node=2 -m dtutor.launch dtutor.pytorch.driver:train strategy=ddp
-    # two machines, 4 GPUs each: run on both; HOST = the first machine's address
+    # two machines: run on both; HOST = the address of the one started first (127.0.0.1: two terminals here)
+    torchrun --nnodes=2 --nproc-per-node=2 --rdzv-backend=c10d --rdzv-endpoint=HOST:29400 --rdzv-id=job1 \\
+        --rdzv-conf=join_timeout=120,read_timeout=30 \\
+        -m dtutor.launch dtutor.pytorch.driver:train strategy=ddp backend=gloo global_batch=64    # CPUs
     torchrun --nnodes=2 --nproc-per-node=4 --rdzv-backend=c10d --rdzv-endpoint=HOST:29400 --rdzv-id=job1 \\
-        -m dtutor.launch dtutor.pytorch.driver:train strategy=ddp backend=nccl global_batch=256
+        --rdzv-conf=join_timeout=120,read_timeout=30 \\
+        -m dtutor.launch dtutor.pytorch.driver:train strategy=ddp backend=nccl global_batch=256   # 4 GPUs each
     # Horovod
     horovodrun -np 2 --gloo -H localhost:2 python -m dtutor.launch dtutor.pytorch.driver:train strategy=horovod
 
