@@ -13,16 +13,34 @@ def write_idx(path, array: np.ndarray) -> None:
         f.write(header + array.astype(np.uint8).tobytes())
 
 
-def test_offline_fallback_is_real_digits_and_says_so(tmp_path, monkeypatch, capsys):
+@pytest.fixture
+def fresh(monkeypatch, tmp_path):
+    """An empty data folder and a process that has named no data source yet."""
     monkeypatch.setenv("DTUTOR_DATA", str(tmp_path))
+    monkeypatch.setattr(data, "_said", set())
+    return tmp_path
+
+
+def test_offline_fallback_is_real_digits_and_says_so_once(fresh, capsys):
     train = data.load_mnist("train")
-    test = data.load_mnist("test", verbose=False)
+    test = data.load_mnist("test")
+    data.load_mnist("train", limit=64)
     assert train.images.shape == (1500, 28, 28) and test.images.shape == (data.FALLBACK_TEST_SIZE, 28, 28)
     assert train.images.dtype == np.float32 and 0.0 <= train.images.min() and train.images.max() <= 1.0
-    assert set(np.unique(train.labels)) == set(range(10))
+    assert set(np.unique(train.labels)) == set(range(10)) == set(np.unique(test.labels))
     assert train.images[:, :4].max() == 0.0 and train.images[:, 24:].max() == 0.0  # 20x20 digit, 4-pixel frame
-    assert "offline fallback" in train.source and "DTUTOR_OFFLINE=1" in train.source
-    assert "[data] 1500 images: offline fallback" in capsys.readouterr().out
+    assert train.source == "offline digits (no network)" and "DTUTOR_OFFLINE=1" in train.detail
+    assert capsys.readouterr().out == "[data] offline digits (no network)\n"  # once per process, one short line
+
+
+def test_the_offline_digits_are_shuffled_once_the_same_way():
+    from sklearn.datasets import load_digits
+
+    train, test = data.load_mnist(verbose=False), data.load_mnist("test", verbose=False)
+    original = load_digits().target
+    assert not np.array_equal(train.labels[:100], original[:100])  # not scikit-learn's writer-by-writer order
+    assert np.array_equal(np.sort(np.concatenate([train.labels, test.labels])), np.sort(original))
+    assert np.array_equal(data.load_mnist(verbose=False).labels, train.labels)
 
 
 def test_original_files_in_the_cache_are_read(tmp_path, monkeypatch):
@@ -33,29 +51,53 @@ def test_original_files_in_the_cache_are_read(tmp_path, monkeypatch):
         write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", images)
         write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", labels)
     loaded = data.load_mnist("train", verbose=False)
-    assert loaded.source.startswith("MNIST (train)")
+    assert loaded.source == f"MNIST from {tmp_path.name}/"
     np.testing.assert_allclose(loaded.images, images / 255.0, rtol=1e-6)
     np.testing.assert_array_equal(loaded.labels, labels)
 
 
-def test_offline_never_touches_the_network(tmp_path, monkeypatch):
-    monkeypatch.setenv("DTUTOR_DATA", str(tmp_path))
+def test_offline_never_touches_the_network(fresh, monkeypatch):
     monkeypatch.setattr(data.urllib.request, "urlopen", lambda *a, **k: pytest.fail("network used"))
-    assert "offline fallback" in data.load_mnist(limit=10, verbose=False).source
+    assert data.load_mnist(limit=10, verbose=False).source.startswith("offline digits")
 
 
-def test_a_download_with_a_bad_checksum_is_refused_and_the_fallback_says_why(tmp_path, monkeypatch):
-    monkeypatch.setenv("DTUTOR_DATA", str(tmp_path))
+def test_a_download_with_a_bad_checksum_is_refused_and_the_fallback_says_why(fresh, monkeypatch):
     monkeypatch.setenv("DTUTOR_OFFLINE", "0")
     monkeypatch.setattr(data.urllib.request, "urlopen", lambda url, timeout: io.BytesIO(b"not mnist"))
     loaded = data.load_mnist(limit=8, verbose=False)
-    assert "download failed" in loaded.source and "checksum mismatch" in loaded.source
-    assert not any(tmp_path.iterdir())
+    assert loaded.source == "offline digits (download failed)" and "checksum mismatch" in loaded.detail
+    assert [path.name for path in fresh.iterdir()] == [data.FAILURE_MARKER]  # no MNIST file kept
+
+
+def test_a_failed_download_is_said_in_one_line_and_not_tried_again_soon(fresh, monkeypatch, capsys):
+    def no_network(url, timeout):
+        calls.append(url)
+        raise data.urllib.error.URLError("[Errno -2] Name or service not known")
+
+    calls: list[str] = []
+    monkeypatch.setenv("DTUTOR_OFFLINE", "0")
+    monkeypatch.setattr(data.urllib.request, "urlopen", no_network)
+    first = data.load_mnist()
+    tried = len(calls)
+    again = data.load_mnist("test")
+    monkeypatch.setattr(data, "_said", set())  # as a new worker process would
+    data.load_mnist(verbose=True)
+    assert tried == len(data.MNIST_MIRRORS) and len(calls) == tried  # the later loads did not try again
+    assert first.source == again.source == "offline digits (no network)" and "Name or service" in again.detail
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("[data] downloading MNIST") and lines[1:] == ["[data] offline digits (no network)"] * 2
+
+
+def test_a_download_failure_is_tried_again_after_a_while(fresh, monkeypatch):
+    (fresh / data.FAILURE_MARKER).write_text(f"{data.time.time() - data.RETRY_DOWNLOAD_AFTER_S - 1}\nno network\nx")
+    assert data.recent_download_failure() is None
+    (fresh / data.FAILURE_MARKER).write_text(f"{data.time.time() - 5}\nno network\nx")
+    assert data.recent_download_failure()[0] == "no network"
 
 
 def test_limit_and_split_are_checked():
     assert len(data.load_mnist(limit=64, verbose=False)) == 64
-    with pytest.raises(ValueError, match="has only 1500 samples"):
+    with pytest.raises(ValueError, match="has only 1500 train samples"):
         data.load_mnist(limit=10**6, verbose=False)
     with pytest.raises(ValueError, match="split must be"):
         data.load_mnist("validation")

@@ -1,3 +1,4 @@
+import io
 import json
 import os
 import subprocess
@@ -11,7 +12,9 @@ from conftest import marked_processes
 from dtutor import launch
 from dtutor.launch.arguments import encode_argument, parse_value
 from dtutor.launch.runners import free_ports
-from dtutor.launch.worker import short_repr
+from dtutor.launch.supervisor import one_prefix
+from dtutor.launch.worker import CLEAR_TO_END, _Prefixed, short_repr
+from dtutor.progress import RELAY_MARKER
 
 PROBE = """
 import os
@@ -103,6 +106,10 @@ def test_commands_shown_for_one_and_two_nodes():
     quoted = launch.show_commands("dtutor.pytorch.driver:train", 4, checkpoint="two words.pt")
     assert "torchrun --standalone --nproc-per-node=4 -m dtutor.launch dtutor.diagnostics:sleep seconds=2.5" in text
     assert "--nnodes=2 --nproc-per-node=4 --rdzv-backend=c10d --rdzv-endpoint=HOST:29400" in text
+    assert "--rdzv-conf=join_timeout=120,read_timeout=30" in text and "HOST = 127.0.0.1" in text
+    training = launch.show_commands("dtutor.pytorch.driver:train", 2, strategy="ddp")
+    assert training.count("backend=gloo") == 2 and training.count("backend=nccl") == 2  # CPU and GPU forms
+    assert "seconds=2.5 backend" not in text  # an entry point without a backend gets none
     assert "'checkpoint='\"'\"'two words.pt'\"'\"''" in quoted  # strings that are not bare words keep their quotes
 
 
@@ -204,3 +211,39 @@ def test_short_repr_keeps_a_one_line_repr_whole():
 
     assert short_repr(Result()) == repr(Result())
     assert "\n" not in short_repr({"a": "x\n" * 1000}) and len(short_repr(list(range(10**5)))) <= 200
+
+
+def test_horovods_prefix_becomes_the_course_one():
+    assert one_prefix("[1]<stdout>:epoch 0: loss 2.3") == "[rank 1] epoch 0: loss 2.3"
+    assert one_prefix("[0]<stderr>:Traceback") == "[rank 0] Traceback"
+    assert one_prefix("[rank 0] already one prefix") == "[rank 0] already one prefix"
+
+
+def test_a_terminal_bar_redraws_in_place_with_one_prefix():
+    out = io.StringIO()
+    stream = _Prefixed(out, "[rank 0] ")
+    stream.write("\rddp:  50%|#####     | 5/10")
+    stream.write("\r" + " " * 30 + "\r")  # tqdm clears its line before a log line
+    stream.write("epoch 0: loss 2.3\n")
+    stream.write("\rddp: 100%|##########| 10/10")
+    stream.write("\n")  # the bar's line ends
+    assert out.getvalue() == (f"\r[rank 0] ddp:  50%|#####     | 5/10{CLEAR_TO_END}\r{CLEAR_TO_END}"
+                              f"[rank 0] epoch 0: loss 2.3\n\r[rank 0] ddp: 100%|##########| 10/10{CLEAR_TO_END}\n")
+
+
+def test_a_worker_started_by_hand_with_a_backend_this_machine_lacks_says_so_in_one_line(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "DTUTOR_RESULT_DIR"}
+    env.update({"TORCHELASTIC_ERROR_FILE": str(tmp_path / "error.json"), "DTUTOR_RANK": "0"})
+    done = subprocess.run([sys.executable, "-m", "dtutor.launch", "dtutor.pytorch.driver:train", "strategy=ddp",
+                           "backend=nccl"], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.startswith("[rank 0] refused: ") and len(done.stderr.strip().splitlines()) == 1
+    message = json.loads((tmp_path / "error.json").read_text())["message"]["message"]
+    assert message.startswith("refused: backend: 'nccl' needs one GPU per rank")
+
+
+def test_a_launch_shows_the_data_source_once_and_relays_progress_without_printing_it(capsys):
+    launch.train(2, strategy="ddp", global_batch=32, samples=64, epochs=2, test_samples=0, timeout=240)
+    out = capsys.readouterr().out
+    assert out.count("[rank 0] [data] offline digits (no network)\n") == 1 and "[rank 1] [data]" not in out
+    assert RELAY_MARKER not in out and out.count("[rank 0] epoch ") == 2

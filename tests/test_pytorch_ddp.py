@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dtutor import launch, max_difference, models
+from dtutor import launch, learning_setup, max_difference, models
 from dtutor.config import ConfigError
 from dtutor.result import identical
 
@@ -97,3 +97,11 @@ def test_a_bad_config_under_plain_torchrun_fails_in_the_worker_with_the_same_mes
         launch.run("dtutor.pytorch.driver:train", 2, timeout=240, quiet=True, strategy="ddp", global_batch=63)
     assert "ConfigError" in caught.value.remote_traceback
     assert issubclass(ConfigError, ValueError)
+
+
+def test_the_learning_run_on_two_ranks_stays_with_one_device_and_learns():
+    """276 steps: float rounding must not grow into another trajectory (it does at lr 0.05: 0.8 apart)."""
+    learn = learning_setup(return_parameters=True)
+    ranks = launch.train(2, strategy="ddp", timeout=600, quiet=True, **learn)
+    alone = launch.train(1, strategy="single", quiet=True, **learn)[0]
+    assert max_difference(ranks[0], alone) < 1e-4 and ranks[0].test_accuracy >= 0.9

@@ -4,7 +4,7 @@ import own_code
 import pytest
 import torch
 
-from dtutor import TrainConfig, bench, data, max_difference, models
+from dtutor import TrainConfig, bench, data, learning_setup, max_difference, models, progress
 from dtutor.config import ConfigError
 from dtutor.pytorch import fit
 
@@ -65,3 +65,23 @@ def test_a_learners_own_model_data_and_loss_go_through_the_same_driver():
 def test_too_few_samples_in_the_data_is_named():
     with pytest.raises(ConfigError, match="samples: 4000 asked for, but the training data has 192"):
         fit(TrainConfig(strategy="single", samples=4000), train_data=own_code.blobs())
+
+
+def test_the_learning_setup_learns():
+    """The notebooks' run long enough to learn reaches over 90% test accuracy (measured 0.953), here alone."""
+    result = fit(TrainConfig(strategy="single", **learning_setup()))
+    assert result.test_accuracy >= 0.9 and result.epochs[-1].loss < result.epochs[0].loss / 5
+
+
+def test_progress_is_one_bar_over_the_whole_run(monkeypatch):
+    shown = []
+
+    class Recorder(progress.Progress):
+        def __init__(self, total, label="", unit="step"):
+            super().__init__(total, label, unit)
+            shown.append(self)
+
+    monkeypatch.setattr(progress, "_Bar", Recorder)
+    result = fit(TrainConfig(**SMALL))
+    assert len(shown) == 1 and shown[0].total == shown[0].done == result.details["steps_per_epoch"] * 2
+    assert shown[0].label == "single, epoch 1"

@@ -107,3 +107,10 @@ def test_bad_input_in_tensorflow_gets_clear_errors(proof):
     assert kind == "ValueError" and "asked for 4 replicas" in message
     assert "setup_tensorflow(cpu_replicas=4)" in message
     assert proof["zero_replicas"][0] == "ValueError"
+
+
+def test_the_speed_title_states_what_was_measured():
+    from dtutor.tf import lessons
+
+    title = lessons.speed_title({1: 27.6, 2: 32.4}, "logical CPU devices")
+    assert title == "logical CPU devices: 2 replicas ran 1.17x the steps/s of 1 (32.4 against 27.6)"

@@ -6,12 +6,19 @@ only inside the functions that need it, so TensorFlow workers can import this pa
 
 from __future__ import annotations
 
+import inspect
 import shlex
 from typing import Any
 
-from dtutor.launch.arguments import worker_arguments
+from dtutor.config import ConfigError
+from dtutor.launch.arguments import resolve_entry, worker_arguments
 
 BACKENDS = ("auto", "gloo", "nccl", "mpi")
+# Bounded waits of a multi-node rendezvous: the nodes wait up to join_timeout s for each other; a node that
+# cannot reach HOST stops after about 2 x read_timeout s (torchrun's defaults: 600 s and about 2 minutes).
+RENDEZVOUS_CONF = "join_timeout=120,read_timeout=30"
+HOST_HELP = ("HOST = the address of the machine you start first (its name, or an IP from `hostname -I`;\n"
+             "# to try it on one machine: two terminals, HOST = 127.0.0.1)")
 
 
 def check_count(name: str, value: int) -> None:
@@ -28,21 +35,25 @@ def gpu_count() -> int:
 
 
 def choose_backend(backend: str, nprocs: int) -> str:
-    """Resolve ``backend``: ``auto`` is nccl when there are at least ``nprocs`` GPUs, else gloo."""
+    """Resolve ``backend``: ``auto`` is nccl when there are at least ``nprocs`` GPUs, else gloo.
+
+    A backend this machine cannot give raises ``ConfigError`` (a ``ValueError``) naming the field and what
+    to use instead: a worker started by hand says it in one line.
+    """
     import torch.distributed as dist
 
     if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        raise ConfigError(f"backend: unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend == "auto":
         return "nccl" if gpu_count() >= nprocs and dist.is_nccl_available() else "gloo"
     if backend == "nccl" and gpu_count() < nprocs:
-        raise ValueError(
-            f"backend 'nccl' needs one GPU per rank: {nprocs} ranks asked for, {gpu_count()} GPU(s) here. "
-            "Use backend='gloo' (CPU, or several ranks sharing GPUs) or fewer processes."
+        raise ConfigError(
+            f"backend: 'nccl' needs one GPU per rank: {nprocs} ranks asked for, {gpu_count()} GPU(s) here. "
+            "Use backend=gloo (CPU, or several ranks sharing GPUs) or fewer processes."
         )
     available = {"gloo": dist.is_gloo_available(), "nccl": dist.is_nccl_available(), "mpi": dist.is_mpi_available()}
     if not available[backend]:
-        raise ValueError(f"backend {backend!r} is not available in this PyTorch build")
+        raise ConfigError(f"backend: {backend!r} is not available in this PyTorch build; use backend=gloo")
     return backend
 
 
@@ -50,23 +61,51 @@ def torchrun_command(
     entry: str, nprocs: int, kwargs: dict[str, Any], *, nnodes: int = 1, endpoint: str = "HOST:29400",
     job_id: str = "dtutor",
 ) -> list[str]:
-    """The torchrun command for one node (``--standalone``) or for ``nnodes`` nodes (c10d rendezvous)."""
+    """The torchrun command for one node (``--standalone``) or for ``nnodes`` nodes (c10d rendezvous).
+
+    The multi-node form bounds its waits (``RENDEZVOUS_CONF``): torchrun stops with a ``Rendezvous...Error``
+    instead of waiting for a node that never comes or a HOST that cannot be reached.
+    """
     if nnodes == 1:
         head = ["torchrun", "--standalone", f"--nproc-per-node={nprocs}"]
     else:
         head = ["torchrun", f"--nnodes={nnodes}", f"--nproc-per-node={nprocs}", "--rdzv-backend=c10d",
-                f"--rdzv-endpoint={endpoint}", f"--rdzv-id={job_id}"]
+                f"--rdzv-endpoint={endpoint}", f"--rdzv-id={job_id}", f"--rdzv-conf={RENDEZVOUS_CONF}"]
     return head + worker_arguments(entry, kwargs)
 
 
-def show_commands(entry: str, nprocs: int = 2, **kwargs: Any) -> str:
-    """Text giving the equivalent torchrun commands to run in a terminal: one node, and two nodes."""
-    one = shlex.join(torchrun_command(entry, nprocs, kwargs))
-    two = shlex.join(torchrun_command(entry, nprocs, kwargs, nnodes=2))
-    return (
-        f"# one machine, {nprocs} processes:\n{one}\n"
-        f"# two machines, {nprocs} processes each (run on both; HOST = the first machine's address):\n{two}"
-    )
+def takes_backend(entry: str) -> bool:
+    """Whether ``entry`` takes a ``backend`` argument: by name, or through ``**kwargs`` (the training driver)."""
+    parameters = inspect.signature(resolve_entry(entry)).parameters.values()
+    return any(p.name == "backend" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
+def _with_backend(entry: str, kwargs: dict[str, Any], backend: str) -> dict[str, Any]:
+    """``kwargs`` with ``backend`` for entry points that take one."""
+    return {**kwargs, "backend": backend} if takes_backend(entry) else dict(kwargs)
+
+
+def show_commands(entry: str, nprocs: int = 2, *, gpus_per_node: int = 4, **kwargs: Any) -> str:
+    """The torchrun commands to type in a terminal: one machine, then two machines, each in a CPU (gloo) form
+    and a GPU (nccl, ``gpus_per_node`` ranks per machine) form, with what to put for HOST."""
+    cpu, gpu = _with_backend(entry, kwargs, "gloo"), _with_backend(entry, kwargs, "nccl")
+
+    def two(procs: int, values: dict[str, Any]) -> str:
+        return shlex.join(torchrun_command(entry, procs, values, nnodes=2))
+
+    return "\n".join([
+        f"# one machine, {nprocs} processes on the CPU (gloo):",
+        shlex.join(torchrun_command(entry, nprocs, cpu)),
+        f"# one GPU machine, one process per GPU (nccl; here {gpus_per_node} GPUs):",
+        shlex.join(torchrun_command(entry, gpus_per_node, gpu)),
+        f"# two machines: the same command on each; {HOST_HELP}.",
+        f"# Each waits up to {RENDEZVOUS_CONF.split(',')[0].split('=')[1]} s for the other; one that cannot reach "
+        "HOST stops after about a minute.",
+        f"# CPU machines, {nprocs} processes each (gloo):",
+        two(nprocs, cpu),
+        f"# GPU machines, {gpus_per_node} GPUs each (nccl):",
+        two(gpus_per_node, gpu),
+    ])
 
 
 def deepspeed_command(entry: str, nprocs: int, kwargs: dict[str, Any], *, nnodes: int = 1,

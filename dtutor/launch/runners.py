@@ -7,7 +7,6 @@ Every runner checks its input before any process starts, prints the equivalent t
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import shlex
@@ -17,13 +16,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from dtutor.launch.arguments import resolve_entry, worker_arguments
+from dtutor.launch.arguments import worker_arguments
 from dtutor.launch.commands import (
     check_count,
     choose_backend,
     deepspeed_command,
     horovodrun_command,
     host_slots,
+    takes_backend,
     torchrun_command,
 )
 from dtutor.launch.supervisor import supervise
@@ -37,18 +37,12 @@ def _threads(threads_per_rank: int | None, local_processes: int) -> int:
     return threads_per_rank or max(1, (os.cpu_count() or 1) // local_processes)
 
 
-def _takes_backend(entry: str) -> bool:
-    """Whether ``entry`` takes a ``backend`` argument: by name, or through ``**kwargs`` (the training driver)."""
-    parameters = inspect.signature(resolve_entry(entry)).parameters.values()
-    return any(p.name == "backend" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
-
-
 def _with_backend(entry: str, backend: str, nprocs: int, kwargs: dict[str, Any]) -> dict[str, Any]:
     """``kwargs`` with a concrete ``backend`` for entry points that take one (an explicit one is checked)."""
     kwargs = dict(kwargs)
     if "backend" in kwargs:
         kwargs["backend"] = choose_backend(kwargs["backend"], nprocs)
-    elif _takes_backend(entry):
+    elif takes_backend(entry):
         kwargs["backend"] = choose_backend(backend, nprocs)
     return kwargs
 

@@ -12,6 +12,7 @@ import io
 import os
 import pickle
 import queue
+import re
 import shutil
 import signal
 import subprocess
@@ -25,10 +26,17 @@ from typing import Any
 import psutil
 
 from dtutor.launch.worker import RESULT_DIR_ENV
+from dtutor.progress import PROGRESS_ENV, RelayedBar
 
 # Start-up lines TensorFlow's C++ runtime prints before any log setting applies, in every TF process
 NOISE = ("All log messages before absl::InitializeLog() is called", "oneDNN custom operations are on")
 TAIL_LINES = 40  # output lines kept to explain a launch that failed before any rank reported
+HOROVOD_PREFIX = re.compile(r"^\[(\d+)\]<std(?:out|err)>:")  # horovodrun's prefix: "[0]<stdout>:"
+
+
+def one_prefix(line: str) -> str:
+    """``line`` with horovodrun's ``[N]<stdout>:`` prefix written as the course's ``[rank N] `` (one prefix)."""
+    return HOROVOD_PREFIX.sub(lambda match: f"[rank {match.group(1)}] ", line, count=1)
 
 
 class LaunchError(RuntimeError):
@@ -93,7 +101,11 @@ def _read_results(result_dir: Path) -> list[Any]:
 
 
 def _stream(processes: list[subprocess.Popen], deadline: float, quiet: bool) -> _Outcome:
-    """Print the processes' merged output until they all end, one exits non-zero, or ``deadline`` passes."""
+    """Print the processes' merged output until they all end, one exits non-zero, or ``deadline`` passes.
+
+    Rank 0's relayed progress becomes one live bar here (``dtutor.progress``); every other line is printed
+    with one rank prefix, except TensorFlow's C++ start-up lines.
+    """
     lines: queue.Queue[str] = queue.Queue()
 
     def pump(stream: io.TextIOBase) -> None:
@@ -103,21 +115,25 @@ def _stream(processes: list[subprocess.Popen], deadline: float, quiet: bool) -> 
     readers = [threading.Thread(target=pump, args=(p.stdout,), daemon=True) for p in processes]
     for reader in readers:
         reader.start()
-    outcome = _Outcome()
-    while any(p.poll() is None for p in processes) or any(r.is_alive() for r in readers) or not lines.empty():
-        try:
-            line = lines.get(timeout=0.1)
-            outcome.tail = (outcome.tail + [line])[-TAIL_LINES:]
-            if not quiet and not any(noise in line for noise in NOISE):
-                print(line)
-        except queue.Empty:
-            pass
-        if any(p.poll() not in (None, 0) for p in processes):
-            outcome.failed = True
-            break
-        if time.monotonic() > deadline:
-            outcome.timed_out = True
-            break
+    outcome, bar = _Outcome(), RelayedBar(enabled=not quiet)
+    try:
+        while any(p.poll() is None for p in processes) or any(r.is_alive() for r in readers) or not lines.empty():
+            try:
+                line = one_prefix(lines.get(timeout=0.1))
+                if not bar.feed(line):
+                    outcome.tail = (outcome.tail + [line])[-TAIL_LINES:]
+                    if not quiet and not any(noise in line for noise in NOISE):
+                        bar.write(line)
+            except queue.Empty:
+                pass
+            if any(p.poll() not in (None, 0) for p in processes):
+                outcome.failed = True
+                break
+            if time.monotonic() > deadline:
+                outcome.timed_out = True
+                break
+    finally:
+        bar.close()
     return outcome
 
 
@@ -162,7 +178,8 @@ def supervise(
     the output, enforce ``timeout``, end every process of the launch on a failure, a timeout or an
     interrupt, and return each rank's result in rank order, or raise ``LaunchError`` naming the first
     rank that failed. ``envs`` adds variables per command; ``display`` is printed first as ``$ display``.
-    Workers get ``OMP_NUM_THREADS=threads`` and ``TQDM_DISABLE=1`` (progress bars would garble the stream).
+    Workers get ``OMP_NUM_THREADS=threads``, ``TQDM_DISABLE=1`` (bars would garble the stream) and
+    ``DTUTOR_PROGRESS=relay``: rank 0's progress comes back as one live bar here (none when ``quiet``).
     """
     if timeout <= 0:
         raise ValueError(f"timeout must be positive, got {timeout}")
@@ -170,7 +187,7 @@ def supervise(
         raise ValueError(f"envs must give one dict per command: {len(envs)} for {len(commands)} command(s)")
     result_dir = Path(tempfile.mkdtemp(prefix="dtutor-launch-"))
     base = {**os.environ, RESULT_DIR_ENV: str(result_dir), "OMP_NUM_THREADS": str(threads),
-            "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1"}
+            "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1", PROGRESS_ENV: "relay"}
     if not quiet and display:
         print("$", display)
     try:

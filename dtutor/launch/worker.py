@@ -1,9 +1,10 @@
 """What every worker process runs: ``python -m dtutor.launch ENTRY key=value ...``.
 
 The worker finds its rank (from whichever launcher started it), prefixes its output lines with
-``[rank N]``, calls the entry point with the arguments, and reports to the supervisor through the folder in
-``DTUTOR_RESULT_DIR``: the pickled return value, or the time and traceback of the failure. Started by hand
-in a terminal (no such folder), rank 0 prints a one-line ``result: ...`` instead.
+``[rank N]`` (not under horovodrun, which prefixes them itself), calls the entry point with the arguments,
+and reports to the supervisor through the folder in ``DTUTOR_RESULT_DIR``: the pickled return value, or the
+time and traceback of the failure (one line for a refused value, ``ConfigError``). Started by hand in a
+terminal (no such folder), rank 0 prints a one-line ``result: ...`` instead.
 """
 
 from __future__ import annotations
@@ -19,29 +20,47 @@ import traceback
 from pathlib import Path
 from typing import Any, TextIO
 
+from dtutor.config import ConfigError
 from dtutor.launch.arguments import parse_arguments, resolve_entry
 
 RESULT_DIR_ENV = "DTUTOR_RESULT_DIR"
 RANK_VARIABLES = ("DTUTOR_RANK", "RANK", "HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK")
 RESULT_WIDTH = 200  # characters of a terminal run's result line: RunResult's one-line repr fits whole
+CLEAR_TO_END = "\x1b[K"  # the terminal's "erase to the end of the line"
 
 
 class _Prefixed(io.TextIOBase):
-    """A text stream that prefixes every line and writes whole lines at once, so ranks don't interleave."""
+    """A text stream that prefixes every line and writes whole lines at once, so ranks don't interleave.
+
+    A line still open after a carriage return (a terminal progress bar redrawing itself) is written at once,
+    prefixed, after clearing the terminal line.
+    """
 
     def __init__(self, stream: TextIO, prefix: str):
-        self._stream, self._prefix, self._pending = stream, prefix, ""
+        self._stream, self._prefix, self._pending, self._live = stream, prefix, "", False
 
     def write(self, text: str) -> int:
         self._pending += text
         if "\n" in self._pending:
             done, _, self._pending = self._pending.rpartition("\n")
-            self._stream.write("".join(f"{self._prefix}{line}\n" for line in done.split("\n")))
-            self._stream.flush()
+            lines = [line.rpartition("\r")[2] for line in done.split("\n")]
+            if self._live and not lines[0]:  # a bar's own line ends: no empty prefixed line after it
+                self._stream.write("\n")
+                lines = lines[1:]
+            self._stream.write("".join(f"{self._prefix}{line}\n" for line in lines))
+            self._live = False
+        if "\r" in self._pending:
+            live = self._pending.rpartition("\r")[2]
+            self._stream.write("\r" + (self._prefix + live if live.strip() else "") + CLEAR_TO_END)
+            self._pending, self._live = "", bool(live.strip())
+        self._stream.flush()
         return len(text)
 
     def flush(self) -> None:
         self._stream.flush()
+
+    def isatty(self) -> bool:
+        return self._stream.isatty()
 
     def finish(self) -> None:
         """Write out a last line that has no newline."""
@@ -67,12 +86,26 @@ def short_repr(value: Any, width: int = RESULT_WIDTH) -> str:
     return " ".join(shortener.repr(value).split())[:width]
 
 
-def _report_failure(result_dir: Path | None, rank: int) -> None:
-    """Print the current exception's traceback and leave it, timed, for the supervisor."""
-    text = traceback.format_exc()
+def _error_file_message(text: str) -> None:
+    """Give torchrun's failure summary ``text`` as this worker's error (instead of a link to its docs)."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if path:
+        with open(path, "w") as file:
+            json.dump({"message": {"message": text, "extraInfo": {"timestamp": str(int(time.time()))}}}, file)
+
+
+def _report_failure(result_dir: Path | None, rank: int, error: BaseException) -> None:
+    """Say why this rank failed and leave it, timed, for the supervisor.
+
+    A refused value (``ConfigError``: a config field, the backend) is one line naming the field; anything
+    else is the whole traceback.
+    """
+    refused = isinstance(error, ConfigError)
+    text = f"refused: {error}\n" if refused else traceback.format_exc()
     if result_dir is not None:
         (result_dir / f"rank{rank}.err").write_text(f"{time.time()}\n{text}")
-    print(text, file=sys.stderr)
+    _error_file_message(text.strip() if refused else f"{type(error).__name__}: {error}")
+    print(text, file=sys.stderr, end="" if refused else "\n")
     sys.stdout.flush()
     sys.stderr.flush()
 
@@ -107,14 +140,15 @@ def main(argv: list[str]) -> None:
         raise SystemExit("usage: python -m dtutor.launch package.module:function [key=value ...]")
     entry, kwargs = argv[0], parse_arguments(argv[1:])
     rank = worker_rank()
-    stdout, stderr = _Prefixed(sys.stdout, f"[rank {rank}] "), _Prefixed(sys.stderr, f"[rank {rank}] ")
+    prefix = "" if "HOROVOD_RANK" in os.environ else f"[rank {rank}] "  # horovodrun prefixes lines itself
+    stdout, stderr = _Prefixed(sys.stdout, prefix), _Prefixed(sys.stderr, prefix)
     sys.stdout, sys.stderr = stdout, stderr
     result_dir = Path(os.environ[RESULT_DIR_ENV]) if RESULT_DIR_ENV in os.environ else None
     try:
         result = resolve_entry(entry)(**kwargs)
         stdout.finish()
-    except BaseException:
-        _report_failure(result_dir, rank)
+    except BaseException as error:
+        _report_failure(result_dir, rank, error)
         raise SystemExit(1) from None
     _report_result(result_dir, rank, result)
     stdout.finish()

@@ -4,7 +4,8 @@
 seed, load and shard the data, build the model and optimizer, wrap them (the strategy), resume from a
 checkpoint, train the epochs (each optimizer step is the strategy's ``train_step``), keep the metrics on
 the device (one all-reduce per epoch, no host sync per step), time each epoch by the slowest rank, log and
-show progress on rank 0, save checkpoints, evaluate on the test split, and return one ``RunResult``.
+show progress on rank 0 (one bar for the run, ``dtutor.progress``), save checkpoints, evaluate on the test
+split, and return one ``RunResult``.
 
 Launch recipes (``train`` is the entry point; its arguments are ``TrainConfig`` fields)::
 
@@ -12,9 +13,13 @@ Launch recipes (``train`` is the entry point; its arguments are ``TrainConfig`` 
     dtutor.launch.train(2, strategy="ddp", global_batch=64, epochs=1)
     # one machine, 2 processes (--nproc-per-node=<number of GPUs> on a GPU machine)
     torchrun --standalone --nproc-per-node=2 -m dtutor.launch dtutor.pytorch.driver:train strategy=ddp
-    # two machines, 4 GPUs each: run on both; HOST = the first machine's address
+    # two machines: run on both; HOST = the address of the one started first (127.0.0.1: two terminals here)
+    torchrun --nnodes=2 --nproc-per-node=2 --rdzv-backend=c10d --rdzv-endpoint=HOST:29400 --rdzv-id=job1 \\
+        --rdzv-conf=join_timeout=120,read_timeout=30 \\
+        -m dtutor.launch dtutor.pytorch.driver:train strategy=ddp backend=gloo global_batch=64    # CPUs
     torchrun --nnodes=2 --nproc-per-node=4 --rdzv-backend=c10d --rdzv-endpoint=HOST:29400 --rdzv-id=job1 \\
-        -m dtutor.launch dtutor.pytorch.driver:train strategy=ddp backend=nccl global_batch=256
+        --rdzv-conf=join_timeout=120,read_timeout=30 \\
+        -m dtutor.launch dtutor.pytorch.driver:train strategy=ddp backend=nccl global_batch=256   # 4 GPUs each
     # Horovod
     horovodrun -np 2 --gloo -H localhost:2 python -m dtutor.launch dtutor.pytorch.driver:train strategy=horovod
 
@@ -33,7 +38,6 @@ Your own model, data and loss, in your own entry point (``mypkg/train.py``)::
 from __future__ import annotations
 
 import math
-import os
 import random
 import resource
 import time
@@ -47,6 +51,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from dtutor import data, models, strategies
 from dtutor.config import ConfigError, TrainConfig, check_world
+from dtutor.progress import Progress, progress
 from dtutor.pytorch.strategy import LossFn, Strategy
 from dtutor.result import EpochStats, RunResult
 
@@ -102,7 +107,6 @@ def fit(
 def _run(config: TrainConfig, strategy: Strategy, model: ModelSpec, train_data: Dataset | None,
          test_data: Dataset | None, loss_fn: LossFn, optimizer_factory: Callable) -> RunResult:
     micro_batch = check_world(config, strategy.world_size, strategy.data_ranks)
-    log = print if strategy.is_logger else (lambda *args, **kwargs: None)
     seed_everything(config.seed)
     if train_data is None:
         train_data = data.torch_dataset(data.load_mnist("train", limit=config.samples, verbose=strategy.is_logger))
@@ -115,28 +119,38 @@ def _run(config: TrainConfig, strategy: Strategy, model: ModelSpec, train_data: 
         resumed = strategy.load_checkpoint(config.checkpoint, wrapped, optimizer)
         if resumed is not None:
             first_epoch = resumed + 1
-            log(f"resumed from {config.checkpoint.rsplit('/', 1)[-1]} after epoch {resumed}")
+            _log(strategy, f"resumed from {config.checkpoint.rsplit('/', 1)[-1]} after epoch {resumed}")
     result = RunResult(strategy.rank, strategy.world_size, config.as_dict(),
                        details={"micro_batch": micro_batch, "device": str(strategy.device),
                                 "steps_per_epoch": config.steps_per_epoch()})
     last_epoch = min(config.epochs, config.stop_after_epochs or config.epochs)
-    for epoch in range(first_epoch, last_epoch):
-        sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every rank
-        stats, step_losses = _train_epoch(config, strategy, wrapped, optimizer, loader, loss_fn, epoch)
-        result.epochs.append(stats)
-        result.step_losses += step_losses
-        log(f"{stats.summary()} over {strategy.world_size} rank(s)")
-        if config.checkpoint:
-            strategy.save_checkpoint(config.checkpoint, wrapped, optimizer, epoch)
+    total = max(0, last_epoch - first_epoch) * config.steps_per_epoch()
+    with progress(total, config.strategy, show=strategy.is_logger) as bar:
+        for epoch in range(first_epoch, last_epoch):
+            sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every rank
+            bar.update(0, label=f"{config.strategy}, epoch {epoch}")
+            stats, step_losses = _train_epoch(config, strategy, wrapped, optimizer, loader, loss_fn, epoch, bar)
+            result.epochs.append(stats)
+            result.step_losses += step_losses
+            bar.update(0, loss=round(stats.loss, 4), accuracy=round(stats.accuracy, 3))
+            _log(strategy, f"{stats.summary()} over {strategy.world_size} rank(s)", bar)
+            if config.checkpoint:
+                strategy.save_checkpoint(config.checkpoint, wrapped, optimizer, epoch)
     result.seconds = sum(e.seconds for e in result.epochs)
     if test_data is not None and len(test_data):
         result.test_loss, result.test_accuracy = _evaluate(strategy, wrapped, test_data, loss_fn)
-        log(f"test accuracy {result.test_accuracy:.3f} on {len(test_data)} images")
+        _log(strategy, f"test accuracy {result.test_accuracy:.3f} on {len(test_data)} images")
     result.peak_memory_bytes, result.peak_memory_kind = peak_memory(strategy.device)
     state = strategy.full_state_dict(wrapped)  # every rank takes part: gathering may be collective
     if config.return_parameters:
         result.parameters = {k: _numpy(v) for k, v in state.items()}
     return result
+
+
+def _log(strategy: Strategy, text: str, bar: Progress | None = None) -> None:
+    """Print ``text`` on the logging rank only (through the live bar, if any)."""
+    if strategy.is_logger:
+        (bar.write if bar is not None else print)(text)
 
 
 def _mnist_test(config: TrainConfig) -> Dataset | None:
@@ -175,35 +189,23 @@ def _on(device: torch.device, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Te
 
 
 def _train_epoch(config: TrainConfig, strategy: Strategy, model: nn.Module, optimizer: Any, loader: DataLoader,
-                 loss_fn: LossFn, epoch: int) -> tuple[EpochStats, list[float]]:
+                 loss_fn: LossFn, epoch: int, bar: Progress) -> tuple[EpochStats, list[float]]:
     """One epoch; the metrics stay on the device until one all-reduce at the end (no host sync per step)."""
     model.train()
-    progress = _progress_bar(config.steps_per_epoch(), f"epoch {epoch}") if strategy.is_logger else None
     rows = []  # per step: loss sum, correct, count on this rank
     start = time.perf_counter()
     for group in _groups(loader, config.accumulation):
         micro_batches = [_on(strategy.device, batch) for batch in group]
         rows.append(strategy.train_step(model, optimizer, micro_batches, loss_fn).stacked())
-        if progress is not None:
-            progress.update(1)
+        bar.update(1)
     if strategy.device.type == "cuda":
         torch.cuda.synchronize(strategy.device)
     seconds = time.perf_counter() - start
-    if progress is not None:
-        progress.close()
     table = strategy.reduce(torch.stack(rows)).cpu()  # summed over ranks: one all-reduce per epoch
     slowest = strategy.reduce(torch.tensor([seconds], dtype=torch.float64, device=strategy.device), "max")
     loss_sum, correct, count = table.sum(0).tolist()
     stats = EpochStats(epoch, len(rows), int(count), loss_sum / count, correct / count, slowest.item())
     return stats, (table[:, 0] / table[:, 2]).tolist()
-
-
-def _progress_bar(total: int, label: str):
-    """A live bar of the epoch's steps; tqdm's own ``TQDM_DISABLE=1`` turns it off (the launcher sets it)."""
-    from tqdm.auto import tqdm
-
-    # tqdm reads TQDM_DISABLE when it is imported; read it again here so it can change within a process
-    return tqdm(total=total, desc=label, unit="step", leave=False, disable=os.environ.get("TQDM_DISABLE") == "1")
 
 
 def _evaluate(strategy: Strategy, model: nn.Module, test_data: Dataset, loss_fn: LossFn) -> tuple[float, float]:

@@ -33,6 +33,7 @@ import numpy as np
 
 from dtutor import data, models, strategies
 from dtutor.config import ConfigError, TrainConfig, check_world
+from dtutor.progress import Progress, progress
 from dtutor.result import EpochStats, RunResult
 from dtutor.tf.strategy import KerasStrategy
 
@@ -75,8 +76,11 @@ def initial_parameters(config: TrainConfig) -> dict[str, np.ndarray]:
     return parameters_of(build_model(config, KerasStrategy(config)))
 
 
-def epoch_recorder() -> Any:
-    """A Keras callback keeping each epoch's time and logs, and each step's loss (from Keras' running mean)."""
+def epoch_recorder(bar: Progress | None = None, name: str = "") -> Any:
+    """A Keras callback keeping each epoch's time and logs, and each step's loss (from Keras' running mean).
+
+    It also moves ``bar`` (``dtutor.progress``) one step per batch, labelled ``"{name}, epoch {epoch}"``.
+    """
     from dtutor.tf.setup import keras2
 
     class EpochRecorder(keras2().callbacks.Callback):
@@ -87,14 +91,20 @@ def epoch_recorder() -> Any:
 
         def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
             self._start, self._mean = time.perf_counter(), 0.0
+            if bar is not None:
+                bar.update(0, label=f"{name}, epoch {epoch}")
 
         def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
             mean = float(logs["loss"])  # the mean over steps 0..batch of this epoch (equal batches)
             self.step_losses.append((batch + 1) * mean - batch * self._mean)
             self._mean = mean
+            if bar is not None:
+                bar.update(1)
 
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             self.epochs.append((time.perf_counter() - self._start, dict(logs or {})))
+            if bar is not None and logs:
+                bar.update(0, loss=round(float(logs["loss"]), 4), accuracy=round(float(logs["accuracy"]), 3))
 
     return EpochRecorder()
 
@@ -123,11 +133,12 @@ def _run(config: TrainConfig, strategy: KerasStrategy) -> RunResult:
     micro_batch = check_world(config, strategy.replicas_in_sync)
     train = data.load_mnist("train", limit=config.used_samples(), verbose=strategy.is_logger)
     model = build_model(config, strategy)
-    recorder = epoch_recorder()
     epochs = min(config.epochs, config.stop_after_epochs or config.epochs)
     started = time.perf_counter()
-    model.fit(strategy.dataset(train.images, train.labels), epochs=epochs, verbose=0,
-              steps_per_epoch=config.steps_per_epoch(), callbacks=[*strategy.callbacks(), recorder])
+    with progress(epochs * config.steps_per_epoch(), config.strategy, show=strategy.is_logger) as bar:
+        recorder = epoch_recorder(bar, config.strategy)
+        model.fit(strategy.dataset(train.images, train.labels), epochs=epochs, verbose=0,
+                  steps_per_epoch=config.steps_per_epoch(), callbacks=[*strategy.callbacks(), recorder])
     result = RunResult(strategy.rank, strategy.world_size, config.as_dict(),
                        details={"micro_batch": micro_batch, **strategy.details()})
     steps = config.steps_per_epoch()

@@ -112,3 +112,12 @@ def steps_per_second(replicas: int, global_batch: int = 128, steps: int = 20, sa
     start = time.perf_counter()
     model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0)
     return steps / (time.perf_counter() - start)
+
+
+def speed_title(rates: dict[int, float], devices: str) -> str:
+    """A title stating what was measured: ``rates`` (steps/s by replica count) and the ratio of the last to 1."""
+    counts = sorted(rates)
+    most = counts[-1]
+    ratio = rates[most] / rates[counts[0]]
+    return (f"{devices}: {most} replicas ran {ratio:.2f}x the steps/s of {counts[0]} "
+            f"({rates[most]:.1f} against {rates[counts[0]]:.1f})")

@@ -18,6 +18,7 @@ Launch recipes::
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch.distributed as dist
@@ -74,15 +75,23 @@ def training_speed(strategy: str, model: str = "cnn", nprocs: int = 2, global_ba
     return sum(e.samples for e in timed) / sum(e.seconds for e in timed)
 
 
-def measured_table(model: str = "cnn", nprocs: int = 2, speed: bool = True) -> list[dict[str, Any]]:
-    """Rows: layout, strategy, bytes per rank, largest share of the unsplit model, samples/s (if ``speed``)."""
+def measured_table(model: str = "cnn", nprocs: int = 2, speed: bool = True,
+                   log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Rows: layout, strategy, bytes per rank, largest share of the unsplit model, samples/s (if ``speed``).
+
+    ``log`` (e.g. ``print``) gets a line before each launch: the table takes a while.
+    """
     from dtutor import launch
 
+    say = log or (lambda text: None)
+    say(f"parameter bytes per rank of every layout, {nprocs} ranks ...")
     memory = launch.run("dtutor.pytorch.model_parallel.memory:parameter_memory", nprocs, quiet=True, model=model)[0]
     whole = memory["unsplit"][0]
     rows = []
     for layout, per_rank in memory.items():
         for strategy in LAYOUTS[layout]:
+            if speed and strategy:
+                say(f"samples/s of {strategy} ...")
             rate = training_speed(strategy, model, nprocs) if speed and strategy else None
             rows.append({"layout": layout, "strategy": strategy or "-", "bytes_per_rank": per_rank,
                          "largest_share": max(per_rank) / whole, "samples_per_s": rate})

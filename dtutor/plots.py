@@ -1,0 +1,62 @@
+"""Plots the notebooks share: learning curves of runs that should train alike.
+
+``learning_curves({"ddp on 2 ranks": ranks[0], "one device": alone})`` draws every run's training loss per
+optimizer step and its accuracy per epoch on the same axes: the first run as a thick line, the others as
+dashed lines on top, so a distributed run and its single-device twin show as one line with dashes along it.
+The title is computed from the runs: their test accuracies and how far apart their parameters ended.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from dtutor.result import RunResult, max_difference
+
+STYLES = ({"linewidth": 4.0, "alpha": 0.45}, {"linewidth": 1.4, "linestyle": "--"},
+          {"linewidth": 1.4, "linestyle": ":"}, {"linewidth": 1.0, "linestyle": "-."})
+
+
+def _style(index: int) -> dict[str, Any]:
+    return STYLES[min(index, len(STYLES) - 1)]
+
+
+def learning_title(runs: Mapping[str, RunResult]) -> str:
+    """What the curves show, from the numbers: each run's test accuracy, and the runs' largest difference."""
+    parts = [f"{name}: test accuracy {run.test_accuracy:.3f}" if run.test_accuracy is not None else name
+             for name, run in runs.items()]
+    results = list(runs.values())
+    if len(results) > 1 and all(run.parameters is not None for run in results):
+        gap = max(max_difference(results[0], other) for other in results[1:])
+        parts.append("parameters bitwise equal" if gap == 0 else f"parameters differ by at most {gap:.1e}")
+    return "; ".join(parts)
+
+
+def learning_curves(runs: Mapping[str, RunResult], title: str | None = None):
+    """Loss per step and accuracy per epoch of each run, overlaid; returns the matplotlib figure.
+
+    ``runs`` maps a label to a ``RunResult`` (rank 0 of a launch is enough: every rank logs the same global
+    loss). Training accuracy is per epoch; each run's test accuracy is a marker after its last epoch.
+    ``title`` defaults to ``learning_title(runs)``.
+    """
+    import matplotlib.pyplot as plt
+
+    if not runs:
+        raise ValueError("runs: give at least one RunResult to plot")
+    figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(9.5, 3.2))
+    for index, (name, run) in enumerate(runs.items()):
+        style = _style(index)
+        loss_axes.plot(range(1, len(run.step_losses) + 1), run.step_losses, label=name, **style)
+        epochs = [stats.epoch + 1 for stats in run.epochs]
+        line, = accuracy_axes.plot(epochs, [stats.accuracy for stats in run.epochs], marker="o", label=name,
+                                   **style)
+        if run.test_accuracy is not None and epochs:
+            accuracy_axes.plot([epochs[-1] + 0.25], [run.test_accuracy], marker="*", markersize=12,
+                               linestyle="none", color=line.get_color(), label=f"{name}, test")
+    loss_axes.set(xlabel="optimizer step", ylabel="training loss", title="loss per step")
+    accuracy_axes.set(xlabel="epoch", ylabel="accuracy", ylim=(0, 1.02), title="training accuracy per epoch")
+    accuracy_axes.legend(fontsize="small", loc="lower right")
+    loss_axes.legend(fontsize="small")
+    figure.suptitle(title if title is not None else learning_title(runs), fontsize="medium")
+    figure.tight_layout()
+    return figure
