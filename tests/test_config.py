@@ -1,6 +1,6 @@
 import pytest
 
-from dtutor import ConfigError, TrainConfig
+from dtutor import ConfigError, TrainConfig, learning_setup
 from dtutor.config import check_world
 
 
@@ -97,3 +97,11 @@ def test_the_config_module_imports_no_framework():
     code = "import sys, dtutor.config, dtutor.result, dtutor.strategies; " \
            "print(sorted(m for m in ('torch', 'tensorflow') if m in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
+
+
+def test_the_learning_setup_is_checked_field_by_field():
+    assert learning_setup(micro_batches=4, epochs=1)["micro_batches"] == 4
+    with pytest.raises(ConfigError, match="lr: must be a number > 0"):
+        learning_setup(lr=0)
+    with pytest.raises(ConfigError, match="epoch: not a TrainConfig field"):
+        learning_setup(epoch=2)

@@ -63,10 +63,10 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 SOLUTIONS = sorted((ROOT / "notebooks" / "solutions").glob("[0-9][0-9]_*.py"))
 
 
-def test_every_notebook_ends_with_exercises_and_has_worked_solutions():
-    for notebook in NOTEBOOKS:
-        assert exercises.check_cells(notebook), f"{notebook.name} has no exercise check cell"
-        assert (ROOT / "notebooks" / "solutions" / f"{notebook.stem}.py").exists(), f"no solution for {notebook.name}"
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[path.stem for path in NOTEBOOKS])
+def test_the_notebook_ends_with_exercises_checked_by_dtutor_exercises_and_worked_solutions(notebook):
+    assert exercises.check_cells(notebook), f"{notebook.name} has no check cell calling dtutor.exercises.check_..."
+    assert (ROOT / "notebooks" / "solutions" / f"{notebook.stem}.py").exists(), f"no worked solution for {notebook.name}"
 
 
 @pytest.mark.parametrize("solution", SOLUTIONS, ids=[path.stem for path in SOLUTIONS])

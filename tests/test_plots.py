@@ -19,7 +19,7 @@ def run(name: str, accuracy: float, weight: float) -> RunResult:
 def test_the_title_states_each_test_accuracy_and_how_far_apart_the_runs_ended():
     title = plots.learning_title({"ddp on 2 ranks": run("ddp", 0.97, 1.0), "one device": run("single", 0.96, 1.5)})
     assert title == ("ddp on 2 ranks: test accuracy 0.970; one device: test accuracy 0.960; "
-                     "parameters differ by at most 5.0e-01")
+                     "step losses within 0.0e+00; parameters within 5.0e-01")
 
 
 def test_every_run_is_drawn_on_both_axes():
@@ -33,3 +33,9 @@ def test_every_run_is_drawn_on_both_axes():
 def test_nothing_to_plot_is_refused():
     with pytest.raises(ValueError, match="runs"):
         plots.learning_curves({})
+
+
+def test_the_step_loss_gap_is_the_largest_over_the_steps_both_ran():
+    a, b = run("ddp", 0.9, 1.0), run("single", 0.9, 1.0)
+    b.step_losses = [x + 0.25 * (i == 3) for i, x in enumerate(b.step_losses)][:5]
+    assert plots.step_loss_gap(a, b) == 0.25
