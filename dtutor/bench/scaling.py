@@ -1,9 +1,5 @@
-"""Benchmarks that print tables (targets live here, never in timed unit tests).
-
-    python -m dtutor.bench ddp             # DDP scaling 1 -> 2 ranks (1 thread each) and the driver's overhead
-    python -m dtutor.bench horovod         # Horovod (PyTorch) beside DDP, 1 and 2 ranks, same model and data
-    python -m dtutor.bench pipeline        # the pipeline bubble (measured, theory, gap); memory and speed per split
-    python -m dtutor.bench ddp --json out.json
+"""DDP scaling, Horovod beside DDP, the driver's overhead and the pipeline tables (``python -m dtutor.bench
+ddp``, ``horovod``, ``pipeline``).
 
 Targets on the course's 2-core CPU: scaling efficiency T2 / (2 T1) >= 0.85, and the training driver within
 2% of a hand-written loop that computes the same metrics, on the same model and data.
@@ -11,8 +7,6 @@ Targets on the course's 2-core CPU: scaling efficiency T2 / (2 T1) >= 0.85, and 
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import time
 from typing import Any
@@ -211,31 +205,3 @@ def format_pipeline(result: dict[str, Any]) -> str:
     from dtutor.pytorch.model_parallel import bubble, memory
 
     return f"{bubble.format_bubble(result['bubble'])}\n\n{memory.format_memory(result['memory'])}"
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Command line: ``python -m dtutor.bench {ddp,horovod,pipeline} [--json FILE]``."""
-    parser = argparse.ArgumentParser(prog="python -m dtutor.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["ddp", "horovod", "pipeline"])
-    parser.add_argument("--batch-per-rank", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=5,
-                        help="pairs of 1-rank and 2-rank runs, or timed pipeline steps (median)")
-    parser.add_argument("--rounds", type=int, default=60, help="pairs of driver and hand-written runs (median)")
-    parser.add_argument("--json", metavar="FILE", help="also write the numbers to FILE")
-    args = parser.parse_args(argv)
-    if args.what == "ddp":
-        result: Any = bench_ddp(args.batch_per_rank, args.repeats, args.rounds)
-        print(format_ddp(result))
-    elif args.what == "pipeline":
-        result = bench_pipeline(args.repeats)
-        print(format_pipeline(result))
-    else:
-        result = bench_horovod_vs_ddp(args.batch_per_rank, args.repeats)
-        print(format_table(result))
-    if args.json:
-        with open(args.json, "w") as file:
-            json.dump(result, file, indent=2)
-
-
-if __name__ == "__main__":
-    main()
