@@ -9,6 +9,7 @@ Launch recipe (what the benchmark starts; each case is a dict of ``TrainConfig``
 from __future__ import annotations
 
 import gc
+import importlib
 import os
 import time
 import traceback
@@ -21,6 +22,8 @@ from dtutor.bench.probe import CollectiveCounter, model_state_bytes, optimizer_c
 from dtutor.config import TrainConfig
 from dtutor.pytorch.process_group import ProcessGroupStrategy, join_process_group, leave_process_group
 from dtutor.pytorch.strategy import Strategy
+
+HOROVOD_KNOBS = ("HOROVOD_CYCLE_TIME", "HOROVOD_FUSION_THRESHOLD", "HOROVOD_CACHE_CAPACITY", "HOROVOD_THREAD_AFFINITY")
 
 
 class Probe:
@@ -138,6 +141,14 @@ def samples_per_second(result: Any) -> float | None:
     return sum(e.samples for e in timed) / seconds if timed and seconds > 0 else None
 
 
+def implementation(case: dict[str, Any], strategy: str) -> type:
+    """The case's strategy class: the registry's, or ``case["implementation"]`` ("module:Class", a variant)."""
+    if "implementation" not in case:
+        return strategies.load(strategy)
+    module_name, _, class_name = case["implementation"].partition(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
 def count_window(steps_per_epoch: int, count_steps: int) -> tuple[int, int]:
     """The warm-up epoch's steps to count: the last ``count_steps``, after the first two where possible
     (DDP rebuilds its buckets and the optimizer creates its state in the first steps)."""
@@ -150,13 +161,13 @@ def run_case(case: dict[str, Any], count_steps: int, keep_group: bool) -> dict[s
     from dtutor.pytorch import fit
 
     config = TrainConfig.from_kwargs(**case["fields"])
-    strategy = case.get("strategy_class") or strategies.load(config.strategy)
-    instance = strategy(config)
+    instance = implementation(case, config.strategy)(config)
     probe = Probe(instance, count_window(config.steps_per_epoch(), count_steps), keep_group)
     result = fit(config, strategy=instance)
     return {"name": case["name"], "rank": result.rank, "world_size": result.world_size,
             "samples_per_s": samples_per_second(result), "epochs": [e.samples_per_second for e in result.epochs],
             "parameters": result.parameters if result.rank == 0 else None,
+            "environment": {k: os.environ[k] for k in HOROVOD_KNOBS if k in os.environ},
             **probe.facts(config.steps_per_epoch())}
 
 

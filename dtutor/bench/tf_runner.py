@@ -113,6 +113,11 @@ def run_tf_case(case: dict[str, Any]) -> dict[str, Any]:
 
 def run_tf_cases(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Entry point: each case trained and measured in turn; a failed case is ``{"name", "error"}``."""
+    most = max((case.get("replicas", 1) for case in cases), default=1)
+    if most > 1:  # before TensorFlow starts: the logical CPUs every in-process case may ask for
+        from dtutor.tf import setup
+
+        setup.prepare_devices(most)
     found = []
     for case in cases:
         try:
