@@ -144,16 +144,22 @@ def build_row(row: Any, runs: dict, skipped: dict[int, str], ceiling: float | No
                    bytes_ratio=counted / expected if counted is not None and expected else None,
                    bytes_match=theory.within(counted, expected), collectives=busiest.get("collectives"),
                    calls=busiest.get("calls_per_step"),
-                   other_threads_cpu_per_step=_other_threads(measured))
+                   **_cpu(measured))
     out["proof"] = proof(row.strategy, two.get(0) if row.strategy not in ("single", "dataparallel") else
                          one.get(0), runs)
     return out
 
 
-def _other_threads(ranks: list[dict[str, Any]]) -> float | None:
-    """CPU seconds per step spent outside the main thread (gloo's, Horovod's background thread), rank mean."""
-    values = [r["cpu_per_step"] - r["main_thread_cpu_per_step"] for r in ranks if "cpu_per_step" in r]
-    return statistics.mean(values) if values else None
+def _cpu(ranks: list[dict[str, Any]]) -> dict[str, float]:
+    """Per timed step, mean over ranks: wall time, the main thread's CPU and the other threads' (gloo's,
+    Horovod's background thread) CPU seconds (PyTorch runs only)."""
+    ranks = [r for r in ranks if "cpu_per_step" in r]
+    if not ranks:
+        return {}
+    return {"wall_per_step": statistics.mean(r["wall_per_step"] for r in ranks),
+            "main_thread_cpu_per_step": statistics.mean(r["main_thread_cpu_per_step"] for r in ranks),
+            "other_threads_cpu_per_step": statistics.mean(r["cpu_per_step"] - r["main_thread_cpu_per_step"]
+                                                          for r in ranks)}
 
 
 def build_rows(planned: dict[str, Any], records: list[dict[str, Any]], batch_per_worker: int) -> dict[str, Any]:

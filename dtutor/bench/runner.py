@@ -134,13 +134,6 @@ class Probe:
         return found
 
 
-def samples_per_second(result: Any) -> float | None:
-    """Throughput over the epochs after the first (the warm-up), by the slowest rank's time."""
-    timed = result.epochs[1:]
-    seconds = sum(e.seconds for e in timed)
-    return sum(e.samples for e in timed) / seconds if timed and seconds > 0 else None
-
-
 def implementation(case: dict[str, Any], strategy: str) -> type:
     """The case's strategy class: the registry's, or ``case["implementation"]`` ("module:Class", a variant)."""
     if "implementation" not in case:
@@ -165,7 +158,7 @@ def run_case(case: dict[str, Any], count_steps: int, keep_group: bool) -> dict[s
     probe = Probe(instance, count_window(config.steps_per_epoch(), count_steps), keep_group)
     result = fit(config, strategy=instance)
     return {"name": case["name"], "rank": result.rank, "world_size": result.world_size,
-            "samples_per_s": samples_per_second(result), "epochs": [e.samples_per_second for e in result.epochs],
+            "samples_per_s": result.samples_per_second(), "epochs": [e.samples_per_second for e in result.epochs],
             "parameters": result.parameters if result.rank == 0 else None,
             "environment": {k: os.environ[k] for k in HOROVOD_KNOBS if k in os.environ},
             **probe.facts(config.steps_per_epoch())}

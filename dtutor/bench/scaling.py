@@ -24,8 +24,7 @@ def throughput(strategy: str, nprocs: int, batch_per_rank: int = 256, samples: i
     results = launch.train(nprocs, strategy=strategy, global_batch=batch_per_rank * nprocs, samples=samples,
                            epochs=epochs, test_samples=0, return_parameters=False, threads_per_rank=1,
                            timeout=timeout, quiet=True)
-    timed = results[0].epochs[1:]
-    return sum(e.samples for e in timed) / sum(e.seconds for e in timed)
+    return results[0].samples_per_second()
 
 
 def scaling(strategy: str, batch_per_rank: int = 256, repeats: int = 5) -> dict[str, float]:

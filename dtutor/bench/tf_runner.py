@@ -21,7 +21,6 @@ import traceback
 from typing import Any
 
 from dtutor import strategies
-from dtutor.bench.runner import samples_per_second
 from dtutor.bench.theory import wire_factor
 from dtutor.config import TrainConfig
 
@@ -105,7 +104,7 @@ def run_tf_case(case: dict[str, Any]) -> dict[str, Any]:
     sent = None if in_process else counter.bytes * wire_factor("all_reduce", world)
     state = replica_state_bytes(models[0])
     return {"name": case["name"], "rank": result.rank, "world_size": world,
-            "samples_per_s": samples_per_second(result), "epochs": [e.samples_per_second for e in result.epochs],
+            "samples_per_s": result.samples_per_second(), "epochs": [e.samples_per_second for e in result.epochs],
             "parameters": result.parameters if result.rank == 0 else None, "model_state": state,
             "model_state_bytes": sum(state.values()), "bytes_per_step": sent,
             "collectives": None if in_process else {"all_reduce": counter.bytes}}
@@ -117,7 +116,7 @@ def run_tf_cases(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
     if most > 1:  # before TensorFlow starts: the logical CPUs every in-process case may ask for
         from dtutor.tf import setup
 
-        setup.prepare_devices(most)
+        setup.prepare_devices(most).config.list_logical_devices()  # started now: a 1-replica case keeps them
     found = []
     for case in cases:
         try:
