@@ -111,7 +111,7 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def _size(value: float) -> str:
     for unit, scale in (("MiB", MIB), ("KiB", 1024)):
         if value >= scale:
-            return f"{value / scale:g} {unit}"
+            return f"{value / scale:.4g} {unit}"
     return f"{value:g} B"
 
 

@@ -117,7 +117,7 @@ def run_variant(name: str, variant: dict[str, Any], batch: int, steps: int, epoc
     return [rank[0] for rank in ranks]
 
 
-def investigate(rounds: int = 3, batch_per_rank: int = 256, steps: int = 4, epochs: int = 4,
+def investigate(rounds: int = 3, batch_per_rank: int = 256, steps: int = 2, epochs: int = 6,
                 variants: dict[str, dict[str, Any]] | None = None, timeout: float = 600.0,
                 progress: Any = print) -> dict[str, Any]:
     """Every variant in ``rounds`` rotated rounds, then the idle CPU of each library; the evidence as a dict."""
@@ -130,8 +130,9 @@ def investigate(rounds: int = 3, batch_per_rank: int = 256, steps: int = 4, epoc
     for round_ in range(rounds):
         for name in rotated(list(variants), round_):
             runs[name].append(run_variant(name, variants[name], batch_per_rank, steps, epochs, timeout))
-            progress(f"round {round_ + 1}/{rounds}: {name}: {runs[name][-1][0].get('samples_per_s', 0):,.0f} "
-                     "samples/s")
+            first = runs[name][-1][0]
+            progress(f"round {round_ + 1}/{rounds}: {name}: " + (first["error"] if "error" in first else
+                     f"{first['samples_per_s']:,.0f} samples/s"))
     idle = {"horovod": launch.run_horovod("dtutor.bench.horovod_gap:idle_cpu", 2, quiet=True, timeout=timeout),
             "torch.distributed": launch.run("dtutor.bench.horovod_gap:idle_cpu", 2, quiet=True, timeout=timeout)}
     return {"rounds": rounds, "batch_per_rank": batch_per_rank, "load_before": load_before,

@@ -7,6 +7,7 @@ numbers are always the benchmark's output (``python -m dtutor.bench readme --jso
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -136,3 +137,36 @@ def plot_all(result: dict[str, Any]):
     figure.suptitle(f"Every strategy, 2 workers ({result['mode']} mode, {result['machine']['date'][:10]})")
     figure.tight_layout()
     return figure
+
+
+RESULTS = Path(__file__).resolve().parents[2] / "results"  # the repository's results/ folder
+
+
+def recorded_results(kind: str = "gpu", folder: Path | None = None) -> list[dict[str, Any]]:
+    """Every recorded ``bench all`` result under ``results/<kind>/`` (JSON), oldest first, each with its file."""
+    found = []
+    for path in sorted((folder or RESULTS / kind).glob("*.json")):
+        data = json.loads(path.read_text())
+        data["file"] = str(path.relative_to(path.parents[1]))
+        found.append(data)
+    return found
+
+
+def highlights(result: dict[str, Any]) -> list[str]:
+    """A few sentences that read the table: the ceiling, the fastest at 2 workers, the smallest model state."""
+    rows = [row for row in result["rows"] if row["samples_per_s_2"]]
+    lines = []
+    if result["ceiling"]:
+        lines.append(f"Two single runs at once reach {result['ceiling']:.2f} of twice one run here: the machine's "
+                     f"ceiling. A strategy at {result['ceiling']:.2f} scales as well as this machine allows.")
+    if rows:
+        fastest = max(rows, key=lambda row: row["samples_per_s_2"])
+        lines.append(f"Fastest at 2 workers: {fastest['label']} ({fastest['samples_per_s_2']:,.0f} samples/s, "
+                     f"efficiency {fastest['efficiency']:.2f}).")
+    held = [row for row in result["rows"] if row.get("model_state_bytes") and row.get("workers_measured") == 2]
+    if held:
+        least = min(held, key=lambda row: row["model_state_bytes"])
+        most = max(held, key=lambda row: row["model_state_bytes"])
+        lines.append(f"Least model state per worker: {least['label']} ({least['model_state_bytes'] / KB:,.0f} kB, "
+                     f"{least['model_state_bytes'] / most['model_state_bytes']:.0%} of {most['label']}'s).")
+    return lines
