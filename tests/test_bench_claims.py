@@ -46,3 +46,14 @@ def test_the_markdown_table_has_the_seeds_columns_and_two_more():
     assert text.splitlines()[0].endswith("| the seed's claim | verdict | measured here |")
     assert ('| DDP | PyTorch | data, one process per GPU | many GPUs, many machines | '
             '"reduces communication overhead" | **confirms** |') in text
+
+
+def test_dataparallel_is_judged_by_a_recorded_gpu_run_only():
+    gpu = fake_result() | {"dataparallel_memory": [3 * 2**30, 2 * 2**30, 2 * 2**30]}
+    gpu["machine"] = gpu["machine"] | {"gpus": ["NVIDIA H100"] * 3, "date": "2026-12-01T10:00:00+00:00"}
+    found = {c["method"]: c for c in claims.claims(fake_result(), [gpu])}
+    assert found["DataParallel"]["verdict"] == "confirms"
+    assert "recorded on 3 x NVIDIA H100, 2026-12-01: the first GPU peaks at 3.00 GiB, +50% against the others' " \
+           "mean (2.00 GiB)" in found["DataParallel"]["measured"]
+    no_memory = {c["method"]: c for c in claims.claims(fake_result(), [fake_result()])}["DataParallel"]
+    assert no_memory["verdict"] == "unmeasured" and "needs 2 GPUs or more" in no_memory["measured"]

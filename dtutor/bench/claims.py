@@ -47,10 +47,18 @@ def dataparallel_claim(rows: dict[str, Any], gpu_results: list[dict[str, Any]]) 
     here = (f"on this CPU it calls the model once in one process ({dp.get('samples_per_s_1') or 0:,.0f} "
             f"samples/s against single's {single.get('samples_per_s_1') or 0:,.0f}); proof "
             f"{'passed' if dp.get('proof', {}).get('passed') else 'not passed'}")
-    if not gpu_results:
-        return "unmeasured", ("no GPU result is recorded (results/gpu/ is empty): the first GPU's memory excess "
-                              "and the speed cost need notebook 01's GPU run; " + here)
-    return "unmeasured", f"{len(gpu_results)} GPU result(s) recorded: see the GPU section; " + here
+    measured = [r for r in gpu_results if r.get("dataparallel_memory")]
+    if not measured:
+        why = "no GPU result is recorded (results/gpu/ is empty)" if not gpu_results else \
+            "no recorded GPU result has DataParallel's per-GPU memory (it needs 2 GPUs or more)"
+        return "unmeasured", f"{why}: the first GPU's memory excess needs notebook 01's GPU run; " + here
+    peaks = measured[-1]["dataparallel_memory"]
+    others = sum(peaks[1:]) / len(peaks[1:])
+    excess = peaks[0] / others - 1
+    where = f"{measured[-1]['machine']['gpus'][0]}, {measured[-1]['machine']['date'][:10]}"
+    return ("confirms" if excess > 0.1 else "corrects"), (
+        f"recorded on {len(peaks)} x {where}: the first GPU peaks at {peaks[0] / 2**30:.2f} GiB, "
+        f"{excess:+.0%} against the others' mean ({others / 2**30:.2f} GiB); " + here)
 
 
 def ddp_claim(rows: dict[str, Any]) -> tuple[str, str]:

@@ -14,7 +14,7 @@ The candidates, and what measures each:
 - **per-tensor negotiation against DDP's one bucket that overlaps backward**: Horovod negotiates and
   all-reduces each gradient as it is ready (fused per cycle); ``num_groups=1`` (one group: one grouped
   all-reduce after backward, like DDP's single bucket for this model) and ``HOROVOD_FUSION_THRESHOLD=0``
-  (no fusion) change that.
+  (no fusion) change that. "horovod, all three" combines one group, a 5 ms cycle and the sleeping wait.
 
 Every variant trains the same model and data on 2 ranks (one thread each) in rotated rounds, so load on a
 shared machine falls on all alike; each figure is the median over rounds, and "vs DDP" is the median of
@@ -39,7 +39,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "horovod, cycle 5 ms": {"strategy": "horovod", "env": {"HOROVOD_CYCLE_TIME": "5"}},
     "horovod, one group": {"strategy": "horovod", "implementation": "dtutor.bench.horovod_gap:GroupedHorovod"},
     "horovod, no fusion": {"strategy": "horovod", "env": {"HOROVOD_FUSION_THRESHOLD": "0"}},
+    "horovod, all three": {"strategy": "horovod", "env": {"HOROVOD_CYCLE_TIME": "5"},
+                           "implementation": "dtutor.bench.horovod_gap:PatientGroupedHorovod"},
 }
+IDLE = {"horovod": {}, "horovod, cycle 5 ms": {"HOROVOD_CYCLE_TIME": "5"}}  # plus torch.distributed
 
 
 class PatientHorovod(Horovod):
@@ -64,6 +67,12 @@ class PatientHorovod(Horovod):
 
 class GroupedHorovod(Horovod):
     """Horovod with every gradient in one group: one grouped all-reduce once backward has produced them all."""
+
+    optimizer_options = {"num_groups": 1}
+
+
+class PatientGroupedHorovod(PatientHorovod):
+    """Both: one group, and the sleeping wait (with ``HOROVOD_CYCLE_TIME=5``: "all three")."""
 
     optimizer_options = {"num_groups": 1}
 
@@ -122,9 +131,10 @@ def investigate(rounds: int = 3, batch_per_rank: int = 256, steps: int = 2, epoc
                 progress: Any = print) -> dict[str, Any]:
     """Every variant in ``rounds`` rotated rounds, then the idle CPU of each library; the evidence as a dict."""
     from dtutor import launch
-    from dtutor.bench.suite import rotated
+    from dtutor.bench.suite import environment, machine, rotated
 
     variants = variants or VARIANTS
+    where = machine()
     load_before = os.getloadavg()[0]
     runs: dict[str, list[list[dict[str, Any]]]] = {name: [] for name in variants}
     for round_ in range(rounds):
@@ -133,9 +143,12 @@ def investigate(rounds: int = 3, batch_per_rank: int = 256, steps: int = 2, epoc
             first = runs[name][-1][0]
             progress(f"round {round_ + 1}/{rounds}: {name}: " + (first["error"] if "error" in first else
                      f"{first['samples_per_s']:,.0f} samples/s"))
-    idle = {"horovod": launch.run_horovod("dtutor.bench.horovod_gap:idle_cpu", 2, quiet=True, timeout=timeout),
-            "torch.distributed": launch.run("dtutor.bench.horovod_gap:idle_cpu", 2, quiet=True, timeout=timeout)}
-    return {"rounds": rounds, "batch_per_rank": batch_per_rank, "load_before": load_before,
+    idle = {}
+    for name, env in IDLE.items():
+        with environment(**env):
+            idle[name] = launch.run_horovod("dtutor.bench.horovod_gap:idle_cpu", 2, quiet=True, timeout=timeout)
+    idle["torch.distributed"] = launch.run("dtutor.bench.horovod_gap:idle_cpu", 2, quiet=True, timeout=timeout)
+    return {"machine": where, "rounds": rounds, "batch_per_rank": batch_per_rank, "load_before": load_before,
             "load_after": os.getloadavg()[0], "rows": summarize(runs),
             "idle_cpu_per_second": {k: statistics.mean(r["cpu_per_second"] for r in v) for k, v in idle.items()}}
 

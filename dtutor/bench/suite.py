@@ -227,14 +227,29 @@ def machine() -> dict[str, Any]:
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             versions[package] = importlib.metadata.version(package)
     gpus = gpu_count()
-    names = []
+    names, driver = [], None
     if gpus:
         import torch
 
+        from dtutor.devices import probe_nvml
+
         names = [torch.cuda.get_device_name(i) for i in range(gpus)]
+        with contextlib.suppress(Exception):  # no NVML: the driver stays unknown
+            driver = next((gpu.driver for gpu in probe_nvml().devices if gpu.driver), None)
+        versions["cuda"] = torch.version.cuda
     return {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), "cpus": os.cpu_count(),
-            "platform": platform.platform(), "gpus": names, "gpu_text": f", {gpus} GPU(s) {names}" if gpus else
-            ", no GPU", "versions": versions, "load_before": os.getloadavg()[0]}
+            "platform": platform.platform(), "gpus": names, "driver": driver, "versions": versions,
+            "gpu_text": f", {gpus} GPU(s) {names}" if gpus else ", no GPU", "load_before": os.getloadavg()[0]}
+
+
+def dataparallel_memory(gpus: int, timeout: float) -> list[int] | None:
+    """Notebook 01's measurement, where there are 2 GPUs or more: DataParallel's peak memory on each GPU
+    (``dataparallel_phases.peak_memory_per_gpu``, in a fresh process); None otherwise."""
+    if gpus < 2:
+        return None
+    from dtutor import launch
+
+    return launch.run_single("dtutor.pytorch.dataparallel_phases:peak_memory_per_gpu", timeout=timeout)
 
 
 def strip(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -256,6 +271,7 @@ def bench_all(mode: str = "quick", progress: Any = print, rows: list[Row] | None
     records = run_rounds(settings, planned, progress)
     where["load_after"] = os.getloadavg()[0]
     table = build_rows(planned, records, settings.batch_per_worker)
+    table["dataparallel_memory"] = dataparallel_memory(len(where["gpus"]), settings.timeout)
     return {"mode": mode, "batch_per_worker": settings.batch_per_worker, "steps": settings.steps,
             "epochs": settings.epochs, "repeats": settings.repeats, "seconds": time.monotonic() - started,
             "machine": where, **table, "records": strip(records)}
