@@ -22,7 +22,8 @@ def _num(value: float | None, digits: int = 0) -> str:
     return f"{value:,.{digits}f}"
 
 
-def _kb(value: float | None) -> str:
+def kilobytes(value: float | None) -> str:
+    """Bytes as whole kilobytes (1,000 bytes) for people; "-" when unknown."""
     return "-" if value is None else f"{value / KB:,.0f} kB"
 
 
@@ -34,7 +35,8 @@ def _proof(row: dict[str, Any]) -> str:
     return f"{verdict} ({found['difference']:.0e} vs {found['reference']}, tol {found['tolerance']:.0e})"
 
 
-def _bytes_check(row: dict[str, Any]) -> str:
+def bytes_check(row: dict[str, Any]) -> str:
+    """Counted bytes against theory, in words: "x1.00 matches", "x1.50 differs", "none sent: one process"."""
     if row.get("bytes_theory") is None or row.get("bytes_counted") is None:
         in_memory = row.get("workers_measured") and row.get("bytes_theory") is None and row.get("bytes_counted") is None
         return "none sent: one process" if in_memory else "-"
@@ -47,8 +49,8 @@ def _bytes_check(row: dict[str, Any]) -> str:
 def table_cells(row: dict[str, Any]) -> list[str]:
     """One row's cells, in the order of ``COLUMNS``."""
     return [row["label"], row["framework"], _num(row["samples_per_s_1"]), _num(row["samples_per_s_2"]),
-            _num(row["efficiency"], 2), _num(row["vs_ceiling"], 2), _kb(row.get("model_state_bytes")),
-            _kb(row.get("bytes_counted")), _kb(row.get("bytes_theory")), _bytes_check(row), _proof(row)]
+            _num(row["efficiency"], 2), _num(row["vs_ceiling"], 2), kilobytes(row.get("model_state_bytes")),
+            kilobytes(row.get("bytes_counted")), kilobytes(row.get("bytes_theory")), bytes_check(row), _proof(row)]
 
 
 COLUMNS = ["strategy", "framework", "samples/s 1 w", "samples/s 2 w", "T2/(2 T1)", "/ ceiling",

@@ -19,6 +19,7 @@ import torch
 
 from dtutor import strategies
 from dtutor.bench.probe import CollectiveCounter, model_state_bytes, optimizer_chain
+from dtutor.bench.theory import wire_factor
 from dtutor.config import TrainConfig
 from dtutor.pytorch.process_group import ProcessGroupStrategy, join_process_group, leave_process_group
 from dtutor.pytorch.strategy import Strategy
@@ -115,8 +116,6 @@ class Probe:
         found: dict[str, Any] = {"model_state": self.memory, "model_state_bytes": sum(self.memory.values())}
         world = self.strategy.world_size
         if self.strategy.name == "horovod":
-            from dtutor.bench.theory import wire_factor
-
             found["bytes_per_step"] = self.horovod_bytes * wire_factor("all_reduce", world) / counted
             found["collectives"] = {"all_reduce": self.horovod_bytes / counted}
         elif self.counter is not None:
