@@ -8,7 +8,7 @@ The shape of the package (every notebook cell calls one of these):
 - ``dtutor.tf``: the Keras driver and TensorFlow's strategies;
 - ``dtutor.launch``: every multi-process launch (torchrun, horovodrun, TF workers) and its supervisor;
 - ``dtutor.result``: ``RunResult``, what every rank of every run returns, and ``max_difference``;
-- ``dtutor.data``, ``dtutor.models``, ``dtutor.devices``, ``dtutor.bench``, ``dtutor.notebook``.
+- ``dtutor.data``, ``dtutor.models``, ``dtutor.devices``, ``dtutor.bench``, ``dtutor.guide``, ``dtutor.notebook``.
 
 Importing ``dtutor`` imports neither torch nor TensorFlow.
 """

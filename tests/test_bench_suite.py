@@ -36,6 +36,12 @@ def test_the_plan_runs_or_skips_every_row_at_each_worker_count_with_a_reason():
     assert cases["pipeline_1f1b@2"][1]["fields"]["micro_batches"] == 4
 
 
+def test_on_two_gpus_dataparallel_gets_a_launch_of_its_own():
+    planned = suite.plan(suite.MODES["tiny"], gpus=2)
+    assert [case["name"] for case in planned["launches"][(suite.TWO_GPUS, 1)]] == ["dataparallel@2"]
+    assert "dataparallel@1" in [case["name"] for case in planned["launches"][("torchrun", 1)]]
+
+
 def test_what_is_missing_is_skipped_with_the_reason(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorflow" else object())
     row = next(r for r in suite.registry_rows() if r.strategy == "multiworker")

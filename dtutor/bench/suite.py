@@ -103,9 +103,15 @@ def run_fields(row: Row, workers: int, mode: Mode) -> dict[str, Any]:
     return fields
 
 
+TWO_GPUS = "one process, 2 GPUs"  # DataParallel at 2 workers: its own launch, which sees GPUs 0 and 1
+
+
 def launch_key(row: Row, workers: int) -> tuple[str, int]:
     """Which launch a run goes to: (launcher, processes). PyTorch's in-process strategies ride in torchrun's
-    1-process launch; TensorFlow's in-process one gets a process of its own, whatever its replicas."""
+    1-process launch (which sees one GPU), except DataParallel on 2 GPUs; TensorFlow's in-process one gets a
+    process of its own, whatever its replicas."""
+    if row.strategy == "dataparallel" and workers > 1:
+        return TWO_GPUS, 1
     if row.framework == "torch" and row.launcher in ("torchrun", "inprocess"):
         return "torchrun", 1 if row.launcher == "inprocess" else workers
     if row.launcher == "inprocess":
@@ -177,8 +183,10 @@ def start(key: tuple[str, int], cases: list[dict[str, Any]], timeout: float) -> 
 
     launcher, nprocs = key
     options = {"timeout": timeout, "quiet": True, "threads_per_rank": 1}
-    if launcher == "torchrun":
-        return launch.run("dtutor.bench.runner:run_cases", nprocs, cases=cases, **options)
+    if launcher in ("torchrun", TWO_GPUS):
+        visible = {"CUDA_VISIBLE_DEVICES": "0,1" if launcher == TWO_GPUS else "0"} if gpu_count() else {}
+        with environment(**visible):  # 1 worker: 1 GPU, whatever the strategy
+            return launch.run("dtutor.bench.runner:run_cases", nprocs, cases=cases, **options)
     if launcher.startswith("horovodrun"):
         framework = launcher.partition(":")[2]
         entry = "dtutor.bench.runner:run_cases" if framework == "torch" else "dtutor.bench.tf_runner:run_tf_cases"
