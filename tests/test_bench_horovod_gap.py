@@ -33,6 +33,8 @@ def test_the_conclusions_are_computed_from_the_numbers():
     assert "idle, per rank: horovod 20.0% of a core, torch.distributed 0.0% of a core" in text
     assert "Horovod runs at 0.78 of DDP's samples/s; its main thread uses 110.0 ms of CPU per step against " \
            "DDP's 90.0, its other threads 20.0 against 10.0." in text
+    assert "Horovod's background thread uses 20.0% of a core per rank (torch.distributed: 0.0%)" in text
+    assert "takes the main thread from 110.0 to 90.0 ms of CPU per step (DDP: 90.0)" in text
     assert "Best variant: horovod, sleeping wait, at 0.98 of DDP: closes the gap (within 5% of DDP)." in text
     worse = {name: runs for name, runs in RUNS.items() if name != "horovod, sleeping wait"}
     assert "does not close the gap" in horovod_gap.format_gap({**result(), "rows": horovod_gap.summarize(worse)})

@@ -67,3 +67,12 @@ def test_the_optimizer_chain_follows_wrappers():
 
     outer = Wrapper()
     assert probe.optimizer_chain(outer) == [outer, inner] and probe.optimizer_chain(inner) == [inner]
+
+
+def test_zero3_partitions_count_and_so_do_parameters_kept_whole():
+    model = torch.nn.Module()
+    model.partitioned = torch.nn.Parameter(torch.empty(0))  # ZeRO-3 between layers: an empty placeholder...
+    model.partitioned.ds_tensor = torch.zeros(50)  # ...and this rank's partition
+    model.persistent = torch.nn.Parameter(torch.zeros(10))  # a small parameter DeepSpeed keeps whole
+    model.persistent.ds_tensor = torch.zeros(5)
+    assert probe.model_state_bytes(model, [])["parameters"] == 4 * (50 + 10 + 5)

@@ -203,6 +203,16 @@ def conclusions(result: dict[str, Any]) -> list[str]:
              f"{_ms(hvd['main_thread_cpu_per_step'])} ms of CPU per step against DDP's "
              f"{_ms(ddp['main_thread_cpu_per_step'])}, its other threads {_ms(hvd['other_threads_cpu_per_step'])} "
              f"against {_ms(ddp['other_threads_cpu_per_step'])}."]
+    idle = result.get("idle_cpu_per_second", {})
+    if "horovod" in idle and "torch.distributed" in idle:
+        found.append(f"With nothing to do, Horovod's background thread uses {idle['horovod']:.1%} of a core per "
+                     f"rank (torch.distributed: {idle['torch.distributed']:.1%}): with one core per rank, that "
+                     "time is taken from the computation.")
+    patient = rows.get("horovod, sleeping wait")
+    if patient and patient["main_thread_cpu_per_step"]:
+        found.append(f"Waiting with sleeps instead of Horovod's spinning wait takes the main thread from "
+                     f"{_ms(hvd['main_thread_cpu_per_step'])} to {_ms(patient['main_thread_cpu_per_step'])} ms "
+                     f"of CPU per step (DDP: {_ms(ddp['main_thread_cpu_per_step'])}).")
     tried = [row for name, row in rows.items() if name not in ("ddp", "horovod") and row["vs_ddp"]]
     if tried:
         best = max(tried, key=lambda row: row["vs_ddp"])

@@ -97,7 +97,8 @@ def _storage_key(tensor: torch.Tensor) -> tuple[str, int] | None:
 def model_state_bytes(module: torch.nn.Module, optimizers: list[Any]) -> dict[str, int]:
     """Parameters, gradients and optimizer state this rank holds, in bytes, each storage counted once.
 
-    Parameters: the module's (DTensor: the local shard; ZeRO-3: the partition ``ds_tensor``). Gradients:
+    Parameters: the module's (DTensor: the local shard; ZeRO-3: the partition ``ds_tensor``, and the whole
+    parameter where DeepSpeed keeps it gathered). Gradients:
     ``.grad`` of those and of the optimizers' own parameters (ZeRO's fp32 partitions). Optimizer state:
     every tensor in the optimizers' ``state``, and their parameters that are not the module's (ZeRO's
     fp32 master partitions). Communication buffers are not model state and are not counted. This is the
@@ -114,7 +115,8 @@ def model_state_bytes(module: torch.nn.Module, optimizers: list[Any]) -> dict[st
 
     own = list(module.parameters())
     for p in own:
-        add("parameters", getattr(p, "ds_tensor", p))
+        add("parameters", p)  # ZeRO-3: empty while partitioned; whole for "persistent" (small) parameters
+        add("parameters", getattr(p, "ds_tensor", None))
     for optimizer in optimizers:
         for group in getattr(optimizer, "param_groups", []):
             for p in group["params"]:
