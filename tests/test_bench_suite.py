@@ -51,8 +51,8 @@ def test_what_is_missing_is_skipped_with_the_reason(monkeypatch):
 def test_bad_input_is_refused_before_anything_starts():
     with pytest.raises(ValueError, match="mode: must be one of quick, full, tiny"):
         suite.bench_all("fast")
-    with pytest.raises(ValueError, match="global_batch"):
-        suite.plan(suite.Mode(batch_per_worker=3, steps=1, epochs=1, repeats=1), gpus=0)  # 3 micro-batches of 6/4
+    with pytest.raises(ValueError, match="micro_batches: 4 must divide the batch of each step, 3"):
+        suite.plan(suite.Mode(batch_per_worker=3, steps=1, epochs=1, repeats=1), gpus=0)  # a pipeline's 3 / 4
 
 
 def test_rounds_rotate_the_order():
