@@ -32,7 +32,7 @@ def test_the_plan_runs_or_skips_every_row_at_each_worker_count_with_a_reason():
     assert cases["tf_reference"][0] == ("tf_process", 1) and cases["mirrored@2"][1]["replicas"] == 2
     assert cases["horovod_keras@2"][0] == ("horovodrun:tensorflow", 2)
     ddp, reference = cases["ddp@2"][1]["fields"], cases["reference"][1]["fields"]
-    assert ddp["global_batch"] == reference["global_batch"] == 16 and ddp["samples"] == 32
+    assert ddp["global_batch"] == reference["global_batch"] == 16 and ddp["samples"] == 32  # tiny: 8 per worker
     assert cases["pipeline_1f1b@2"][1]["fields"]["micro_batches"] == 4
 
 

@@ -168,7 +168,7 @@ def highlights(result: dict[str, Any]) -> list[str]:
     held = [row for row in result["rows"] if row.get("model_state_bytes") and row.get("workers_measured") == 2]
     if held:
         least = min(held, key=lambda row: row["model_state_bytes"])
-        most = max(held, key=lambda row: row["model_state_bytes"])
+        base = next((row for row in held if row["key"] == "ddp"), max(held, key=lambda r: r["model_state_bytes"]))
         lines.append(f"Least model state per worker: {least['label']} ({least['model_state_bytes'] / KB:,.0f} kB, "
-                     f"{least['model_state_bytes'] / most['model_state_bytes']:.0%} of {most['label']}'s).")
+                     f"{least['model_state_bytes'] / base['model_state_bytes']:.0%} of {base['label']}'s).")
     return lines
