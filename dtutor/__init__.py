@@ -10,7 +10,7 @@ The shape of the package (every notebook cell calls one of these):
 - ``dtutor.result``: ``RunResult``, what every rank of every run returns, and ``max_difference``;
 - ``dtutor.progress``: one live progress bar per run, relayed from a launched rank 0;
 - ``dtutor.plots`` (learning curves), ``dtutor.exercises`` (the notebooks' exercise checks);
-- ``dtutor.data``, ``dtutor.models``, ``dtutor.devices``, ``dtutor.bench``, ``dtutor.notebook``.
+- ``dtutor.data``, ``dtutor.models``, ``dtutor.devices``, ``dtutor.bench``, ``dtutor.guide``, ``dtutor.notebook``.
 
 Importing ``dtutor`` imports neither torch nor TensorFlow.
 """

@@ -9,7 +9,7 @@ The rows are JSON-friendly; ``plot_memory`` draws them. Nothing here imports tor
 the launched processes.
 
     python -m dtutor.bench zero                  # all configurations, about 2 minutes on 2 cores
-    python -m dtutor.bench zero --quick --json out.json   # 2 configurations of a 1.2 M-parameter model
+    python -m dtutor.bench zero --mode quick --json out.json   # 2 configurations of a 1.2 M-parameter model
 """
 
 from __future__ import annotations

@@ -58,6 +58,13 @@ class RunResult:
         """The strategy's registry name."""
         return self.config.get("strategy", "")
 
+    def samples_per_second(self, skip_epochs: int = 1) -> float | None:
+        """Throughput over the epochs after the first ``skip_epochs`` (warm-up), by the slowest rank's time;
+        None without such epochs."""
+        timed = self.epochs[skip_epochs:]
+        seconds = sum(e.seconds for e in timed)
+        return sum(e.samples for e in timed) / seconds if timed and seconds > 0 else None
+
     def summary(self) -> str:
         """One short line for people: strategy, ranks, last epoch's loss and accuracy, test accuracy."""
         parts = [f"{self.strategy} on {self.world_size} rank(s)"]

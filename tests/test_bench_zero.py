@@ -58,7 +58,7 @@ def test_the_plot_titles_the_measured_ratio():
 
 def test_the_command_prints_and_writes_the_quick_table(tmp_path, capsys):
     out = tmp_path / "zero.json"
-    bench.main(["zero", "--quick", "--json", str(out)])
+    bench.main(["zero", "--mode", "quick", "--json", str(out)])
     printed = capsys.readouterr().out
     rows = json.loads(out.read_text())
     assert [row["configuration"] for row in rows] == ["ZeRO-3 bf16", "FSDP fp32"]

@@ -36,3 +36,11 @@ def test_summary_and_dict_are_short_and_computed_from_the_numbers():
     assert run.summary() == "ddp on 2 rank(s); epoch 0: loss 1.5000, accuracy 0.250, 512 samples/s; test accuracy 0.900"
     assert repr(run).startswith("RunResult(rank=0, ddp") and "array" not in repr(run)
     assert run.as_dict()["parameters"] is None and run.as_dict(parameters=True)["parameters"] == {"w": [1.0] * 3}
+
+
+def test_throughput_skips_the_warm_up_epochs():
+    run = RunResult(0, 2, {"strategy": "ddp"}, epochs=[EpochStats(0, 2, 100, 1.0, 0.5, 10.0),
+                                                      EpochStats(1, 2, 100, 1.0, 0.5, 1.0),
+                                                      EpochStats(2, 2, 100, 1.0, 0.5, 3.0)])
+    assert run.samples_per_second() == 50.0 and run.samples_per_second(skip_epochs=0) == 300 / 14
+    assert RunResult(0, 1, {}, epochs=run.epochs[:1]).samples_per_second() is None  # only a warm-up

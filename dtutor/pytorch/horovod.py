@@ -32,6 +32,7 @@ class Horovod(Strategy):
     """Horovod's ``DistributedOptimizer`` with broadcasts from rank 0."""
 
     name = "horovod"
+    optimizer_options: dict[str, Any] = {}  # more arguments for hvd.DistributedOptimizer (e.g. num_groups)
 
     def join(self) -> None:
         """``hvd.init()``; pin this worker's GPU by its local rank."""
@@ -50,7 +51,7 @@ class Horovod(Strategy):
         self.hvd.broadcast_optimizer_state(optimizer, root_rank=0)
         return model, self.hvd.DistributedOptimizer(
             optimizer, named_parameters=model.named_parameters(), op=self.hvd.Average,
-            backward_passes_per_step=self.config.accumulation)
+            backward_passes_per_step=self.config.accumulation, **self.optimizer_options)
 
     def reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
         """``hvd.allreduce`` with Sum or Max."""

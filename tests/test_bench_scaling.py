@@ -1,3 +1,5 @@
+"""The DDP scaling, Horovod-vs-DDP and driver-overhead benchmarks (dtutor.bench.scaling), through dtutor.bench."""
+
 import pytest
 
 from dtutor import TrainConfig, bench, data

@@ -1,10 +1,5 @@
-"""Benchmarks that print tables (targets live here, never in timed unit tests).
-
-    python -m dtutor.bench ddp             # DDP scaling 1 -> 2 ranks (1 thread each) and the driver's overhead
-    python -m dtutor.bench horovod         # Horovod (PyTorch) beside DDP, 1 and 2 ranks, same model and data
-    python -m dtutor.bench pipeline        # the pipeline bubble (measured, theory, gap); memory and speed per split
-    python -m dtutor.bench zero            # ZeRO 0-3 and FSDP model-state memory per rank, measured against formulas
-    python -m dtutor.bench ddp --json out.json
+"""DDP scaling, Horovod beside DDP, the driver's overhead and the pipeline tables (``python -m dtutor.bench
+ddp``, ``horovod``, ``pipeline``).
 
 Targets on the course's 2-core CPU: DDP on 2 ranks reaches at least 90% of the machine's own ceiling, measured
 in the same run (two processes that train alone side by side, never communicating: on a 2-core virtual machine
@@ -15,8 +10,6 @@ every part of the measured model-state memory within 10% of its ZeRO formula (``
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import time
 from collections.abc import Callable
@@ -36,8 +29,7 @@ def throughput(strategy: str, nprocs: int, batch_per_rank: int = 256, samples: i
     results = launch.train(nprocs, strategy=strategy, global_batch=batch_per_rank * nprocs, samples=samples,
                            epochs=epochs, test_samples=0, return_parameters=False, threads_per_rank=1,
                            timeout=timeout, quiet=True)
-    timed = results[0].epochs[1:]
-    return sum(e.samples for e in timed) / sum(e.seconds for e in timed)
+    return results[0].samples_per_second()
 
 
 def independent_throughput(batch_per_rank: int = 256, samples: int = 512, epochs: int = 8) -> float:
@@ -277,37 +269,3 @@ def format_pipeline(result: dict[str, Any]) -> str:
     from dtutor.pytorch.model_parallel import bubble, memory
 
     return f"{bubble.format_bubble(result['bubble'])}\n\n{memory.format_memory(result['memory'])}"
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Command line: ``python -m dtutor.bench {ddp,horovod,pipeline,zero} [--quick] [--json FILE]``."""
-    parser = argparse.ArgumentParser(prog="python -m dtutor.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["ddp", "horovod", "pipeline", "zero"])
-    parser.add_argument("--batch-per-rank", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=5,
-                        help="pairs of 1-rank and 2-rank runs, or timed pipeline steps (median)")
-    parser.add_argument("--rounds", type=int, default=60, help="pairs of driver and hand-written runs (median)")
-    parser.add_argument("--quick", action="store_true", help="zero: two configurations of a small model")
-    parser.add_argument("--json", metavar="FILE", help="also write the numbers to FILE")
-    args = parser.parse_args(argv)
-    if args.what == "ddp":
-        result: Any = bench_ddp(args.batch_per_rank, args.repeats, args.rounds, log=print)
-        print(format_ddp(result))
-    elif args.what == "zero":
-        from dtutor import bench_zero
-
-        result = bench_zero.bench_zero(quick=args.quick)
-        print(bench_zero.format_zero(result))
-    elif args.what == "pipeline":
-        result = bench_pipeline(args.repeats)
-        print(format_pipeline(result))
-    else:
-        result = bench_horovod_vs_ddp(args.batch_per_rank, args.repeats, log=print)
-        print(format_table(result))
-    if args.json:
-        with open(args.json, "w") as file:
-            json.dump(result, file, indent=2)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,5 @@
+"""``python -m dtutor.bench ...``: see ``dtutor.bench``."""
+
+from dtutor.bench import main
+
+main()

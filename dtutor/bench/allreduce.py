@@ -1,0 +1,156 @@
+"""All-reduce from 4 KB to 64 MB: time, algorithm bandwidth and bus bandwidth, as nccl-tests define them.
+
+For a message of S bytes that one all-reduce takes t seconds on n ranks::
+
+    algbw = S / t                     (what the caller sees)
+    busbw = algbw x 2(n-1)/n          (what the busiest link carries: a ring sends 2(n-1)/n x S per rank)
+
+so busbw is comparable across rank counts and with a link's speed. Small messages are latency-bound (t is
+about constant), large ones bandwidth-bound (busbw levels off). ``half_bandwidth_size`` is where the two
+meet: the message size that reaches half the largest busbw. DDP all-reduces its gradients in buckets of at
+most 25 MiB (``bucket_cap_mb=25``), so the plot marks that size, and the course CNN's whole gradient.
+
+gloo on CPUs, NCCL when every rank has a GPU (``backend="auto"``). Launch recipe (what ``bench_allreduce``
+starts)::
+
+    torchrun --standalone --nproc-per-node=2 -m dtutor.launch dtutor.bench.allreduce:measure
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+from dtutor.bench.theory import BYTES_FP32, bus_bandwidth
+from dtutor.models import MNIST_CNN_PARAMETERS
+
+MIB = 1024 * 1024
+DDP_BUCKET_BYTES = 25 * MIB  # torch.nn.parallel.DistributedDataParallel(bucket_cap_mb=25)
+CNN_GRADIENT_BYTES = MNIST_CNN_PARAMETERS * BYTES_FP32
+SIZES = [4 * 1024 * 4**k for k in range(8)]  # 4 KiB, 16 KiB, ..., 64 MiB
+
+
+def default_sizes() -> list[int]:
+    """4 KiB to 64 MiB by fours, plus DDP's bucket and the CNN's gradient (the sizes the notebook marks)."""
+    return sorted({*SIZES, DDP_BUCKET_BYTES, CNN_GRADIENT_BYTES})
+
+
+def _time_loop(tensor, iterations: int, synchronize) -> float:
+    import torch.distributed as dist
+
+    dist.barrier()
+    start = time.perf_counter()
+    for _ in range(iterations):
+        dist.all_reduce(tensor)
+    synchronize()
+    return (time.perf_counter() - start) / iterations
+
+
+def measure(sizes: list[int] | None = None, budget: float = 0.3, loops: int = 3, backend: str = "auto",
+            max_iterations: int = 200) -> list[dict[str, Any]]:
+    """Entry point (every rank): per size, the median over ``loops`` loops of the time per all-reduce (the
+    slowest rank's); each loop runs about ``budget`` seconds (at least 2 iterations), after a warm-up."""
+    import torch
+    import torch.distributed as dist
+
+    from dtutor.pytorch.process_group import join_process_group, leave_process_group
+
+    rank, world, device = join_process_group(backend)
+
+    def synchronize() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    try:
+        rows = []
+        for size in sizes or default_sizes():
+            tensor = torch.ones(max(1, size // BYTES_FP32), dtype=torch.float32, device=device)
+            first = torch.tensor([_time_loop(tensor, 1, synchronize)], dtype=torch.float64, device=device)
+            dist.all_reduce(first, op=dist.ReduceOp.MAX)  # every rank picks the same iteration count
+            iterations = int(min(max_iterations, max(2, budget / max(first.item(), 1e-6))))
+            times = []
+            for _ in range(loops):
+                each = torch.tensor([_time_loop(tensor, iterations, synchronize)], dtype=torch.float64,
+                                    device=device)
+                dist.all_reduce(each, op=dist.ReduceOp.MAX)
+                times.append(each.item())
+            seconds = statistics.median(times)
+            algbw = tensor.numel() * BYTES_FP32 / seconds
+            rows.append({"bytes": tensor.numel() * BYTES_FP32, "seconds": seconds, "algbw": algbw,
+                         "busbw": bus_bandwidth(algbw, world), "iterations": iterations, "ranks": world,
+                         "backend": dist.get_backend()})
+        return rows
+    finally:
+        leave_process_group()
+
+
+def bench_allreduce(nprocs: int = 2, quick: bool = True, timeout: float = 600.0) -> dict[str, Any]:
+    """Measure on ``nprocs`` ranks (one thread each); quick: about 0.1 s per size and loop, else 0.5 s."""
+    from dtutor import launch
+
+    rows = launch.run("dtutor.bench.allreduce:measure", nprocs, quiet=True, timeout=timeout, threads_per_rank=1,
+                      budget=0.1 if quick else 0.5)[0]
+    return {"rows": rows, "ranks": nprocs, "backend": rows[0]["backend"], **summary(rows)}
+
+
+def _nearest(rows: list[dict[str, Any]], size: int) -> dict[str, Any]:
+    return min(rows, key=lambda row: abs(row["bytes"] - size))
+
+
+def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Latency (the smallest message's time), peak busbw, the half-bandwidth size, and the two marked sizes."""
+    peak = max(row["busbw"] for row in rows)
+    half = next((row["bytes"] for row in sorted(rows, key=lambda r: r["bytes"]) if row["busbw"] >= peak / 2), None)
+    bucket, cnn = _nearest(rows, DDP_BUCKET_BYTES), _nearest(rows, CNN_GRADIENT_BYTES)
+    return {"latency_s": min(rows, key=lambda r: r["bytes"])["seconds"], "peak_busbw": peak,
+            "half_bandwidth_size": half, "bucket_fraction_of_peak": bucket["busbw"] / peak,
+            "cnn_fraction_of_peak": cnn["busbw"] / peak, "cnn_seconds": cnn["seconds"]}
+
+
+def _size(value: float) -> str:
+    for unit, scale in (("MiB", MIB), ("KiB", 1024)):
+        if value >= scale:
+            return f"{value / scale:.4g} {unit}"
+    return f"{value:g} B"
+
+
+def format_allreduce(result: dict[str, Any]) -> str:
+    """The table (size, time, algbw, busbw) and what it says, every sentence computed from the numbers."""
+    lines = [f"all-reduce on {result['ranks']} ranks ({result['backend']}), float32; "
+             f"busbw = algbw x 2(n-1)/n", f"{'size':>12}{'time':>12}{'algbw GB/s':>12}{'busbw GB/s':>12}"]
+    for row in result["rows"]:
+        mark = "  <- DDP bucket (25 MiB)" if row["bytes"] == DDP_BUCKET_BYTES else (
+            "  <- the CNN's gradient" if row["bytes"] == CNN_GRADIENT_BYTES else "")
+        lines.append(f"{_size(row['bytes']):>12}{row['seconds'] * 1e3:>10.3f}ms{row['algbw'] / 1e9:>12.3f}"
+                     f"{row['busbw'] / 1e9:>12.3f}{mark}")
+    half = result["half_bandwidth_size"]
+    lines += ["", f"latency (smallest message): {result['latency_s'] * 1e3:.2f} ms; peak busbw "
+              f"{result['peak_busbw'] / 1e9:.2f} GB/s; half of it from {_size(half) if half else '-'} on",
+              f"DDP's 25 MiB bucket reaches {result['bucket_fraction_of_peak']:.0%} of the peak busbw; the CNN's "
+              f"whole gradient ({_size(CNN_GRADIENT_BYTES)}) {result['cnn_fraction_of_peak']:.0%}, in "
+              f"{result['cnn_seconds'] * 1e3:.2f} ms"]
+    return "\n".join(lines)
+
+
+def plot_allreduce(result: dict[str, Any]):
+    """Time and bus bandwidth against message size (log scales), DDP's bucket and the CNN's gradient marked."""
+    import matplotlib.pyplot as plt
+
+    rows = sorted(result["rows"], key=lambda r: r["bytes"])
+    sizes = [row["bytes"] for row in rows]
+    figure, (timing, bandwidth) = plt.subplots(1, 2, figsize=(11, 3.8))
+    timing.loglog(sizes, [row["seconds"] * 1e3 for row in rows], "o-")
+    timing.set_ylabel("time per all-reduce (ms)")
+    bandwidth.semilogx(sizes, [row["busbw"] / 1e9 for row in rows], "o-", label="busbw")
+    bandwidth.semilogx(sizes, [row["algbw"] / 1e9 for row in rows], "s--", alpha=0.6, label="algbw")
+    bandwidth.set_ylabel("GB/s")
+    for axes in (timing, bandwidth):
+        axes.axvline(DDP_BUCKET_BYTES, color="tab:red", ls=":", label="DDP bucket, 25 MiB")
+        axes.axvline(CNN_GRADIENT_BYTES, color="tab:green", ls=":", label=f"CNN gradient, {_size(CNN_GRADIENT_BYTES)}")
+        axes.set_xlabel("message size (bytes)")
+    bandwidth.legend(fontsize=8)
+    figure.suptitle(f"all-reduce, {result['ranks']} ranks, {result['backend']}: latency "
+                    f"{result['latency_s'] * 1e3:.2f} ms, peak busbw {result['peak_busbw'] / 1e9:.2f} GB/s")
+    figure.tight_layout()
+    return figure

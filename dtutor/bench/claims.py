@@ -1,0 +1,140 @@
+"""The seed's comparison table, and each of its claims beside the number of ``python -m dtutor.bench all``
+that confirms, corrects or limits it (or says that it is unmeasured here, and why).
+
+The seed ends with a table of DataParallel, DDP, Horovod, MirroredStrategy and DeepSpeed: framework, kind of
+parallelism, where each fits, strengths and weaknesses, every claim asserted. ``SEED_TABLE`` keeps its
+columns; the phrases in quotes are the seed's. ``claims(result)`` computes every verdict and sentence from
+the benchmark's result, so the notebook's text always says what the numbers say.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+SEED_TABLE = [
+    {"method": "DataParallel", "framework": "PyTorch", "parallelism": "data, one process, threads",
+     "fits": "one machine, a few GPUs", "strength": "two lines of code",
+     "weakness": '"the main GPU is a bottleneck"'},
+    {"method": "DDP", "framework": "PyTorch", "parallelism": "data, one process per GPU",
+     "fits": "many GPUs, many machines", "strength": '"reduces communication overhead"',
+     "weakness": "more set-up: processes, a launcher"},
+    {"method": "Horovod", "framework": "PyTorch, TensorFlow", "parallelism": "data, ring all-reduce",
+     "fits": '"suits multi-node"', "strength": "one API for several frameworks",
+     "weakness": "a separate install (MPI or gloo)"},
+    {"method": "MirroredStrategy", "framework": "TensorFlow", "parallelism": "data, synchronous replicas",
+     "fits": "one machine, several GPUs", "strength": "a scope around the model", "weakness": "one machine"},
+    {"method": "DeepSpeed", "framework": "PyTorch", "parallelism": "hybrid: ZeRO partitioning (+ pipeline)",
+     "fits": "large models", "strength": '"optimises large-model training"',
+     "weakness": "complex to configure"},
+]
+
+
+def _rows(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {row["key"]: row for row in result["rows"]}
+
+
+def _kb(value: float | None) -> str:
+    return "-" if value is None else f"{value / 1000:,.0f} kB"
+
+
+def _share(part: float | None, whole: float | None) -> str:
+    return "-" if not (part and whole) else f"{part / whole:.0%}"
+
+
+def dataparallel_claim(rows: dict[str, Any], gpu_results: list[dict[str, Any]]) -> tuple[str, str]:
+    """DataParallel's bottleneck: measurable only on GPUs (notebook 01's per-GPU memory, and its speed)."""
+    dp, single = rows.get("dataparallel", {}), rows.get("single", {})
+    here = (f"on this CPU it calls the model once in one process ({dp.get('samples_per_s_1') or 0:,.0f} "
+            f"samples/s against single's {single.get('samples_per_s_1') or 0:,.0f}); proof "
+            f"{'passed' if dp.get('proof', {}).get('passed') else 'not passed'}")
+    measured = [r for r in gpu_results if r.get("dataparallel_memory")]
+    if not measured:
+        why = "no GPU result is recorded (results/gpu/ is empty)" if not gpu_results else \
+            "no recorded GPU result has DataParallel's per-GPU memory (it needs 2 GPUs or more)"
+        return "unmeasured", f"{why}: the first GPU's memory excess needs notebook 01's GPU run; " + here
+    peaks = measured[-1]["dataparallel_memory"]
+    others = sum(peaks[1:]) / len(peaks[1:])
+    excess = peaks[0] / others - 1
+    where = f"{measured[-1]['machine']['gpus'][0]}, {measured[-1]['machine']['date'][:10]}"
+    return ("confirms" if excess > 0.1 else "corrects"), (
+        f"recorded on {len(peaks)} x {where}: the first GPU peaks at {peaks[0] / 2**30:.2f} GiB, "
+        f"{excess:+.0%} against the others' mean ({others / 2**30:.2f} GiB); " + here)
+
+
+def ddp_claim(rows: dict[str, Any]) -> tuple[str, str]:
+    """DDP: one ring all-reduce of the gradients per step, and how close to the ceiling that leaves it."""
+    ddp = rows.get("ddp", {})
+    if ddp.get("bytes_counted") is None or ddp.get("vs_ceiling") is None:
+        return "unmeasured", "DDP did not run at 2 workers"
+    verdict = "confirms" if ddp.get("bytes_match") and ddp["vs_ceiling"] >= 0.9 else "limits"
+    return verdict, (f"sends {_kb(ddp['bytes_counted'])} per worker per step, theory {_kb(ddp['bytes_theory'])} "
+                     f"(one ring all-reduce of the gradients, nothing more); scaling efficiency "
+                     f"{ddp['efficiency']:.2f}, which is {ddp['vs_ceiling']:.2f} of what two processes that never "
+                     "communicate reach here")
+
+
+def horovod_claim(rows: dict[str, Any]) -> tuple[str, str]:
+    """Horovod: the same bytes as DDP; its efficiency against DDP's, on one machine."""
+    hvd, ddp = rows.get("horovod", {}), rows.get("ddp", {})
+    if not (hvd.get("efficiency") and ddp.get("efficiency")):
+        return "unmeasured", "Horovod or DDP did not run at 2 workers"
+    relative = hvd["efficiency"] / ddp["efficiency"]
+    verdict = "limits" if relative < 0.95 else "confirms"
+    cpu = ""
+    if all(row.get(k) is not None for row in (hvd, ddp) for k in ("main_thread_cpu_per_step",
+                                                                 "other_threads_cpu_per_step")):
+        extra = sum(hvd[k] - ddp[k] for k in ("main_thread_cpu_per_step", "other_threads_cpu_per_step"))
+        cpu = f"; its workers use {extra * 1e3:+.1f} ms of CPU per step against DDP's (section 5)"
+    return verdict, (f"multi-node is not measurable on one machine; here it sends what DDP sends "
+                     f"({_kb(hvd.get('bytes_counted'))} against {_kb(ddp.get('bytes_counted'))}) and scales "
+                     f"{hvd['efficiency']:.2f} against DDP's {ddp['efficiency']:.2f} ({relative:.0%} of it){cpu}")
+
+
+def mirrored_claim(rows: dict[str, Any]) -> tuple[str, str]:
+    """MirroredStrategy: correct with a scope around the model; one process, so nothing is sent."""
+    mirrored, worker = rows.get("mirrored", {}), rows.get("multiworker", {})
+    if mirrored.get("proof", {}).get("passed") is None:
+        return "unmeasured", "MirroredStrategy did not run"
+    verdict = "confirms" if mirrored["proof"]["passed"] else "corrects"
+    return verdict, (f"2 replicas equal one device (proof {'passed' if mirrored['proof']['passed'] else 'FAILED'}),"
+                     f" in one process: nothing is sent; across processes MultiWorkerMirroredStrategy sends "
+                     f"{_kb(worker.get('bytes_counted'))} per step, theory {_kb(worker.get('bytes_theory'))}")
+
+
+def deepspeed_claim(rows: dict[str, Any]) -> tuple[str, str]:
+    """DeepSpeed: the model state per worker it saves, and what it costs in bytes and speed on a small model."""
+    ddp, z1, z3 = rows.get("ddp", {}), rows.get("deepspeed_zero1", {}), rows.get("deepspeed_zero3", {})
+    if not (ddp.get("model_state_bytes") and z3.get("model_state_bytes")):
+        return "unmeasured", "DDP or ZeRO-3 did not run at 2 workers"
+    saves = z3["model_state_bytes"] < ddp["model_state_bytes"]
+    slower = (z3.get("samples_per_s_2") or 0) < (ddp.get("samples_per_s_2") or 0)
+    verdict = "confirms" if saves and not slower else "limits" if saves else "corrects"
+    return verdict, (f"model state per worker: ZeRO-1 {_share(z1.get('model_state_bytes'), ddp['model_state_bytes'])}"
+                     f", ZeRO-3 {_share(z3['model_state_bytes'], ddp['model_state_bytes'])} of DDP's "
+                     f"({_kb(ddp['model_state_bytes'])}); it pays in bytes (ZeRO-1 x"
+                     f"{(z1.get('bytes_counted') or 0) / (ddp.get('bytes_counted') or 1):.2f}, ZeRO-3 x"
+                     f"{(z3.get('bytes_counted') or 0) / (ddp.get('bytes_counted') or 1):.2f} DDP's per step) and, "
+                     f"on this small model, in speed ({_share(z3.get('samples_per_s_2'), ddp.get('samples_per_s_2'))}"
+                     " of DDP's samples/s at 2 workers): it pays off when the model does not fit")
+
+
+def claims(result: dict[str, Any], gpu_results: list[dict[str, Any]] | None = None) -> list[dict[str, str]]:
+    """One entry per seed row: its claim, the verdict (confirms, corrects, limits, unmeasured), the numbers."""
+    rows, gpu_results = _rows(result), gpu_results or []
+    found = {"DataParallel": dataparallel_claim(rows, gpu_results), "DDP": ddp_claim(rows),
+             "Horovod": horovod_claim(rows), "MirroredStrategy": mirrored_claim(rows),
+             "DeepSpeed": deepspeed_claim(rows)}
+    claim_of = {"DataParallel": "weakness", "DDP": "strength", "Horovod": "fits", "MirroredStrategy": "strength",
+                "DeepSpeed": "strength"}
+    return [{"method": seed["method"], "claim": seed[claim_of[seed["method"]]], "verdict": found[seed["method"]][0],
+             "measured": found[seed["method"]][1]} for seed in SEED_TABLE]
+
+
+def claims_markdown(result: dict[str, Any], gpu_results: list[dict[str, Any]] | None = None) -> str:
+    """The seed's table with two more columns: the verdict and the measurement behind it."""
+    lines = ["| method | framework | parallelism | where it fits | the seed's claim | verdict | measured here |",
+             "|---|---|---|---|---|---|---|"]
+    for seed, claim in zip(SEED_TABLE, claims(result, gpu_results), strict=True):
+        lines.append(f"| {seed['method']} | {seed['framework']} | {seed['parallelism']} | {seed['fits']} | "
+                     f"{claim['claim']} | **{claim['verdict']}** | {claim['measured']} |")
+    return "\n".join(lines)

@@ -1,0 +1,174 @@
+"""From the runs of ``python -m dtutor.bench all`` to its table: one dict per registry row.
+
+Each row: samples/s at 1 and 2 workers (medians over rounds), the scaling efficiency T2 / (2 T1) (median
+of the rounds' pairs) and that efficiency against the **ceiling** measured in the same run, the largest
+model state a worker held, the bytes a worker sent per step as counted against ``theory``, and the
+correctness proof: the 2-worker parameters against the reference the test suite uses, within its tolerance.
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+from dtutor.bench import theory
+from dtutor.result import max_difference
+
+# strategy -> (the run its parameters are compared with, the tolerance of its test in tests/)
+PROOFS = {
+    "single": ("single@1", 0.0),  # the ceiling's runs repeat the 1-worker run bit for bit
+    "dataparallel": ("single@1", 1e-6),  # test_pytorch_dataparallel.py
+    "ddp": ("reference", 1e-5),  # test_pytorch_ddp.py
+    "horovod": ("reference", 1e-5),  # test_pytorch_horovod.py
+    "deepspeed": ("ddp@2", 1e-6),  # test_pytorch_sharded_deepspeed_zero.py
+    "fsdp": ("ddp@2", 1e-6),  # test_pytorch_sharded_fsdp.py
+    "pipeline_gpipe": ("reference", 1e-5),  # test_pytorch_model_parallel_strategies.py
+    "pipeline_1f1b": ("reference", 1e-5),
+    "tensor_parallel": ("reference", 1e-5),
+    "mirrored": ("tf_reference", 1e-5),  # test_tf_driver.py (TOLERANCE, shared by the TF tests)
+    "multiworker": ("tf_reference", 1e-5),
+    "horovod_keras": ("tf_reference", 1e-5),
+}
+
+
+def model_facts(model: str = "cnn", stages: int = 2) -> dict[str, Any]:
+    """What theory needs of a model: each pipeline boundary's activations per sample (cut into ``stages``
+    as the pipeline strategies cut it) and the (input, output) widths of each column/row linear pair."""
+    import torch
+    from torch import nn
+
+    from dtutor import models
+    from dtutor.pytorch.model_parallel import stages as st
+
+    net = models.by_name(model)()
+    parts = st.stage_modules(net, st.even_cuts(len(models.pipeline_layers(net)), stages))
+    shapes = st.boundary_shapes(parts[:-1], torch.zeros(1, 1, 28, 28))
+    linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    pairs = [(a.in_features, b.out_features) for a, b in zip(linears[0::2], linears[1::2], strict=False)]
+    return {"boundaries": [shape[1:].numel() for shape in shapes], "pairs": pairs}
+
+
+def expected_bytes(strategy: str, parallelism: str, zero_stage: int, n: int, gradient_bytes: float,
+                   facts: dict[str, Any], batch: int) -> float | None:
+    """Theory's bytes per worker and step (None: nothing crosses a link, the replicas share a process)."""
+    if strategy in ("single", "dataparallel"):
+        return 0.0  # one process: on GPUs DataParallel copies between them, which is not modelled here
+    if strategy == "mirrored":
+        return None
+    if parallelism == "pipeline":
+        return theory.pipeline_bytes(facts["boundaries"], batch)
+    if parallelism == "tensor":
+        return theory.tensor_parallel_bytes([tuple(p) for p in facts["pairs"]], batch, n)
+    if strategy in ("deepspeed", "fsdp"):
+        return theory.sharded_bytes(gradient_bytes, n, zero_stage if strategy == "deepspeed" else 3)
+    return theory.data_parallel_bytes(gradient_bytes, n)
+
+
+def index(records: list[dict[str, Any]]) -> dict[str, dict[int, list[dict[str, Any]]]]:
+    """``runs[name][round]``: every rank's measurements of one run."""
+    runs: dict[str, dict[int, list[dict[str, Any]]]] = {}
+    for record in records:
+        runs.setdefault(record["case"]["name"], {})[record["round"]] = record["ranks"]
+    return runs
+
+
+def _ok(ranks: list[dict[str, Any]] | None) -> bool:
+    return bool(ranks) and all("error" not in rank for rank in ranks)
+
+
+def _rate(ranks: list[dict[str, Any]] | None) -> float | None:
+    return ranks[0].get("samples_per_s") if _ok(ranks) else None
+
+
+def ceilings(runs: dict[str, dict[int, list[dict[str, Any]]]]) -> list[float]:
+    """Per round: the two independent single runs' samples/s together, over 2x one alone the same round."""
+    found = []
+    for round_, ranks in runs.get("ceiling", {}).items():
+        alone = _rate(runs.get("single@1", {}).get(round_))
+        if _ok(ranks) and alone:
+            found.append(sum(rank["samples_per_s"] for rank in ranks) / (2 * alone))
+    return found
+
+
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def proof(strategy: str, ranks: list[dict[str, Any]] | None, runs: dict) -> dict[str, Any]:
+    """The row's parameters against its reference (``PROOFS``), from the first round."""
+    reference_name, tolerance = PROOFS[strategy]
+    reference = runs.get("ceiling" if strategy == "single" else reference_name, {}).get(0)
+    if strategy == "single":
+        ranks, reference = reference, runs.get("single@1", {}).get(0)
+    if not (_ok(ranks) and _ok(reference)):
+        return {"reference": reference_name, "tolerance": tolerance, "difference": None, "passed": None}
+    difference = max_difference(ranks[0]["parameters"], reference[0]["parameters"])
+    return {"reference": reference_name, "tolerance": tolerance, "difference": difference,
+            "passed": difference <= tolerance}
+
+
+def gradient_bytes(runs: dict, framework: str) -> float | None:
+    """The model's fp32 gradient bytes, from the reference run's parameters (the same size)."""
+    ranks = runs.get("reference" if framework == "torch" else "tf_reference", {}).get(0)
+    if not _ok(ranks):
+        return None
+    return float(sum(value.size for value in ranks[0]["parameters"].values()) * theory.BYTES_FP32)
+
+
+def build_row(row: Any, runs: dict, skipped: dict[int, str], ceiling: float | None, facts: dict[str, Any],
+              batch_per_worker: int) -> dict[str, Any]:
+    """One table row (see the module docstring) from the runs of every round."""
+    one, two = runs.get(f"{row.key}@1", {}), runs.get(f"{row.key}@2", {})
+    pairs = [(_rate(one.get(r)), _rate(two.get(r))) for r in sorted(set(one) | set(two))]
+    rate1 = _median([a for a, _ in pairs if a])
+    rate2 = _median([b for _, b in pairs if b])
+    efficiency = _median([b / (2 * a) for a, b in pairs if a and b])
+    measured = two.get(0) if _ok(two.get(0)) else one.get(0)
+    workers = 2 if measured is two.get(0) else 1
+    out: dict[str, Any] = {
+        "key": row.key, "label": row.label, "framework": row.framework, "parallelism": row.parallelism,
+        "samples_per_s_1": rate1, "samples_per_s_2": rate2, "efficiency": efficiency,
+        "vs_ceiling": efficiency / ceiling if efficiency and ceiling else None, "skipped": skipped,
+        "errors": sorted({rank["error"] for runs_ in (one, two) for ranks in runs_.values() for rank in ranks
+                          if "error" in rank})}
+    if _ok(measured):
+        heaviest = max(measured, key=lambda rank: rank.get("model_state_bytes") or 0)
+        busiest = max(measured, key=lambda rank: rank.get("bytes_per_step") or 0)
+        grads = gradient_bytes(runs, row.framework)
+        expected = None if grads is None else expected_bytes(
+            row.strategy, row.parallelism, row.extra.get("zero_stage", 0), workers, grads, facts,
+            batch_per_worker * workers)
+        counted = busiest.get("bytes_per_step")
+        out.update(workers_measured=workers, model_state_bytes=heaviest.get("model_state_bytes"),
+                   model_state=heaviest.get("model_state"), bytes_counted=counted, bytes_theory=expected,
+                   bytes_ratio=counted / expected if counted is not None and expected else None,
+                   bytes_match=theory.within(counted, expected), collectives=busiest.get("collectives"),
+                   calls=busiest.get("calls_per_step"),
+                   **_cpu(measured))
+    out["proof"] = proof(row.strategy, two.get(0) if row.strategy not in ("single", "dataparallel") else
+                         one.get(0), runs)
+    return out
+
+
+def _cpu(ranks: list[dict[str, Any]]) -> dict[str, float]:
+    """Per timed step, mean over ranks: wall time, the main thread's CPU and the other threads' (gloo's,
+    Horovod's background thread) CPU seconds (PyTorch runs only)."""
+    ranks = [r for r in ranks if "cpu_per_step" in r]
+    if not ranks:
+        return {}
+    return {"wall_per_step": statistics.mean(r["wall_per_step"] for r in ranks),
+            "main_thread_cpu_per_step": statistics.mean(r["main_thread_cpu_per_step"] for r in ranks),
+            "other_threads_cpu_per_step": statistics.mean(r["cpu_per_step"] - r["main_thread_cpu_per_step"]
+                                                          for r in ranks)}
+
+
+def build_rows(planned: dict[str, Any], records: list[dict[str, Any]], batch_per_worker: int) -> dict[str, Any]:
+    """The whole table: every row, the ceiling of each round and its median."""
+    runs = index(records)
+    found = ceilings(runs)
+    ceiling = _median(found)
+    facts = model_facts("cnn", 2)
+    rows = [build_row(row, runs, planned["skipped"].get(row.key, {}), ceiling, facts, batch_per_worker)
+            for row in planned["rows"]]
+    return {"rows": rows, "ceiling": ceiling, "ceilings": found, "single_1": _median(
+        [r for r in (_rate(ranks) for ranks in runs.get("single@1", {}).values()) if r]), "model_facts": facts}

@@ -1,0 +1,144 @@
+"""Which strategy to use, from the model's size and the machines: the rules notebook 07's guide and widget apply.
+
+``recommend(parameters, gpus_per_node, nodes, framework, gpu_memory_gb)`` returns a ``Choice``: the
+strategy (a ``dtutor.strategies`` name), the ``TrainConfig`` fields it needs, the command that launches it
+and the reasons, each stated with the figure it rests on. The rules, in order:
+
+1. **Memory first.** Training with Adam keeps ``BYTES_PER_PARAMETER`` = 16 bytes per parameter on a
+   device that holds a whole copy (fp32 weights and gradients and Adam's two moments: 4 + 4 + 8; mixed
+   precision keeps the same 16: 2 + 2 + 12, ZeRO paper section 3), and activations need room too: a copy
+   must fit in ``HEADROOM`` of a GPU's memory. Fully sharded (ZeRO-3, FSDP), each of N GPUs keeps 1/N.
+2. **A whole copy fits**: one GPU trains alone (``single``); several use DDP, one process per GPU, on one
+   machine or many (measured in ``python -m dtutor.bench all``: DDP is the fastest data-parallel strategy
+   here; ``nn.DataParallel`` is one process that cannot span machines; Horovod reached a lower share of
+   DDP's speed, see notebook 07). TensorFlow: ``MirroredStrategy`` on one machine,
+   ``MultiWorkerMirroredStrategy`` across machines.
+3. **Only a sharded copy fits**: FSDP (PyTorch's own) across all the GPUs; TensorFlow has no built-in
+   sharded data parallelism, so the guide says to move to PyTorch.
+4. **Not even that**: DeepSpeed ZeRO-3 with the optimizer state offloaded to CPU memory (or split the
+   model: pipeline and tensor parallelism, notebook 05).
+5. **No GPU**: DDP over CPU processes with gloo: correct, for learning and testing; not a speed-up.
+
+This module imports no framework (the widget's rules are tested without one).
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+from typing import Any
+
+from dtutor.launch.commands import deepspeed_command, torchrun_command
+from dtutor.launch.runners import show_tf_worker_commands
+
+BYTES_PER_PARAMETER = 16  # Adam: fp32 weights, gradients and two moments (or mixed precision: 2 + 2 + 12)
+HEADROOM = 0.7  # the share of a GPU's memory the model state may take; the rest is activations and buffers
+FRAMEWORKS = ("pytorch", "tensorflow")
+ENTRY = {"pytorch": "dtutor.pytorch.driver:train", "tensorflow": "dtutor.tf.driver:train"}
+GB = 1e9
+CPU_WORKERS = 2  # processes (or logical devices) per machine when there is no GPU
+
+
+@dataclass
+class Choice:
+    """What the guide recommends: a strategy, its extra fields, the launch command and why."""
+
+    strategy: str
+    fields: dict[str, Any] = field(default_factory=dict)
+    command: str = ""
+    reasons: list[str] = field(default_factory=list)
+
+
+def model_state_gb(parameters: float, shards: int = 1) -> float:
+    """Gigabytes of model state per device for ``parameters`` parameters, split over ``shards`` devices."""
+    return parameters * BYTES_PER_PARAMETER / shards / GB
+
+
+def _check(parameters: float, gpus_per_node: int, nodes: int, framework: str, gpu_memory_gb: float) -> None:
+    if not parameters > 0:
+        raise ValueError(f"parameters: must be > 0, got {parameters!r}")
+    if not (isinstance(gpus_per_node, int) and gpus_per_node >= 0):
+        raise ValueError(f"gpus_per_node: must be a whole number >= 0, got {gpus_per_node!r}")
+    if not (isinstance(nodes, int) and nodes >= 1):
+        raise ValueError(f"nodes: must be a whole number >= 1, got {nodes!r}")
+    if framework not in FRAMEWORKS:
+        raise ValueError(f"framework: must be one of {', '.join(FRAMEWORKS)}, got {framework!r}")
+    if not gpu_memory_gb > 0:
+        raise ValueError(f"gpu_memory_gb: must be > 0, got {gpu_memory_gb!r}")
+
+
+def recommend(parameters: float, gpus_per_node: int = 1, nodes: int = 1, framework: str = "pytorch",
+              gpu_memory_gb: float = 80.0) -> Choice:
+    """The strategy for a model of ``parameters`` parameters on ``nodes`` machines of ``gpus_per_node`` GPUs
+    (0: CPUs only) of ``gpu_memory_gb`` each, in ``framework`` (rules in the module docstring)."""
+    _check(parameters, gpus_per_node, nodes, framework, gpu_memory_gb)
+    gpus, budget = gpus_per_node * nodes, HEADROOM * gpu_memory_gb
+    whole, sharded = model_state_gb(parameters), model_state_gb(parameters, max(gpus, 1))
+    memory = (f"model state {whole:,.1f} GB per whole copy ({BYTES_PER_PARAMETER} bytes x {parameters:,.0f} "
+              f"parameters) against {budget:,.1f} GB usable per GPU ({HEADROOM:.0%} of {gpu_memory_gb:g} GB)")
+    if gpus == 0:
+        choice = Choice("ddp" if framework == "pytorch" else "mirrored", reasons=[
+            "no GPU: CPU processes (gloo) or logical CPU devices train correctly, for learning and testing; "
+            "they share the same cores, so expect no speed-up"])
+    elif whole <= budget:
+        choice = _whole_copy(framework, gpus_per_node, nodes, memory)
+    elif framework == "tensorflow":
+        choice = Choice("fsdp", reasons=[memory, "TensorFlow has no built-in sharded data parallelism: "
+                                         "move the model to PyTorch (FSDP or DeepSpeed ZeRO)"])
+    elif sharded <= budget:
+        choice = Choice("fsdp", reasons=[memory, f"sharded over {gpus} GPUs: {sharded:,.1f} GB each, which "
+                                         "fits: FSDP keeps 1/N of every parameter, gradient and optimizer state"])
+    else:
+        choice = Choice("deepspeed", {"zero_stage": 3, "offload": True}, reasons=[
+            memory, f"even sharded over {gpus} GPUs it needs {sharded:,.1f} GB each: ZeRO-3 with the optimizer "
+            "state offloaded to CPU memory, or split the model (pipeline + tensor parallelism)"])
+    choice.command = launch_command(choice, framework, gpus_per_node or CPU_WORKERS, nodes)
+    return choice
+
+
+def _whole_copy(framework: str, gpus_per_node: int, nodes: int, memory: str) -> Choice:
+    gpus = gpus_per_node * nodes
+    fits = f"{memory}: a whole copy fits"
+    if framework == "tensorflow":
+        name = "multiworker" if nodes > 1 else "mirrored"
+        return Choice(name, reasons=[fits, "MultiWorkerMirroredStrategy spans machines (TF_CONFIG)" if nodes > 1
+                                     else f"MirroredStrategy: one replica per GPU ({gpus}) in one process"])
+    if gpus == 1:
+        return Choice("single", reasons=[fits, "one GPU: nothing to distribute"])
+    return Choice("ddp", reasons=[fits, f"{gpus} GPUs: DDP, one process per GPU, gradients all-reduced during "
+                                  "backward; it spans machines, nn.DataParallel does not"])
+
+
+def launch_command(choice: Choice, framework: str, gpus_per_node: int, nodes: int) -> str:
+    """The terminal command(s) that start ``choice`` with the course's driver."""
+    fields = {"strategy": choice.strategy, **choice.fields}
+    entry = ENTRY["pytorch" if choice.strategy in ("ddp", "single", "fsdp", "deepspeed") else framework]
+    if choice.strategy == "deepspeed":
+        return shlex.join(deepspeed_command(entry, gpus_per_node, fields, nnodes=nodes))
+    if choice.strategy == "multiworker":
+        return show_tf_worker_commands(entry, nodes, **fields)
+    if choice.strategy == "mirrored":
+        return shlex.join(["python", "-m", "dtutor.launch", entry, *(f"{k}={v}" for k, v in fields.items()),
+                           f"replicas={gpus_per_node}"])
+    return shlex.join(torchrun_command(entry, gpus_per_node, fields, nnodes=nodes))
+
+
+def check_strategy(answer: str | None, parameters: float, gpus_per_node: int, nodes: int,
+                   framework: str = "pytorch", gpu_memory_gb: float = 80.0) -> str:
+    """Exercise check: is ``answer`` the strategy the guide picks for this case? Says why if not."""
+    if answer is None:
+        return "not attempted yet: set your answer to a strategy name, e.g. 'ddp'"
+    expected = recommend(parameters, gpus_per_node, nodes, framework, gpu_memory_gb)
+    if answer == expected.strategy:
+        return f"right: {expected.strategy}"
+    return f"not quite: the guide picks {expected.strategy!r}, because " + "; ".join(expected.reasons)
+
+
+def check_busbw(answer: float | None, algbw: float, ranks: int) -> str:
+    """Exercise check: is ``answer`` the bus bandwidth of an all-reduce at ``algbw`` on ``ranks`` ranks?"""
+    if answer is None:
+        return "not attempted yet: set your answer to a number"
+    expected = algbw * 2 * (ranks - 1) / ranks
+    if abs(answer - expected) <= 1e-6 * max(1.0, abs(expected)):
+        return f"right: {expected:g}"
+    return f"not quite: busbw = algbw x 2(n-1)/n = {algbw:g} x 2 x {ranks - 1}/{ranks} = {expected:g}"

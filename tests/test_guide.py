@@ -1,0 +1,91 @@
+"""The guide's rules (dtutor.guide): memory first, then the machines and the framework; commands; checks."""
+
+import subprocess
+import sys
+
+import pytest
+
+from dtutor import guide
+from dtutor.strategies import STRATEGIES
+
+BILLION = 1e9
+
+
+def test_importing_the_guide_imports_no_framework():
+    code = "import sys, dtutor.guide; print(sorted(m for m in ('torch', 'tensorflow') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("parameters", "gpus", "nodes", "framework", "strategy"),
+    [
+        (1e8, 1, 1, "pytorch", "single"),  # 1.6 GB on one 80 GB GPU
+        (1e8, 8, 1, "pytorch", "ddp"),
+        (1e8, 8, 4, "pytorch", "ddp"),  # across machines: DDP, never DataParallel
+        (1e8, 0, 1, "pytorch", "ddp"),  # CPU processes
+        (7.5 * BILLION, 8, 1, "pytorch", "fsdp"),  # 120 GB whole: 15 GB per GPU sharded
+        (100 * BILLION, 8, 1, "pytorch", "deepspeed"),  # 200 GB per GPU even sharded: offload
+        (1e8, 4, 1, "tensorflow", "mirrored"),
+        (1e8, 4, 2, "tensorflow", "multiworker"),
+        (1e8, 0, 1, "tensorflow", "mirrored"),
+        (7.5 * BILLION, 8, 1, "tensorflow", "fsdp"),  # no sharded strategy in TensorFlow: move to PyTorch
+    ],
+)
+def test_the_rules_pick_a_registered_strategy(parameters, gpus, nodes, framework, strategy):
+    choice = guide.recommend(parameters, gpus, nodes, framework)
+    assert choice.strategy == strategy and choice.strategy in STRATEGIES
+    assert choice.reasons and choice.command
+
+
+def test_the_memory_boundary_is_the_headroom_of_a_gpu():
+    # 16 bytes per parameter must fit in 70% of 80 GB = 56 GB: 3.5e9 parameters exactly
+    limit = guide.HEADROOM * 80 * guide.GB / guide.BYTES_PER_PARAMETER
+    assert guide.recommend(limit, 2, 1).strategy == "ddp"
+    assert guide.recommend(limit * 1.01, 2, 1).strategy == "fsdp"
+    assert guide.recommend(limit * 1.01, 2, 1, gpu_memory_gb=160).strategy == "ddp"  # a bigger GPU: fits again
+    assert guide.recommend(limit * 2.01, 2, 1).strategy == "deepspeed"  # sharded over 2 no longer fits
+
+
+def test_reasons_state_the_numbers_they_rest_on():
+    choice = guide.recommend(7.5 * BILLION, 8, 1)
+    assert "120.0 GB per whole copy" in choice.reasons[0] and "56.0 GB usable per GPU" in choice.reasons[0]
+    assert "15.0 GB each" in choice.reasons[1]
+
+
+def test_commands_launch_the_course_driver_with_the_right_launcher():
+    assert guide.recommend(1e8, 8, 1).command == ("torchrun --standalone --nproc-per-node=8 -m dtutor.launch "
+                                                  "dtutor.pytorch.driver:train strategy=ddp")
+    assert "--nnodes=4 --nproc-per-node=8" in guide.recommend(1e8, 8, 4).command
+    offload = guide.recommend(100 * BILLION, 8, 2).command
+    assert offload.startswith("deepspeed --num_gpus=8 --hostfile=hostfile --num_nodes=2")
+    assert "zero_stage=3 offload=True" in offload
+    assert "replicas=4" in guide.recommend(1e8, 4, 1, "tensorflow").command
+    assert guide.recommend(1e8, 4, 2, "tensorflow").command.count("TF_CONFIG=") == 2
+    assert "--nproc-per-node=2" in guide.recommend(1e8, 0, 1).command  # CPU: 2 processes
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ((0, 1, 1, "pytorch", 80), "parameters: must be > 0"),
+        ((1e6, -1, 1, "pytorch", 80), "gpus_per_node: must be a whole number >= 0"),
+        ((1e6, 1, 0, "pytorch", 80), "nodes: must be a whole number >= 1"),
+        ((1e6, 1, 1, "jax", 80), "framework: must be one of pytorch, tensorflow"),
+        ((1e6, 1, 1, "pytorch", 0), "gpu_memory_gb: must be > 0"),
+    ],
+)
+def test_bad_input_is_refused_naming_the_field(arguments, message):
+    with pytest.raises(ValueError, match=message):
+        guide.recommend(*arguments)
+
+
+def test_the_exercise_checks_say_right_or_why_not():
+    assert guide.check_busbw(None, 2.0, 2).startswith("not attempted")
+    assert guide.check_busbw(2.0, 2.0, 2) == "right: 2"
+    assert guide.check_busbw(3.5, 2.0, 8) == "right: 3.5"
+    assert "2 x 3/4 = 3" in guide.check_busbw(2.0, 2.0, 4)
+    assert guide.check_strategy("fsdp", 7.5 * BILLION, 8, 1) == "right: fsdp"
+    wrong = guide.check_strategy("ddp", 7.5 * BILLION, 8, 1)
+    assert wrong.startswith("not quite: the guide picks 'fsdp'") and "120.0 GB" in wrong
+    assert guide.check_strategy(None, 1e8, 1, 1).startswith("not attempted")
