@@ -23,8 +23,8 @@ def rank(rate, parameters=None, sent=None, state=3 * G, cpu=(0.1, 0.09), **more)
             "wall_per_step": 0.12, "cpu_per_step": cpu[0], "main_thread_cpu_per_step": cpu[1], **more}
 
 
-def record(name, round_, *ranks):
-    return {"round": round_, "case": {"name": name}, "ranks": list(ranks)}
+def record(name, round_, *ranks, workers=2, batch=64):
+    return {"round": round_, "case": {"name": name, "workers": workers, "global_batch": batch}, "ranks": list(ranks)}
 
 
 ROWS = [suite.Row("single", "single", "single", "torch", "inprocess", "data"),
@@ -37,27 +37,32 @@ ROWS = [suite.Row("single", "single", "single", "torch", "inprocess", "data"),
 def fake_records():
     found = []
     for r, (alone, ceiling, ddp2, hvd2) in enumerate([(100, (90, 80), 180, 150), (110, (99, 88), 176, 143)]):
-        found += [record("single@1", r, rank(alone, A, 0.0)), record("reference", r, rank(90, A)),
+        found += [record("single@1", r, rank(alone, A), workers=1),
                   record("ceiling", r, rank(ceiling[0], A), rank(ceiling[1], A)),
-                  record("ddp@1", r, rank(100, A, 0.0)),
-                  record("ddp@2", r, rank(ddp2, NEAR, G), rank(ddp2, None, G)),
-                  record("horovod@1", r, rank(100, A, 0.0)),
-                  record("horovod@2", r, rank(hvd2, NEAR, G, cpu=(0.12, 0.1)), rank(hvd2, None, G)),
+                  record("ddp@1", r, rank(100), workers=1), record("ddp@2", r, rank(ddp2), rank(ddp2)),
+                  record("horovod@1", r, rank(100), workers=1),
+                  record("horovod@2", r, rank(hvd2, cpu=(0.12, 0.1)), rank(hvd2)),
                   record("deepspeed_zero3@1", r, {"name": "deepspeed_zero3@1", "error": "RuntimeError: boom"}),
-                  record("deepspeed_zero3@2", r, rank(60, NEAR, 0.86 * 1.5 * G, state=G),
-                         rank(60, None, 0.5 * G, state=G)),
-                  record("tf_reference", r, rank(50, A)), record("mirrored@1", r, rank(50, A)),
-                  record("mirrored@2", r, rank(80, FAR))]
+                  record("deepspeed_zero3@2", r, rank(60), rank(60)),
+                  record("mirrored@1", r, rank(50), workers=1), record("mirrored@2", r, rank(80)),
+                  # the proof runs: parameters, bytes, model state
+                  record("proof:reference", r, rank(None, A, 0.0), workers=1),
+                  record("proof:ddp", r, rank(None, NEAR, G), rank(None, None, G)),
+                  record("proof:horovod", r, rank(None, NEAR, G), rank(None, None, G)),
+                  record("proof:deepspeed_zero3", r, rank(None, NEAR, 0.86 * 1.5 * G, state=G),
+                         rank(None, None, 0.5 * G, state=G)),
+                  record("proof:tf_reference", r, rank(None, A), workers=1),
+                  record("proof:mirrored", r, rank(None, FAR))]
     return found
 
 
 def fake_result():
     planned = {"rows": ROWS, "skipped": {"single": {2: "one device by definition"}}}
-    table = rows.build_rows(planned, fake_records(), batch_per_worker=64)
+    table = rows.build_rows(planned, fake_records())
     machine = {"date": "2026-11-23T23:00:00+00:00", "cpus": 2, "gpu_text": ", no GPU", "gpus": [],
                "load_before": 0.5, "load_after": 0.7, "versions": {"torch": "2.13.0"}}
     return {"mode": "quick", "batch_per_worker": 64, "steps": 4, "epochs": 2, "repeats": 2, "machine": machine,
-            **table}
+            "proof_setup": suite.PROOF, **table}
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +94,9 @@ def test_bytes_are_the_busiest_workers_against_theory(table):
 
 
 def test_proofs_use_each_strategys_reference_and_tolerance(table):
-    assert table["ddp"]["proof"] == {"reference": "reference", "tolerance": 1e-5, "difference": 1e-8, "passed": True}
-    assert table["deepspeed_zero3"]["proof"]["reference"] == "ddp@2"
+    assert table["ddp"]["proof"] == {"reference": "proof:reference", "tolerance": 1e-5, "difference": 1e-8,
+                                     "passed": True}
+    assert table["deepspeed_zero3"]["proof"]["reference"] == "proof:ddp"
     assert table["deepspeed_zero3"]["proof"]["difference"] == 0.0  # the same as DDP's
     assert table["single"]["proof"]["passed"] and table["single"]["proof"]["tolerance"] == 0.0
     assert table["mirrored"]["proof"]["passed"] is False  # 1e-3 from the TF reference: a failed proof shows
@@ -101,6 +107,7 @@ def test_failures_and_skips_are_kept_with_their_reasons(table):
     assert table["deepspeed_zero3"]["samples_per_s_1"] is None and table["deepspeed_zero3"]["efficiency"] is None
     assert table["single"]["skipped"] == {2: "one device by definition"}
     assert table["single"]["samples_per_s_2"] is None and table["single"]["workers_measured"] == 1
+    assert table["deepspeed_zero3"]["workers_measured"] == 2 and table["ddp"]["batch_measured"] == 64
 
 
 def test_cpu_per_step_separates_the_main_thread_from_the_others(table):

@@ -23,7 +23,7 @@ def test_a_case_may_name_its_own_class():
 
 def test_horovods_bytes_are_counted_and_a_variant_is_proven_equal_to_one_device():
     require_horovod("torch")
-    cases = [{"name": "patient", "fields": {"strategy": "horovod", **SETUP},
+    cases = [{"name": "patient", "fields": {"strategy": "horovod", **SETUP}, "probe": True,
               "implementation": "dtutor.bench.horovod_gap:PatientHorovod"}]
     ranks = launch.run_horovod("dtutor.bench.runner:run_cases", 2, framework="torch", cases=cases, quiet=True,
                                timeout=300)
@@ -42,10 +42,12 @@ def test_a_failing_case_is_reported_and_the_next_one_runs():
     assert found[1]["name"] == "good" and found[1]["samples_per_s"] > 0 and found[1]["bytes_per_step"] == 0.0
 
 
-def test_cpu_per_step_is_measured_over_the_timed_steps():
+def test_cpu_is_measured_in_every_run_bytes_only_in_a_probed_one():
     found = launch.run("dtutor.bench.runner:run_cases", 2, quiet=True, timeout=300,
-                       cases=[{"name": "ddp", "fields": {"strategy": "ddp", **SETUP}}])
-    for rank in found:
-        measured = rank[0]
-        assert 0 < measured["main_thread_cpu_per_step"] <= measured["cpu_per_step"]
-        assert measured["calls_per_step"]["all_reduce"] == 1  # one bucket for the whole CNN
+                       cases=[{"name": "timed", "fields": {"strategy": "ddp", **SETUP}},
+                              {"name": "counted", "fields": {"strategy": "ddp", **SETUP}, "probe": True}])
+    for timed, counted in found:
+        assert 0 < timed["main_thread_cpu_per_step"] <= timed["cpu_per_step"]
+        assert timed["bytes_per_step"] == 0.0 and timed["model_state_bytes"] == 0  # a timed run is not watched
+        assert counted["calls_per_step"]["all_reduce"] == 1  # one bucket for the whole CNN
+        assert counted["bytes_per_step"] == 487_720

@@ -28,17 +28,32 @@ def test_the_plan_runs_or_skips_every_row_at_each_worker_count_with_a_reason():
             assert (f"{row.key}@{workers}" in cases) != (workers in planned["skipped"].get(row.key, {}))
     assert planned["skipped"]["single"] == {2: "one device by definition (the ceiling row runs 2 of it at once)"}
     assert "GPU(s) here" in planned["skipped"]["dataparallel"][2]
-    assert cases["ceiling"][0] == ("torchrun", 2) and cases["reference"][0] == ("torchrun", 1)
-    assert cases["tf_reference"][0] == ("tf_process", 1) and cases["mirrored@2"][1]["replicas"] == 2
+    assert cases["ceiling"][0] == ("torchrun", 2) and cases["proof:reference"][0] == ("torchrun", 1)
+    assert cases["proof:tf_reference"][0] == ("tf_process", 1) and cases["mirrored@2"][1]["replicas"] == 2
     assert cases["horovod_keras@2"][0] == ("horovodrun:tensorflow", 2)
-    ddp, reference = cases["ddp@2"][1]["fields"], cases["reference"][1]["fields"]
-    assert ddp["global_batch"] == reference["global_batch"] == 16 and ddp["samples"] == 32  # tiny: 8 per worker
+    ddp = cases["ddp@2"][1]
+    assert ddp["global_batch"] == 16 and ddp["fields"]["samples"] == 32 and "probe" not in ddp  # timed only
     assert cases["pipeline_1f1b@2"][1]["fields"]["micro_batches"] == 4
+
+
+def test_every_row_has_a_proof_run_with_its_tests_set_up():
+    planned = suite.plan(suite.MODES["tiny"], gpus=0)
+    proofs = {case["name"]: (key, case) for key, found in planned["launches"].items() for case in found
+              if case["name"].startswith("proof:")}
+    assert set(proofs) == {f"proof:{row.key}" for row in planned["rows"] if row.key != "single"} | {
+        "proof:reference", "proof:tf_reference"}
+    for name, (_, case) in proofs.items():
+        assert case["probe"] and case["global_batch"] == 64 and case["fields"]["samples"] == 256
+        assert case["workers"] == (1 if name in ("proof:dataparallel", "proof:reference", "proof:tf_reference")
+                                   else 2)
+    assert proofs["proof:deepspeed_zero2"][1]["fields"]["zero_stage"] == 2
+    assert proofs["proof:pipeline_gpipe"][1]["fields"]["micro_batches"] == 4
 
 
 def test_on_two_gpus_dataparallel_gets_a_launch_of_its_own():
     planned = suite.plan(suite.MODES["tiny"], gpus=2)
-    assert [case["name"] for case in planned["launches"][(suite.TWO_GPUS, 1)]] == ["dataparallel@2"]
+    assert [case["name"] for case in planned["launches"][(suite.TWO_GPUS, 1)]] == ["dataparallel@2",
+                                                                                 "proof:dataparallel"]
     assert "dataparallel@1" in [case["name"] for case in planned["launches"][("torchrun", 1)]]
 
 
@@ -69,6 +84,7 @@ def tiny():
 
 
 def test_a_tiny_run_gives_one_row_per_strategy_every_proof_passing(tiny):
+    assert tiny["proof_setup"] == suite.PROOF
     rows = {row["key"]: row for row in tiny["rows"]}
     assert list(rows) == ["single", "dataparallel", "ddp", "fsdp", "pipeline_1f1b", "tensor_parallel"]
     assert all(row["proof"]["passed"] and not row["errors"] for row in rows.values())

@@ -32,7 +32,8 @@ def _proof(row: dict[str, Any]) -> str:
     if found["passed"] is None:
         return "not run"
     verdict = "passed" if found["passed"] else "FAILED"
-    return f"{verdict} ({found['difference']:.0e} vs {found['reference']}, tol {found['tolerance']:.0e})"
+    reference = found["reference"].removeprefix("proof:")
+    return f"{verdict} ({found['difference']:.0e} vs {reference}, tol {found['tolerance']:.0e})"
 
 
 def bytes_check(row: dict[str, Any]) -> str:
@@ -73,7 +74,8 @@ def heading(result: dict[str, Any]) -> str:
             f"load average {machine['load_before']:.1f} before / {machine['load_after']:.1f} after; "
             f"{result['batch_per_worker']} samples per worker per step, {result['repeats']} round(s). "
             f"Ceiling (2 single runs at once, no communication): "
-            f"{'-' if ceiling is None else f'{ceiling:.2f}'} of 2x one run.")
+            f"{'-' if ceiling is None else f'{ceiling:.2f}'} of 2x one run. Proofs, bytes and model state: "
+            f"each row's proof run ({result['proof_setup']['global_batch']} samples per step, as its test).")
 
 
 def format_all(result: dict[str, Any]) -> str:

@@ -1,9 +1,10 @@
 """From the runs of ``python -m dtutor.bench all`` to its table: one dict per registry row.
 
-Each row: samples/s at 1 and 2 workers (medians over rounds), the scaling efficiency T2 / (2 T1) (median
-of the rounds' pairs) and that efficiency against the **ceiling** measured in the same run, the largest
-model state a worker held, the bytes a worker sent per step as counted against ``theory``, and the
-correctness proof: the 2-worker parameters against the reference the test suite uses, within its tolerance.
+Each row: from the timed runs, samples/s at 1 and 2 workers (medians over rounds), the scaling efficiency
+T2 / (2 T1) (median of the rounds' pairs) and that efficiency against the **ceiling** measured in the same
+run, and the CPU per step; from the proof run, the largest model state a worker held, the bytes the busiest
+worker sent per step as counted against ``theory``, and the correctness proof: the parameters against the
+reference the test suite uses, within its tolerance.
 """
 
 from __future__ import annotations
@@ -14,20 +15,20 @@ from typing import Any
 from dtutor.bench import theory
 from dtutor.result import max_difference
 
-# strategy -> (the run its parameters are compared with, the tolerance of its test in tests/)
+# strategy -> (the proof run its parameters are compared with, the tolerance of its test in tests/)
 PROOFS = {
-    "single": ("single@1", 0.0),  # the ceiling's runs repeat the 1-worker run bit for bit
-    "dataparallel": ("single@1", 1e-6),  # test_pytorch_dataparallel.py
-    "ddp": ("reference", 1e-5),  # test_pytorch_ddp.py
-    "horovod": ("reference", 1e-5),  # test_pytorch_horovod.py
-    "deepspeed": ("ddp@2", 1e-6),  # test_pytorch_sharded_deepspeed_zero.py
-    "fsdp": ("ddp@2", 1e-6),  # test_pytorch_sharded_fsdp.py
-    "pipeline_gpipe": ("reference", 1e-5),  # test_pytorch_model_parallel_strategies.py
-    "pipeline_1f1b": ("reference", 1e-5),
-    "tensor_parallel": ("reference", 1e-5),
-    "mirrored": ("tf_reference", 1e-5),  # test_tf_driver.py (TOLERANCE, shared by the TF tests)
-    "multiworker": ("tf_reference", 1e-5),
-    "horovod_keras": ("tf_reference", 1e-5),
+    "single": ("ceiling", 0.0),  # the ceiling's runs repeat the 1-worker run bit for bit
+    "dataparallel": ("proof:reference", 1e-6),  # test_pytorch_dataparallel.py
+    "ddp": ("proof:reference", 1e-5),  # test_pytorch_ddp.py
+    "horovod": ("proof:reference", 1e-5),  # test_pytorch_horovod.py
+    "deepspeed": ("proof:ddp", 1e-6),  # test_pytorch_sharded_deepspeed_zero.py
+    "fsdp": ("proof:ddp", 1e-6),  # test_pytorch_sharded_fsdp.py
+    "pipeline_gpipe": ("proof:reference", 1e-5),  # test_pytorch_model_parallel_strategies.py
+    "pipeline_1f1b": ("proof:reference", 1e-5),
+    "tensor_parallel": ("proof:reference", 1e-5),
+    "mirrored": ("proof:tf_reference", 1e-5),  # test_tf_driver.py (TOLERANCE, shared by the TF tests)
+    "multiworker": ("proof:tf_reference", 1e-5),
+    "horovod_keras": ("proof:tf_reference", 1e-5),
 }
 
 
@@ -94,12 +95,14 @@ def _median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
 
-def proof(strategy: str, ranks: list[dict[str, Any]] | None, runs: dict) -> dict[str, Any]:
-    """The row's parameters against its reference (``PROOFS``), from the first round."""
+def proof(key: str, strategy: str, runs: dict) -> dict[str, Any]:
+    """The row's proof run (first round) against its reference (``PROOFS``); ``single``: the ceiling's two
+    runs against the 1-worker run, bit for bit."""
     reference_name, tolerance = PROOFS[strategy]
-    reference = runs.get("ceiling" if strategy == "single" else reference_name, {}).get(0)
     if strategy == "single":
-        ranks, reference = reference, runs.get("single@1", {}).get(0)
+        ranks, reference = runs.get("ceiling", {}).get(0), runs.get("single@1", {}).get(0)
+    else:
+        ranks, reference = runs.get(f"proof:{key}", {}).get(0), runs.get(reference_name, {}).get(0)
     if not (_ok(ranks) and _ok(reference)):
         return {"reference": reference_name, "tolerance": tolerance, "difference": None, "passed": None}
     difference = max_difference(ranks[0]["parameters"], reference[0]["parameters"])
@@ -108,45 +111,56 @@ def proof(strategy: str, ranks: list[dict[str, Any]] | None, runs: dict) -> dict
 
 
 def gradient_bytes(runs: dict, framework: str) -> float | None:
-    """The model's fp32 gradient bytes, from the reference run's parameters (the same size)."""
-    ranks = runs.get("reference" if framework == "torch" else "tf_reference", {}).get(0)
+    """The model's fp32 gradient bytes, from the reference proof run's parameters (the same size)."""
+    ranks = runs.get("proof:reference" if framework == "torch" else "proof:tf_reference", {}).get(0)
     if not _ok(ranks):
         return None
     return float(sum(value.size for value in ranks[0]["parameters"].values()) * theory.BYTES_FP32)
 
 
-def build_row(row: Any, runs: dict, skipped: dict[int, str], ceiling: float | None, facts: dict[str, Any],
-              batch_per_worker: int) -> dict[str, Any]:
-    """One table row (see the module docstring) from the runs of every round."""
+def _timing(row: Any, runs: dict) -> dict[str, Any]:
+    """Samples/s at 1 and 2 workers (medians over rounds), the efficiency (median of the rounds' pairs)."""
     one, two = runs.get(f"{row.key}@1", {}), runs.get(f"{row.key}@2", {})
     pairs = [(_rate(one.get(r)), _rate(two.get(r))) for r in sorted(set(one) | set(two))]
-    rate1 = _median([a for a, _ in pairs if a])
-    rate2 = _median([b for _, b in pairs if b])
-    efficiency = _median([b / (2 * a) for a, b in pairs if a and b])
-    measured = two.get(0) if _ok(two.get(0)) else one.get(0)
-    workers = 2 if measured is two.get(0) else 1
-    out: dict[str, Any] = {
-        "key": row.key, "label": row.label, "framework": row.framework, "parallelism": row.parallelism,
-        "samples_per_s_1": rate1, "samples_per_s_2": rate2, "efficiency": efficiency,
-        "vs_ceiling": efficiency / ceiling if efficiency and ceiling else None, "skipped": skipped,
-        "errors": sorted({rank["error"] for runs_ in (one, two) for ranks in runs_.values() for rank in ranks
-                          if "error" in rank})}
-    if _ok(measured):
-        heaviest = max(measured, key=lambda rank: rank.get("model_state_bytes") or 0)
-        busiest = max(measured, key=lambda rank: rank.get("bytes_per_step") or 0)
-        grads = gradient_bytes(runs, row.framework)
-        expected = None if grads is None else expected_bytes(
-            row.strategy, row.parallelism, row.extra.get("zero_stage", 0), workers, grads, facts,
-            batch_per_worker * workers)
-        counted = busiest.get("bytes_per_step")
-        out.update(workers_measured=workers, model_state_bytes=heaviest.get("model_state_bytes"),
-                   model_state=heaviest.get("model_state"), bytes_counted=counted, bytes_theory=expected,
-                   bytes_ratio=counted / expected if counted is not None and expected else None,
-                   bytes_match=theory.within(counted, expected), collectives=busiest.get("collectives"),
-                   calls=busiest.get("calls_per_step"),
-                   **_cpu(measured))
-    out["proof"] = proof(row.strategy, two.get(0) if row.strategy not in ("single", "dataparallel") else
-                         one.get(0), runs)
+    timed = [ranks for ranks in two.values() if _ok(ranks)] or [ranks for ranks in one.values() if _ok(ranks)]
+    cpu = [_cpu(ranks) for ranks in timed]
+    return {"samples_per_s_1": _median([a for a, _ in pairs if a]), "samples_per_s_2": _median([b for _, b in pairs
+            if b]), "efficiency": _median([b / (2 * a) for a, b in pairs if a and b]),
+            **{k: _median([c[k] for c in cpu if k in c]) for k in ("wall_per_step", "main_thread_cpu_per_step",
+                                                                   "other_threads_cpu_per_step")}}
+
+
+def _counted(row: Any, runs: dict, cases: dict, facts: dict[str, Any]) -> dict[str, Any]:
+    """From the row's proof run: the busiest worker's bytes per step against theory, the heaviest model state."""
+    name = "proof:reference" if row.strategy == "single" else f"proof:{row.key}"
+    measured = runs.get(name, {}).get(0)
+    if not _ok(measured):
+        return {}
+    heaviest = max(measured, key=lambda rank: rank.get("model_state_bytes") or 0)
+    busiest = max(measured, key=lambda rank: rank.get("bytes_per_step") or 0)
+    workers, batch = cases[name]["workers"], cases[name]["global_batch"]
+    grads = gradient_bytes(runs, row.framework)
+    expected = None if grads is None else expected_bytes(row.strategy, row.parallelism, row.extra.get(
+        "zero_stage", 0), workers, grads, facts, batch)
+    counted = busiest.get("bytes_per_step")
+    return {"workers_measured": workers, "batch_measured": batch, "model_state": heaviest.get("model_state"),
+            "model_state_bytes": heaviest.get("model_state_bytes"), "bytes_counted": counted,
+            "bytes_theory": expected, "bytes_ratio": counted / expected if counted is not None and expected else None,
+            "bytes_match": theory.within(counted, expected), "collectives": busiest.get("collectives"),
+            "calls": busiest.get("calls_per_step")}
+
+
+def build_row(row: Any, runs: dict, cases: dict, skipped: dict[int, str], ceiling: float | None,
+              facts: dict[str, Any]) -> dict[str, Any]:
+    """One table row (see the module docstring) from the runs of every round."""
+    out: dict[str, Any] = {"key": row.key, "label": row.label, "framework": row.framework,
+                           "parallelism": row.parallelism, **_timing(row, runs), "skipped": skipped}
+    out["vs_ceiling"] = out["efficiency"] / ceiling if out["efficiency"] and ceiling else None
+    own = [name for name in runs if name in (f"{row.key}@1", f"{row.key}@2", f"proof:{row.key}")]
+    out["errors"] = sorted({rank["error"] for name in own for ranks in runs[name].values() for rank in ranks
+                            if "error" in rank})
+    out.update(_counted(row, runs, cases, facts))
+    out["proof"] = proof(row.key, row.strategy, runs)
     return out
 
 
@@ -162,13 +176,14 @@ def _cpu(ranks: list[dict[str, Any]]) -> dict[str, float]:
                                                           for r in ranks)}
 
 
-def build_rows(planned: dict[str, Any], records: list[dict[str, Any]], batch_per_worker: int) -> dict[str, Any]:
+def build_rows(planned: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any]:
     """The whole table: every row, the ceiling of each round and its median."""
     runs = index(records)
+    cases = {record["case"]["name"]: record["case"] for record in records}
     found = ceilings(runs)
     ceiling = _median(found)
     facts = model_facts("cnn", 2)
-    rows = [build_row(row, runs, planned["skipped"].get(row.key, {}), ceiling, facts, batch_per_worker)
+    rows = [build_row(row, runs, cases, planned["skipped"].get(row.key, {}), ceiling, facts)
             for row in planned["rows"]]
     return {"rows": rows, "ceiling": ceiling, "ceilings": found, "single_1": _median(
         [r for r in (_rate(ranks) for ranks in runs.get("single@1", {}).values()) if r]), "model_facts": facts}

@@ -154,7 +154,8 @@ def run_case(case: dict[str, Any], count_steps: int, keep_group: bool) -> dict[s
 
     config = TrainConfig.from_kwargs(**case["fields"])
     instance = implementation(case, config.strategy)(config)
-    probe = Probe(instance, count_window(config.steps_per_epoch(), count_steps), keep_group)
+    window = count_window(config.steps_per_epoch(), count_steps) if case.get("probe") else (0, 0)
+    probe = Probe(instance, window, keep_group)
     result = fit(config, strategy=instance)
     return {"name": case["name"], "rank": result.rank, "world_size": result.world_size,
             "samples_per_s": result.samples_per_second(), "epochs": [e.samples_per_second for e in result.epochs],
@@ -165,6 +166,7 @@ def run_case(case: dict[str, Any], count_steps: int, keep_group: bool) -> dict[s
 
 def run_cases(cases: list[dict[str, Any]], count_steps: int = 2) -> list[dict[str, Any]]:
     """Entry point (every rank): each case trained and measured in turn (module docs); one dict per case.
+    Bytes and model state are counted only in cases marked ``"probe": True`` (the timed runs stay unwatched).
 
     Under torchrun the process group is joined first and kept; a case that fails is reported as
     ``{"name": ..., "error": ...}`` and the next one runs.

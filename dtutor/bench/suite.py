@@ -3,10 +3,13 @@
 The rows come from ``dtutor.strategies.STRATEGIES`` (DeepSpeed once per ZeRO stage), never from a list
 written here. Each row is trained at 1 and 2 workers with the same batch per worker, through its own
 launcher; runs that share a launcher and a worker count share one launch (``runner.run_cases`` trains them in
-turn in the same processes), which keeps a quick run to a few launches. Besides the rows, three runs are
-references: ``single`` with the 2-worker global batch (the proof of every PyTorch row), the same for
-TensorFlow (one replica), and the **ceiling**: ``single`` on each of 2 ranks at once, which never
-communicate: what 2 workers can reach on this machine with no communication at all.
+turn in the same processes), which keeps a quick run to a few launches. Those runs are timed and
+nothing else (no counting slows them). Each row also gets a short **proof run** (``proof_fields``: its
+tests' set-up, 4 steps of 64 samples, with 2 workers where it can): its parameters are compared with the
+reference within the tests' tolerance (longer runs drift apart by float rounding), and in its last 2 steps
+the bytes it sends and the model state it holds are counted. References: ``single`` and its TensorFlow twin
+with the proof set-up, and the **ceiling**: ``single`` on each of 2 ranks at once, which never communicate:
+what 2 workers can reach on this machine with no communication at all.
 
 ``repeats`` rounds run every launch again, in a rotated order (launches and the cases inside them), so a
 busy moment of a shared machine falls on every strategy alike; rates are medians over rounds and the
@@ -106,6 +109,20 @@ def run_fields(row: Row, workers: int, mode: Mode) -> dict[str, Any]:
 TWO_GPUS = "one process, 2 GPUs"  # DataParallel at 2 workers: its own launch, which sees GPUs 0 and 1
 
 
+PROOF = {"global_batch": 64, "samples": 256, "epochs": 1, "test_samples": 0}  # the tests' set-up: 4 steps
+PROOF_MICRO_BATCHES = 4
+
+
+def proof_fields(row: Row) -> dict[str, Any]:
+    """The fields of ``row``'s proof run: the strategy tests' set-up (4 steps of 64 samples), where the
+    parameters are compared with the reference within the tests' tolerances, and bytes and model state are
+    counted (in the last 2 steps)."""
+    fields = {"strategy": row.strategy, **PROOF, **row.extra}
+    if row.parallelism == "pipeline":
+        fields["micro_batches"] = PROOF_MICRO_BATCHES
+    return fields
+
+
 def launch_key(row: Row, workers: int) -> tuple[str, int]:
     """Which launch a run goes to: (launcher, processes). PyTorch's in-process strategies ride in torchrun's
     1-process launch (which sees one GPU), except DataParallel on 2 GPUs; TensorFlow's in-process one gets a
@@ -133,13 +150,16 @@ def plan(mode: Mode, rows: list[Row] | None = None, gpus: int | None = None) -> 
     skipped: dict[str, dict[int, str]] = {}
     by_key = {row.key: row for row in rows}
 
-    def add(name: str, row: Row, workers: int, fields: dict[str, Any]) -> None:
+    def add(name: str, row: Row, workers: int, fields: dict[str, Any], probe: bool = False) -> None:
         in_process = STRATEGIES[fields["strategy"]].launcher == "inprocess"
         tf_replicas = row.framework == "tensorflow" and in_process
         config = prepare((workers if tf_replicas else 1) if in_process else workers, 1, fields)
-        case = {"name": name, "row": row.key, "workers": workers, "fields": config.as_arguments()}
+        case = {"name": name, "row": row.key, "workers": workers, "global_batch": config.global_batch,
+                "fields": config.as_arguments()}
         if tf_replicas:
             case["replicas"] = workers
+        if probe:
+            case["probe"] = True
         launches.setdefault(launch_key(row, workers), []).append(case)
 
     for row in rows:
@@ -149,15 +169,17 @@ def plan(mode: Mode, rows: list[Row] | None = None, gpus: int | None = None) -> 
                 skipped.setdefault(row.key, {})[workers] = reason
             else:
                 add(f"{row.key}@{workers}", row, workers, run_fields(row, workers, mode))
+        most = max((w for w in (1, 2) if w not in skipped.get(row.key, {})), default=None)
+        if most and row.strategy != "single":  # single's proof run is the reference below
+            add(f"proof:{row.key}", row, most, proof_fields(row), probe=True)
     if "single" in by_key and 1 not in skipped.get("single", {}):
         single = by_key["single"]
-        add("reference", single, 1, run_fields(single, 2, mode))
+        add("proof:reference", single, 1, proof_fields(single), probe=True)
         ceiling = Row("ceiling", "single", "ceiling", "torch", "torchrun", "data")
         add("ceiling", ceiling, 2, run_fields(single, 1, mode))
-    tf_rows = [r for r in rows if r.framework == "tensorflow" and r.key not in skipped]
-    if tf_rows:
+    if any(r.framework == "tensorflow" and 1 not in skipped.get(r.key, {}) for r in rows):
         mirrored = Row("tf_reference", "mirrored", "TensorFlow, one replica", "tensorflow", "inprocess", "data")
-        add("tf_reference", mirrored, 1, run_fields(mirrored, 2, mode))
+        add("proof:tf_reference", mirrored, 1, proof_fields(mirrored), probe=True)
     return {"launches": launches, "skipped": skipped, "rows": rows}
 
 
@@ -278,8 +300,8 @@ def bench_all(mode: str = "quick", progress: Any = print, rows: list[Row] | None
     started = time.monotonic()
     records = run_rounds(settings, planned, progress)
     where["load_after"] = os.getloadavg()[0]
-    table = build_rows(planned, records, settings.batch_per_worker)
+    table = build_rows(planned, records)
     table["dataparallel_memory"] = dataparallel_memory(len(where["gpus"]), settings.timeout)
-    return {"mode": mode, "batch_per_worker": settings.batch_per_worker, "steps": settings.steps,
+    return {"mode": mode, "batch_per_worker": settings.batch_per_worker, "steps": settings.steps, "proof_setup": PROOF,
             "epochs": settings.epochs, "repeats": settings.repeats, "seconds": time.monotonic() - started,
             "machine": where, **table, "records": strip(records)}
