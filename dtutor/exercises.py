@@ -92,8 +92,8 @@ def _text(value: Any) -> str:
 def twin_of(run: RunResult) -> RunResult:
     """The single-device twin of ``run``: its config on one device, started afresh.
 
-    PyTorch runs get the ``single`` strategy in this process (no accumulation, no micro-batches: the same
-    global batch in one piece); Keras runs get one replica (``mirrored``, ``replicas=1``) in a fresh process,
+    PyTorch runs get the ``single`` strategy in this process (no accumulation, no micro-batches, no ZeRO: the
+    same global batch in one piece); Keras runs get one replica (``mirrored``, ``replicas=1``) in a fresh process,
     which works whatever TensorFlow already set up here.
     """
     from dtutor import launch
@@ -103,7 +103,8 @@ def twin_of(run: RunResult) -> RunResult:
         fields = config.replace(strategy="mirrored").as_arguments()
         return launch.run_single("dtutor.tf.driver:train", replicas=1, timeout=600, **fields)
     fields = config.replace(strategy="single", accumulation=1, micro_batches=1, checkpoint=None,
-                            stop_after_epochs=None, backend="auto", return_parameters=True).as_arguments()
+                            stop_after_epochs=None, backend="auto", return_parameters=True, zero_stage=0,
+                            offload=False, precision="fp32").as_arguments()
     return launch.train(1, quiet=True, **fields)[0]
 
 
@@ -177,6 +178,23 @@ def check_plan_without_nccl(answer: Any, node: Any) -> Verdict:
                         why="DDP's all-reduce between GPUs is NCCL's; without it the course falls back to gloo "
                             f"and simulates {plan.workers} CPU workers, and the GPUs sit idle.",
                         hint="set my_plan = (mode, workers, backend), then run this cell again")
+
+
+def check_recipe(answer: str | None, *, nodes: int, gpus_per_node: int, backend: str) -> Verdict:
+    """Notebook 08: is ``answer`` a Slurm batch script for ``nodes`` x ``gpus_per_node`` GPUs with ``backend``?
+
+    The course's own reading of the script (``dtutor.launch.recipes.check_recipe``) lists what is wrong.
+    """
+    from dtutor.launch import recipes
+
+    what = f"a job on {nodes} nodes of {gpus_per_node} GPUs with {backend}"
+    if answer is None:
+        return _say("not attempted yet", f"{what}: set my_recipe = recipes.training_sbatch(...), then run this "
+                                         "cell again")
+    problems = recipes.check_recipe(answer, nodes=nodes, gpus_per_node=gpus_per_node, backend=backend)
+    if problems:
+        return _say("not quite", f"{what}: " + "; ".join(problems))
+    return _say("right", f"{what}: one task per node, and on each node one rank per GPU.")
 
 
 def check_cells(notebook: str | Path) -> list[str]:

@@ -121,24 +121,3 @@ def launch_command(choice: Choice, framework: str, gpus_per_node: int, nodes: in
         return shlex.join(["python", "-m", "dtutor.launch", entry, *(f"{k}={v}" for k, v in fields.items()),
                            f"replicas={gpus_per_node}"])
     return shlex.join(torchrun_command(entry, gpus_per_node, fields, nnodes=nodes))
-
-
-def check_strategy(answer: str | None, parameters: float, gpus_per_node: int, nodes: int,
-                   framework: str = "pytorch", gpu_memory_gb: float = 80.0) -> str:
-    """Exercise check: is ``answer`` the strategy the guide picks for this case? Says why if not."""
-    if answer is None:
-        return "not attempted yet: set your answer to a strategy name, e.g. 'ddp'"
-    expected = recommend(parameters, gpus_per_node, nodes, framework, gpu_memory_gb)
-    if answer == expected.strategy:
-        return f"right: {expected.strategy}"
-    return f"not quite: the guide picks {expected.strategy!r}, because " + "; ".join(expected.reasons)
-
-
-def check_busbw(answer: float | None, algbw: float, ranks: int) -> str:
-    """Exercise check: is ``answer`` the bus bandwidth of an all-reduce at ``algbw`` on ``ranks`` ranks?"""
-    if answer is None:
-        return "not attempted yet: set your answer to a number"
-    expected = algbw * 2 * (ranks - 1) / ranks
-    if abs(answer - expected) <= 1e-6 * max(1.0, abs(expected)):
-        return f"right: {expected:g}"
-    return f"not quite: busbw = algbw x 2(n-1)/n = {algbw:g} x 2 x {ranks - 1}/{ranks} = {expected:g}"

@@ -51,6 +51,19 @@ def test_ranks_that_disagree_or_a_twin_that_differs_are_wrong(capsys):
     assert [line.split(":")[0] for line in lines] == ["wrong", "wrong", "right"]
 
 
+def test_a_slurm_recipe_is_checked_by_the_courses_own_reading_of_it(capsys):
+    from dtutor.launch import recipes
+
+    right = recipes.training_sbatch(2, gpus_per_node=2, strategy="ddp", backend="nccl")
+    assert exercises.check_recipe(right, nodes=2, gpus_per_node=2, backend="nccl")
+    assert not exercises.check_recipe(recipes.training_sbatch(2, gpus_per_node=1, strategy="ddp", backend="gloo"),
+                                      nodes=2, gpus_per_node=2, backend="nccl")
+    assert not exercises.check_recipe(None, nodes=2, gpus_per_node=2, backend="nccl")
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["right", "not quite", "not attempted yet"]
+    assert "--gpus-per-node should be 2" in lines[1] and "backend=nccl" in lines[1]
+
+
 def test_a_real_run_is_checked_against_its_single_device_twin(capsys):
     runs = launch.train(2, strategy="ddp", accumulation=2, global_batch=32, samples=64, test_samples=0,
                         timeout=240, quiet=True)
@@ -66,7 +79,8 @@ SOLUTIONS = sorted((ROOT / "notebooks" / "solutions").glob("[0-9][0-9]_*.py"))
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[path.stem for path in NOTEBOOKS])
 def test_the_notebook_ends_with_exercises_checked_by_dtutor_exercises_and_worked_solutions(notebook):
     assert exercises.check_cells(notebook), f"{notebook.name} has no check cell calling dtutor.exercises.check_..."
-    assert (ROOT / "notebooks" / "solutions" / f"{notebook.stem}.py").exists(), f"no worked solution for {notebook.name}"
+    solution = ROOT / "notebooks" / "solutions" / f"{notebook.stem}.py"
+    assert solution.exists(), f"no worked solution for {notebook.name}"
 
 
 @pytest.mark.parametrize("solution", SOLUTIONS, ids=[path.stem for path in SOLUTIONS])

@@ -78,14 +78,3 @@ def test_commands_launch_the_course_driver_with_the_right_launcher():
 def test_bad_input_is_refused_naming_the_field(arguments, message):
     with pytest.raises(ValueError, match=message):
         guide.recommend(*arguments)
-
-
-def test_the_exercise_checks_say_right_or_why_not():
-    assert guide.check_busbw(None, 2.0, 2).startswith("not attempted")
-    assert guide.check_busbw(2.0, 2.0, 2) == "right: 2"
-    assert guide.check_busbw(3.5, 2.0, 8) == "right: 3.5"
-    assert "2 x 3/4 = 3" in guide.check_busbw(2.0, 2.0, 4)
-    assert guide.check_strategy("fsdp", 7.5 * BILLION, 8, 1) == "right: fsdp"
-    wrong = guide.check_strategy("ddp", 7.5 * BILLION, 8, 1)
-    assert wrong.startswith("not quite: the guide picks 'fsdp'") and "120.0 GB" in wrong
-    assert guide.check_strategy(None, 1e8, 1, 1).startswith("not attempted")

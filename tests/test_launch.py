@@ -247,3 +247,24 @@ def test_a_launch_shows_the_data_source_once_and_relays_progress_without_printin
     out = capsys.readouterr().out
     assert out.count("[rank 0] [data] offline digits (no network)\n") == 1 and "[rank 1] [data]" not in out
     assert RELAY_MARKER not in out and out.count("[rank 0] epoch ") == 2
+
+
+def test_every_entry_point_the_package_and_notebooks_name_exists():
+    """A launch names its entry as "module:function" text, which no import checks: resolve every one written."""
+    import re
+    from pathlib import Path
+
+    from dtutor.launch.arguments import resolve_entry
+
+    root = Path(__file__).resolve().parent.parent
+    files = [*root.glob("dtutor/**/*.py"), *root.glob("notebooks/*.ipynb"), *root.glob("notebooks/solutions/*.py")]
+    entries = {match for path in files
+               for match in re.findall(r"""["'](dtutor(?:\.\w+)+:\w+)["']""", path.read_text())}
+    assert len(entries) >= 10, sorted(entries)
+    missing = []
+    for entry in sorted(entries):
+        try:
+            resolve_entry(entry)
+        except ValueError as error:
+            missing.append(f"{entry}: {error}")
+    assert not missing, missing

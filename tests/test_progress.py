@@ -51,7 +51,8 @@ def test_the_supervisor_consumes_relayed_lines_and_shows_one_bar(monkeypatch, en
     def fake_tqdm(total, label, unit):
         from tqdm import tqdm
 
-        bars.append(tqdm(total=total, desc=label, file=io.StringIO()))
+        # explicit: tqdm reads TQDM_DISABLE once, when it is first imported (conftest sets it for the suite)
+        bars.append(tqdm(total=total, desc=label, file=io.StringIO(), disable=False))
         return bars[-1]
 
     monkeypatch.setattr(progress, "_tqdm", fake_tqdm)

@@ -9,7 +9,10 @@ from dtutor.result import identical
 
 SETUP = {"global_batch": 64, "samples": 256, "epochs": 1, "test_samples": 64, "optimizer": "adam", "lr": 1e-3,
          "timeout": 300, "quiet": True}
-TOLERANCE = 1e-6  # fp32: the same gradient sums in the same order as DDP; measured 0.0 for every stage
+TOLERANCE = 1e-6  # fp32, same batches: the same gradient sums as DDP; measured 0.0 for every stage
+# Accumulation adds two half-batch gradients where DDP takes one big batch: float32 rounding of ~1e-9 in a
+# gradient, which Adam's division by sqrt(v) magnifies for the smallest gradients; measured 1.04e-6 after 4 steps.
+ACCUMULATION_TOLERANCE = 1e-5
 BF16_TOLERANCE = 5e-2  # bf16 weights and activations: rounding, measured ~1e-2 after 4 Adam steps
 
 
@@ -28,7 +31,7 @@ def test_every_zero_stage_reaches_ddps_parameters(ddp, stage, offload):
 
 def test_accumulation_inside_the_engine_equals_the_big_batch(ddp):
     results = launch.train(2, strategy="deepspeed", zero_stage=2, accumulation=2, **SETUP)
-    assert results[0].details["micro_batch"] == 16 and max_difference(results[0], ddp) < TOLERANCE
+    assert results[0].details["micro_batch"] == 16 and max_difference(results[0], ddp) < ACCUMULATION_TOLERANCE
 
 
 def test_bf16_is_close_to_fp32_but_not_equal(ddp):

@@ -49,8 +49,8 @@ def independent_throughput(batch_per_rank: int = 256, samples: int = 512, epochs
 
 def ceiling(batch_per_rank: int = 256, samples: int = 1024, timeout: float = 300.0) -> float:
     """Summed samples/s of 2 processes that train alone at once (one thread each): 2 ranks' ceiling here."""
-    rates = launch.run("dtutor.bench:independent_throughput", 2, threads_per_rank=1, quiet=True, timeout=timeout,
-                       batch_per_rank=batch_per_rank, samples=samples // 2)
+    rates = launch.run("dtutor.bench.scaling:independent_throughput", 2, threads_per_rank=1, quiet=True,
+                       timeout=timeout, batch_per_rank=batch_per_rank, samples=samples // 2)
     return sum(rates)
 
 

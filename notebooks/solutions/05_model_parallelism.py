@@ -4,7 +4,7 @@ Run them (CI does, through the notebook's own check cells): ``python notebooks/s
 """
 
 from dtutor import exercises, launch, learning_setup
-from dtutor.pytorch.model_parallel import timeline  # the check cell uses it
+from dtutor.pytorch.model_parallel import timeline  # noqa: F401 - the check cell uses it
 
 
 def answers() -> dict:
