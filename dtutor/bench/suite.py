@@ -3,7 +3,8 @@
 The rows come from ``dtutor.strategies.STRATEGIES`` (DeepSpeed once per ZeRO stage), never from a list
 written here. Each row is trained at 1 and 2 workers with the same batch per worker, through its own
 launcher; runs that share a launcher and a worker count share one launch (``runner.run_cases`` trains them in
-turn in the same processes), which keeps a quick run to a few launches. Those runs are timed and
+turn in the same processes; MultiWorkerMirroredStrategy's get one launch each), which keeps a quick run to a
+few launches. Those runs are timed and
 nothing else (no counting slows them). Each row also gets a short **proof run** (``proof_fields``: its
 tests' set-up, 4 steps of 64 samples, with 2 workers where it can): its parameters are compared with the
 reference within the tests' tolerance (longer runs drift apart by float rounding), and in its last 2 steps
@@ -214,7 +215,11 @@ def start(key: tuple[str, int], cases: list[dict[str, Any]], timeout: float) -> 
         entry = "dtutor.bench.runner:run_cases" if framework == "torch" else "dtutor.bench.tf_runner:run_tf_cases"
         return launch.run_horovod(entry, nprocs, framework=framework, cases=cases, **options)
     if launcher.startswith("tf_workers"):
-        return launch.run_tf_workers("dtutor.bench.tf_runner:run_tf_cases", nprocs, cases=cases, **options)
+        # one launch per case: MultiWorkerMirroredStrategy joins its cluster once per process, and a second one
+        # in the same processes raced the first's teardown ("Delete called on non-empty BufRendezvous")
+        each = [launch.run_tf_workers("dtutor.bench.tf_runner:run_tf_cases", nprocs, cases=[case], **options)
+                for case in cases]
+        return [[ranks[rank][0] for ranks in each] for rank in range(nprocs)]
     return [launch.run_single("dtutor.bench.tf_runner:run_tf_cases", cases=cases, env=dict(TF_WORKER_ENV),
                               threads=1, timeout=timeout)]
 

@@ -68,11 +68,24 @@ class GraphCollectives:
         if hvd_tf is not None:
             for name in ("_allreduce", "_grouped_allreduce"):
                 self._wrap(hvd_tf, name)
+            _forget_horovods_traced_gradients(hvd_tf)
         return self
 
     def __exit__(self, *exc: object) -> None:
         for module, name, original in reversed(self._undo):
             setattr(module, name, original)
+
+
+def _forget_horovods_traced_gradients(hvd_tf: Any) -> None:
+    """Empty Horovod's per-process cache of its traced gradient function (``horovod.tensorflow.util._cache``).
+
+    A second case in the same process would otherwise reuse the function traced for the first one, its
+    all-reduces would not be traced again, and the counter would see 0 bytes.
+    """
+    cached = getattr(hvd_tf, "_make_cached_allreduce_grads_fn", None)
+    for cell in getattr(cached, "__closure__", None) or ():
+        if isinstance(cell.cell_contents, dict):
+            cell.cell_contents.clear()
 
 
 def replica_state_bytes(model: Any) -> dict[str, int]:
