@@ -23,6 +23,15 @@ def test_the_table_has_one_row_per_strategy_and_its_heading_says_where_and_when(
     assert "deepspeed ZeRO-3: failed, RuntimeError: boom" in text
 
 
+def test_a_ceiling_above_one_is_called_noise_and_only_then():
+    result = fake_result()
+    assert "lower bound" not in report.heading(result)
+    result.update(ceiling=1.27, ceilings=[1.28, 1.11, 1.27])
+    heading = report.heading(result)
+    assert "1.27 of 2x one run (rounds: 1.28, 1.11, 1.27): above 1, so one process alone ran slower" in heading
+    assert "read that column as a lower bound" in heading
+
+
 def test_the_readme_section_is_rewritten_between_the_markers_only(tmp_path):
     readme = tmp_path / "README.md"
     begin, end = report.MARKERS

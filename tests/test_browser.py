@@ -4,7 +4,8 @@ For each notebook in ``BROWSER_NOTEBOOKS`` (a launch notebook, and the notebooks
 copy is opened in JupyterLab (a private server on a free port, with a token, ended at the end), run with the
 Run menu's "Run All Cells", and checked in the rendered page: no error and no stderr box, every plot rendered
 as an image (at least as many as the committed notebook holds), every progress bar rendered as a widget (not
-as text; a notebook that launches training must show one), and no cell left running.
+as text; a notebook that launches training must show one), every interactive widget rendered as its
+controls, and every cell run, none left running.
 
 It needs Debian's ``chromium`` and ``chromium-driver`` (``scripts/install_browser.sh``; CI installs them) and
 the ``selenium`` package; without them it skips and says why, so ``./course test`` does not need a browser.
@@ -28,13 +29,16 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 # 00: TensorFlow's start-up lines stay hidden; 01: an in-process bar; 02: a launch with its relayed bar and plots
-BROWSER_NOTEBOOKS = ["00_gpu_detection.ipynb", "01_data_parallel.ipynb", "02_distributed_data_parallel.ipynb"]
+# 06, 07: interactive widgets (the ZeRO memory estimator, the strategy guide)
+BROWSER_NOTEBOOKS = ["00_gpu_detection.ipynb", "01_data_parallel.ipynb", "02_distributed_data_parallel.ipynb",
+                     "06_deepspeed_zero_fsdp.ipynb", "07_choosing_a_strategy.ipynb"]
 NOTEBOOK_TIMEOUT_S = 600
 CELL_PROMPT = ".jp-CodeCell .jp-InputArea-prompt"
 STDERR = '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]'
 PLOTS = '.jp-OutputArea-output img[src^="data:image/png"]'
 IDLE = '.jp-Notebook-ExecutionIndicator[data-status="idle"]'  # the notebook's kernel is not running anything
 WIDGETS = ".jp-OutputArea-output .jupyter-widgets .widget-hprogress"  # a tqdm bar, rendered as a widget
+CONTROLS = ".jp-OutputArea-output .widget-vbox"  # an interactive widget's box of controls (interact, a VBox)
 WIDGET_AS_TEXT = ("HBox(children=", "FloatProgress(value=", "Loading widget...", "Error displaying widget")
 
 
@@ -207,6 +211,10 @@ def test_a_learner_runs_the_notebook_in_jupyterlab(lab, browser, name):
     assert len(rendered) >= stored, f"{name}: {len(rendered)} plot(s) rendered, {stored} in the committed notebook"
     outputs = " ".join(element.text for element in browser.find_elements(By.CSS_SELECTOR, ".jp-OutputArea"))
     assert not [text for text in WIDGET_AS_TEXT if text in outputs], f"{name}: a widget shown as text"
+    views = sum("application/vnd.jupyter.widget-view+json" in output.get("data", {})
+                for cell in cells for output in cell.get("outputs", []))
+    boxes = browser.find_elements(By.CSS_SELECTOR, CONTROLS)
+    assert len(boxes) >= views, f"{name}: {len(boxes)} interactive widget(s) rendered, {views} in the notebook"
     if "launch.train(" in json.dumps(cells):
         assert browser.find_elements(By.CSS_SELECTOR, WIDGETS), f"{name}: no progress bar rendered as a widget"
     print(f"{name}: {time.monotonic() - started:.0f} s in the browser, {len(rendered)} plot(s)")

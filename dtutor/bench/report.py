@@ -74,8 +74,20 @@ def heading(result: dict[str, Any]) -> str:
             f"load average {machine['load_before']:.1f} before / {machine['load_after']:.1f} after; "
             f"{result['batch_per_worker']} samples per worker per step, {result['repeats']} round(s). "
             f"Ceiling (2 single runs at once, no communication): "
-            f"{'-' if ceiling is None else f'{ceiling:.2f}'} of 2x one run. Proofs, bytes and model state: "
-            f"each row's proof run ({result['proof_setup']['global_batch']} samples per step, as its test).")
+            f"{'-' if ceiling is None else f'{ceiling:.2f}'} of 2x one run{_ceiling_caveat(result)}. Proofs, "
+            f"bytes and model state: each row's proof run ({result['proof_setup']['global_batch']} samples per "
+            "step, as its test).")
+
+
+def _ceiling_caveat(result: dict[str, Any]) -> str:
+    """What a ceiling above 1 says: one process alone ran slower than each of two at once (the machine's noise)."""
+    ceilings = result.get("ceilings") or []
+    if not result["ceiling"] or result["ceiling"] <= 1.0:
+        return ""
+    spread = f" (rounds: {', '.join(f'{c:.2f}' for c in ceilings)})" if ceilings else ""
+    return (f"{spread}: above 1, so one process alone ran slower than each of two at once; on this machine that "
+            "is noise between processes, larger than what '/ ceiling' can resolve, so read that column as a "
+            "lower bound")
 
 
 def format_all(result: dict[str, Any]) -> str:
