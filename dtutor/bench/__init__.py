@@ -28,11 +28,13 @@ from dtutor.bench.scaling import (
     bench_ddp,
     bench_horovod_vs_ddp,
     bench_pipeline,
+    ceiling,
     driver_overhead,
     format_ddp,
     format_pipeline,
     format_table,
     hand_written_fit,
+    independent_throughput,
     plot_scaling,
     scaling,
     throughput,
@@ -111,5 +113,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 __all__ = ["DRIVER_OVERHEAD_TARGET", "HEADERS", "SCALING_TARGET", "bench_ddp", "bench_horovod_vs_ddp",
-           "bench_pipeline", "driver_overhead", "format_ddp", "format_pipeline", "format_table",
-           "hand_written_fit", "main", "plot_scaling", "scaling", "throughput"]
+           "bench_pipeline", "ceiling", "driver_overhead", "format_ddp", "format_pipeline", "format_table",
+           "hand_written_fit", "independent_throughput", "main", "plot_scaling", "scaling", "throughput"]
