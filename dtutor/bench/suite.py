@@ -215,8 +215,7 @@ def start(key: tuple[str, int], cases: list[dict[str, Any]], timeout: float) -> 
         entry = "dtutor.bench.runner:run_cases" if framework == "torch" else "dtutor.bench.tf_runner:run_tf_cases"
         return launch.run_horovod(entry, nprocs, framework=framework, cases=cases, **options)
     if launcher.startswith("tf_workers"):
-        # one launch per case: MultiWorkerMirroredStrategy joins its cluster once per process, and a second one
-        # in the same processes raced the first's teardown ("Delete called on non-empty BufRendezvous")
+        # one launch per case: a second MultiWorkerMirroredStrategy in a process raced the first's teardown
         each = [launch.run_tf_workers("dtutor.bench.tf_runner:run_tf_cases", nprocs, cases=[case], **options)
                 for case in cases]
         return [[ranks[rank][0] for ranks in each] for rank in range(nprocs)]

@@ -4,6 +4,7 @@ Run them (CI does, through the notebook's own check cells): ``python notebooks/s
 """
 
 from dtutor import exercises, guide  # noqa: F401 - the check cells use them
+from dtutor.bench import theory  # noqa: F401 - the check cells use it
 
 
 def answers() -> dict:
