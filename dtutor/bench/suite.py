@@ -4,13 +4,12 @@ The rows come from ``dtutor.strategies.STRATEGIES`` (DeepSpeed once per ZeRO sta
 written here. Each row is trained at 1 and 2 workers with the same batch per worker, through its own
 launcher; runs that share a launcher and a worker count share one launch (``runner.run_cases`` trains them in
 turn in the same processes; MultiWorkerMirroredStrategy's get one launch each), which keeps a quick run to a
-few launches. Those runs are timed and
-nothing else (no counting slows them). Each row also gets a short **proof run** (``proof_fields``: its
-tests' set-up, 4 steps of 64 samples, with 2 workers where it can): its parameters are compared with the
-reference within the tests' tolerance (longer runs drift apart by float rounding), and in its last 2 steps
-the bytes it sends and the model state it holds are counted. References: ``single`` and its TensorFlow twin
-with the proof set-up, and the **ceiling**: ``single`` on each of 2 ranks at once, which never communicate:
-what 2 workers can reach on this machine with no communication at all.
+few launches. Those runs are timed and nothing else (no counting slows them). Each row also gets a short
+**proof run** (``proof_fields``: its tests' set-up, 4 steps of 64 samples, with 2 workers where it can): its
+parameters are compared with the reference within the tests' tolerance (longer runs drift apart by float
+rounding), and in its last 2 steps the bytes it sends and the model state it holds are counted. References:
+``single`` and its TensorFlow twin with the proof set-up, and the **ceiling**: ``single`` on each of 2 ranks
+at once, which never communicate: what 2 workers can reach on this machine with no communication at all.
 
 ``repeats`` rounds run every launch again, in a rotated order (launches and the cases inside them), so a
 busy moment of a shared machine falls on every strategy alike; rates are medians over rounds and the
