@@ -8,40 +8,69 @@ from dtutor import bench
 from dtutor.pytorch.model_parallel import bubble, demos, memory
 
 
-def _row(schedule, m, measured, excess=5.0, peaks=(1, 1)):
+def _row(schedule, sends, m, measured, replayed, peaks=(1, 1), communication_ms=5.0):
     theory = bubble.theory_bubble(2, m)
-    return {"schedule": schedule, "stages": 2, "micro_batches": m, "measured": measured, "median": measured,
-            "theory": theory,
-            "gap": measured - theory, "relative_gap": measured / theory - 1, "per_stage": [measured, measured],
-            "span_ms": 100.0, "compute_ms": 10.0, "excess_ms": excess, "hop_ms": 1.25, "peak_held": list(peaks)}
+    return {"schedule": schedule, "sends": sends, "stages": 2, "micro_batches": m, "measured": measured,
+            "median": measured, "theory": theory, "gap": measured - theory, "relative_gap": measured / theory - 1,
+            "replayed": replayed, "uneven": replayed - theory, "communication": measured - replayed,
+            "per_stage": [measured, measured], "span_ms": 100.0, "compute_ms": 10.0,
+            "communication_ms": communication_ms, "compute_cv": 0.12, "hop_ms": 1.25, "peak_held": list(peaks)}
 
 
-ROWS = [_row("gpipe", 1, 0.52), _row("gpipe", 4, 0.25, peaks=(4, 4)), _row("gpipe", 8, 0.2, 20.0, (8, 8)),
-        _row("1f1b", 8, 0.19, 20.0, (2, 1))]
+ROWS = [_row("gpipe", "blocking", 4, 0.25, 0.21, (4, 4)), _row("gpipe", "blocking", 8, 0.2, 0.13, (8, 8), 20.0),
+        _row("gpipe", "overlapped", 1, 0.52, 0.5), _row("gpipe", "overlapped", 4, 0.21, 0.2, (4, 4)),
+        _row("gpipe", "overlapped", 8, 0.15, 0.14, (8, 8), 2.5), _row("1f1b", "overlapped", 8, 0.19, 0.15, (2, 1))]
 
 
-def test_bubble_table_states_theory_gap_and_verdicts_from_the_numbers():
+def test_bubble_table_splits_the_gap_and_judges_overlapped_gpipe_up_to_m_4():
     lines = bubble.format_bubble(ROWS).splitlines()
-    assert lines[1].split() == ["gpipe", "2", "1", "52.0%", "50.0%", "+2.0%", "+4%", "5.0", "1/1", "within",
-                                "10%:", "met"]
-    assert lines[2].endswith("within 10%: missed") and "20.0%" in lines[2]  # 25% against 20%: +25% relative
-    assert not lines[3].rstrip().endswith(("met", "missed"))  # m = 8: no target, explained below
-    assert lines[3].split()[-1] == "8/8" and lines[4].split()[-1] == "2/1"
-    assert lines[-1] == ("at m = 8: the step is 20.0 ms longer than (m + p - 1) x 10.0 ms of compute; 16 boundary "
-                         "crossings x 1.25 ms per hop = 20.0 ms of it is send/recv latency, the theory counts none; "
-                         "the other 0.0 ms is stages waiting on uneven compute")
+    assert lines[1].split() == ["gpipe", "blocking", "2", "4", "25.0%", "20.0%", "+25%", "+1.0", "+4.0", "4/4"]
+    assert lines[3].split() == ["gpipe", "overlapped", "2", "1", "52.0%", "50.0%", "+4%", "+0.0", "+2.0", "1/1",
+                                "within", "10%:", "met"]
+    assert lines[4].endswith("within 10%: met") and "+5%" in lines[4]  # 21% against 20%
+    assert lines[5].split()[-1] == "8/8" and lines[6].split()[-1] == "2/1"  # m = 8, 1F1B: no target
+    assert lines[-2] == ("at m = 8, GPipe blocking: 20.0% idle vs 11.1%; +1.9 points from uneven compute (the step "
+                         "replayed with its own compute times, which vary by 12%, and free communication idles 13.0%), "
+                         "+7.0 from communication (20.0 ms; 16 crossings at 1.25 ms per hop would be 20.0 ms, none "
+                         "hidden)")
+    assert lines[-1].startswith("at m = 8, GPipe overlapped: 15.0% idle vs 11.1%; +2.9 points from uneven")
 
 
-def test_bubble_plot_title_comes_from_the_largest_m():
-    assert bubble.plot_bubble(ROWS).axes[0].get_title() == "p = 2 stages: the bubble; at m = 8 20% measured vs 11%"
+def test_a_missed_target_says_so_and_only_p_2_is_judged():
+    lines = bubble.format_bubble([_row("gpipe", "overlapped", 4, 0.23, 0.22)]).splitlines()
+    assert lines[1].endswith("within 10%: missed")  # 23% against 20%: +15% relative
+    four_stages = {**_row("gpipe", "overlapped", 4, 0.5, 0.45), "stages": 4, "peak_held": [4] * 4}
+    assert bubble.format_bubble([four_stages]).splitlines()[1].endswith("4/4/4/4")  # oversubscribed on 2 cores
+
+
+def test_bubble_plot_title_comes_from_overlapped_gpipe_at_the_largest_m():
+    title = bubble.plot_bubble(ROWS).axes[0].get_title()
+    assert title == "p = 2 stages: the bubble; at m = 8 15% measured (gpipe, overlapped) vs 11%"
+
+
+@pytest.mark.parametrize(("variant", "message"), [
+    ("1f1b/blocking", "variants: 1f1b/blocking deadlocks"),
+    ("gpipe", "variants: each is 'gpipe' or '1f1b', '/', then 'blocking' or 'overlapped'; got 'gpipe'"),
+    ("zb/overlapped", "got 'zb/overlapped'")])
+def test_a_variant_that_cannot_run_is_refused_before_any_process_starts(monkeypatch, variant, message):
+    from dtutor import launch
+
+    monkeypatch.setattr(launch, "run", lambda *a, **k: pytest.fail("launched"))
+    with pytest.raises(ValueError, match=message):
+        bubble.measure_bubble(2, variants=(variant,))
 
 
 def test_a_small_measurement_has_the_table_s_shape_and_the_schedules_activations():
     rows = demos.bubble_rows(2, micro_batches=(1, 2), width=64, layers_per_stage=1, micro_batch_size=8, repeats=1)
-    assert [(r["schedule"], r["micro_batches"]) for r in rows] == [("gpipe", 1), ("gpipe", 2), ("1f1b", 2)]
-    assert [r["peak_held"] for r in rows] == [[1, 1], [2, 2], [2, 1]]
-    assert [r["theory"] for r in rows] == pytest.approx([1 / 2, 1 / 3, 1 / 3])
-    assert all(0 < r["measured"] < 1 and r["hop_ms"] > 0 and len(r["per_stage"]) == 2 for r in rows)
+    assert [(r["schedule"], r["sends"], r["micro_batches"]) for r in rows] == [
+        ("gpipe", "blocking", 1), ("gpipe", "blocking", 2), ("gpipe", "overlapped", 1), ("gpipe", "overlapped", 2),
+        ("1f1b", "overlapped", 2)]
+    assert [r["peak_held"] for r in rows] == [[1, 1], [2, 2], [1, 1], [2, 2], [2, 1]]
+    assert [r["theory"] for r in rows] == pytest.approx([1 / 2, 1 / 3, 1 / 2, 1 / 3, 1 / 3])
+    for row in rows:
+        assert 0 < row["measured"] < 1 and row["hop_ms"] > 0 and len(row["per_stage"]) == 2
+        assert row["uneven"] + row["communication"] == pytest.approx(row["measured"] - row["theory"])
+        assert row["replayed"] <= row["measured"] + 1e-12  # free communication never makes the step longer
     assert [(e.stage, e.kind) for e in rows[0]["events"]] == [(0, "forward"), (1, "forward"), (1, "backward"),
                                                               (0, "backward")]
 
@@ -79,4 +108,4 @@ def test_bench_pipeline_prints_both_tables_and_writes_json(monkeypatch, tmp_path
     bench.main(["pipeline", "--json", str(tmp_path / "out.json")])
     printed = capsys.readouterr().out
     assert printed.startswith("schedule") and "layout" in printed and "at m = 8" in printed
-    assert json.loads((tmp_path / "out.json").read_text())["bubble"][0]["theory"] == 0.5
+    assert json.loads((tmp_path / "out.json").read_text())["bubble"][0]["theory"] == 0.2

@@ -49,6 +49,11 @@ def test_by_hand_m_micro_batches_give_the_full_batch_gradients():
     assert len(events) == 2 * 2 * 4 and {e.kind for e in events} == {"forward", "backward"}
 
 
+def test_overlapped_gpipe_by_hand_gives_the_same_gradients():
+    result = demos.pipeline_by_hand(4, schedules=("gpipe",), blocking_gpipe=False)
+    assert result["gradient_difference"]["gpipe"] < TOLERANCE and result["peak_held"] == {"gpipe": [4, 4]}
+
+
 def test_the_library_schedules_give_the_full_batch_gradients_and_scale_by_m_themselves():
     result = demos.pipeline_library(4)
     assert result["gradient_difference"]["gpipe"] < TOLERANCE and result["gradient_difference"]["1f1b"] < TOLERANCE

@@ -1,10 +1,10 @@
-"""The seed's split (two devices in one process, two processes with send/recv) and the timeline tools."""
+"""The seed's split: two devices in one process, two processes with send/recv."""
 
 import pytest
 
 from dtutor import launch, models
 from dtutor.pytorch.model_parallel import demos, split
-from dtutor.pytorch.model_parallel.timeline import Event, idle_fractions, mean_idle, plot_timeline, theory_bubble
+from dtutor.pytorch.model_parallel.timeline import idle_fractions
 
 
 @pytest.fixture(scope="module")
@@ -38,28 +38,3 @@ def test_in_the_naive_split_one_stage_always_waits(two_processes):
     assert [(e.stage, e.kind) for e in events] == [(0, "forward"), (1, "forward"), (1, "backward"), (0, "backward")]
     assert all(a.end <= b.start for a, b in zip(events, events[1:], strict=False))  # never two at once
     assert min(idle_fractions(events).values()) > 0.2
-
-
-def _event(stage, kind, start, end, micro_batch=0):
-    return Event(stage, kind, micro_batch, start, end)
-
-
-def test_idle_fraction_is_the_share_of_the_step_a_stage_does_not_compute():
-    events = [_event(0, "forward", 0.0, 1.0), _event(1, "forward", 1.0, 2.0), _event(1, "backward", 2.0, 4.0),
-              _event(0, "backward", 4.0, 6.0)]
-    assert idle_fractions(events) == {0: pytest.approx(0.5), 1: pytest.approx(0.5)}
-    assert mean_idle(events) == pytest.approx(0.5)
-
-
-@pytest.mark.parametrize(("stages", "micro_batches", "theory"), [(2, 1, 1 / 2), (2, 2, 1 / 3), (2, 4, 1 / 5),
-                                                                 (2, 8, 1 / 9), (4, 4, 3 / 7)])
-def test_gpipe_theory(stages, micro_batches, theory):
-    assert theory_bubble(stages, micro_batches) == pytest.approx(theory)
-
-
-def test_timeline_plot_title_states_the_measured_idle_and_the_theory():
-    events = [_event(0, "forward", 0.0, 0.001), _event(1, "forward", 0.001, 0.002),
-              _event(1, "backward", 0.002, 0.004), _event(0, "backward", 0.004, 0.006)]
-    axes = plot_timeline(events).axes[0]
-    assert axes.get_title() == "2 stages, 1 micro-batch(es): idle 50% of the step (GPipe theory 50%)"
-    assert [t.get_text() for t in axes.get_yticklabels()] == ["stage 0", "stage 1"]

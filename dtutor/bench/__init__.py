@@ -70,7 +70,7 @@ def _allreduce(args: argparse.Namespace) -> Any:
 def _horovod_gap(args: argparse.Namespace) -> Any:
     from dtutor.bench import horovod_gap
 
-    result = horovod_gap.investigate(rounds=args.repeats)
+    result = horovod_gap.investigate(rounds=args.repeats or 5)
     print(horovod_gap.format_gap(result))
     return result
 
@@ -83,8 +83,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mode", choices=["quick", "full"], default="full",
                         help="all, allreduce, zero: quick (the notebook's) or full (the README's)")
     parser.add_argument("--batch-per-rank", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=5,
-                        help="pairs of 1-rank and 2-rank runs, timed pipeline steps, or horovod_gap rounds")
+    parser.add_argument("--repeats", type=int,
+                        help="pairs of 1-rank and 2-rank runs (default 5), timed pipeline steps (10), or "
+                             "horovod_gap rounds (5)")
     parser.add_argument("--rounds", type=int, default=60, help="pairs of driver and hand-written runs (median)")
     parser.add_argument("--json", metavar="FILE", help="also write the numbers to FILE (readme: read them)")
     parser.add_argument("--readme", default="README.md", help="readme: the file to rewrite")
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.what in ("all", "allreduce", "horovod_gap"):
         result = {"all": _all, "allreduce": _allreduce, "horovod_gap": _horovod_gap}[args.what](args)
     elif args.what == "ddp":
-        result = bench_ddp(args.batch_per_rank, args.repeats, args.rounds)
+        result = bench_ddp(args.batch_per_rank, args.repeats or 5, args.rounds)
         print(format_ddp(result))
     elif args.what == "zero":
         from dtutor import bench_zero
@@ -102,10 +103,10 @@ def main(argv: list[str] | None = None) -> None:
         result = bench_zero.bench_zero(quick=args.mode == "quick")
         print(bench_zero.format_zero(result))
     elif args.what == "pipeline":
-        result = bench_pipeline(args.repeats)
+        result = bench_pipeline(args.repeats or 10)
         print(format_pipeline(result))
     else:
-        result = bench_horovod_vs_ddp(args.batch_per_rank, args.repeats)
+        result = bench_horovod_vs_ddp(args.batch_per_rank, args.repeats or 5)
         print(format_table(result))
     if args.json:
         with open(args.json, "w") as file:

@@ -256,8 +256,9 @@ def plot_scaling(result: dict[str, Any]):
     return figure
 
 
-def bench_pipeline(repeats: int = 5, speed: bool = True) -> dict[str, Any]:
-    """The bubble rows (p = 2, m = 1, 2, 4, 8, GPipe and 1F1B) and the memory/speed rows of the CNN's splits."""
+def bench_pipeline(repeats: int = 10, speed: bool = True) -> dict[str, Any]:
+    """The bubble rows (p = 2, m = 1, 2, 4, 8: GPipe blocking and overlapped, 1F1B) and the memory/speed rows
+    of the CNN's splits."""
     from dtutor.pytorch.model_parallel import bubble, memory
 
     rows = [{k: v for k, v in row.items() if k != "events"} for row in bubble.measure_bubble(2, repeats=repeats)]

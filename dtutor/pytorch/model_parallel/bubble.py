@@ -1,4 +1,4 @@
-"""The pipeline bubble measured against theory, 1F1B against GPipe, and the memory and speed of each split.
+"""The pipeline bubble measured against theory, and where the difference comes from.
 
 ``bubble_entry`` runs the hand-written schedules (``gpipe.run_stage``) on p stages that are genuinely
 equal: every stage is the same ``layers_per_stage`` x (Linear(width, width) + ReLU), the last stage's loss
@@ -6,17 +6,24 @@ is a cheap mean of squares, and stage 0's input is given ``requires_grad`` so it
 input gradient, as every other stage must (to send it back). Without that, stage 0's backward skips one of
 its two matrix products per layer, is cheaper, and the measured bubble of stage 0 is larger than theory.
 
-Per step, each stage's idle fraction is 1 - (its compute time) / (the step's span over all stages); the
-table gives the mean over stages of the fastest of ``repeats`` steps (after a warm-up step: the step least
-disturbed by other work on a shared machine; ``median`` is the median over the steps), beside GPipe's
-``(p - 1) / (m + p - 1)``. The theory counts no communication, but here the sends are blocking
-(``dist.send``) and each micro-batch crosses a stage boundary twice (activation forward, gradient
-backward); on gloo a hop costs about a millisecond or two (``hop_ms``, measured by ping-pong), so the step
-is longer than ``(m + p - 1)`` x (forward + backward) by up to ``2 m`` hops: an idle time that grows with m
-while the theory's bubble shrinks. The default stages are heavy (4 layers of 1024 x 1024 on 64 samples,
-about 0.1 s of forward + backward per micro-batch on one CPU core) to keep that small at m <= 4. ``excess_ms`` in each
-row is that difference, measured. On 2 cores, p = 4 oversubscribes the CPU (4 processes, 2 cores): its
-numbers show the schedule's shape, not the bubble; measure p = 4 on GPUs.
+Per step, each stage's idle fraction is 1 - (its compute time) / (the step's span over all stages); a row
+gives the mean over stages of the fastest of ``repeats`` steps (after a warm-up step): the step least
+disturbed by other work on a shared machine (``median`` is the median over the steps). GPipe's
+``(p - 1) / (m + p - 1)`` assumes equal, constant stage times and free communication, so a row splits its
+gap from the theory in two, with ``timeline.replay`` (the same step, its own compute times, free
+communication):
+
+- ``uneven``: the replay's idle fraction minus the theory. Compute times vary from micro-batch to
+  micro-batch (``compute_cv``: about 10-15% within a step on a shared 2-core virtual machine), and every
+  hand-over waits for the slower of two stages; the more micro-batches, the more such waits.
+- ``communication``: the measured idle fraction minus the replay's: transfers the step waited for. With
+  blocking sends every one of the ``2 m (p - 1)`` boundary crossings is on the critical path (``hop_ms``,
+  the one-way time of one activation, measured by ping-pong); overlapped sends hide most of them.
+
+The target (``GAP_TARGET``) applies to GPipe as pipeline engines run it, overlapped, at p = 2 and m <= 4
+(the issue's measurement). On 2 cores,
+p = 4 oversubscribes the CPU (4 processes, 2 cores): its numbers show the schedule's shape, not the bubble;
+measure p = 4 on GPUs.
 
 Launch recipes::
 
@@ -38,10 +45,22 @@ from torch import nn
 
 from dtutor.pytorch.model_parallel import stages as st
 from dtutor.pytorch.model_parallel.gpipe import actions_for, run_stage
-from dtutor.pytorch.model_parallel.timeline import Event, gather, idle_fractions, theory_bubble
+from dtutor.pytorch.model_parallel.timeline import Event, gather, idle_fractions, mean_idle, replay, theory_bubble
 
-GAP_TARGET = 0.10  # measured within 10% (relative) of theory for m <= 4
+GAP_TARGET = 0.10  # overlapped GPipe measured within 10% (relative) of theory for m <= 4
 BUBBLE_ENTRY = "dtutor.pytorch.model_parallel.bubble:bubble_entry"
+VARIANTS = ("gpipe/blocking", "gpipe/overlapped", "1f1b/overlapped")  # schedule/sends
+
+
+def parse_variant(variant: str) -> tuple[str, bool]:
+    """``"schedule/sends"`` as (schedule, blocking); 1F1B with blocking sends would deadlock, so it is refused."""
+    schedule, _, sends = variant.partition("/")
+    if schedule not in ("gpipe", "1f1b") or sends not in ("blocking", "overlapped"):
+        raise ValueError(f"variants: each is 'gpipe' or '1f1b', '/', then 'blocking' or 'overlapped'; got {variant!r}")
+    if variant == "1f1b/blocking":
+        raise ValueError("variants: 1f1b/blocking deadlocks (stage 0 sends activation 1 while stage 1 sends "
+                         "gradient 0); use 1f1b/overlapped")
+    return schedule, sends == "blocking"
 
 
 def balanced_stage(width: int, layers: int) -> nn.Sequential:
@@ -65,43 +84,59 @@ def hop_ms(shape: Sequence[int], rank: int, device: torch.device, repeats: int =
     return 1e3 * statistics.median(times) / 2
 
 
-def _one_step(module: nn.Module, schedule: str, micro_batches: int, rank: int, world: int,
+def compute_variation(events: Sequence[Event]) -> float:
+    """How much one micro-batch's compute time varies: the spread of forwards and backwards, each relative to
+    its kind's mean, as a coefficient of variation (0.1: a typical micro-batch is 10% off)."""
+    relative = []
+    for kind in ("forward", "backward"):
+        seconds = [e.seconds for e in events if e.kind == kind]
+        relative += [s / statistics.fmean(seconds) for s in seconds]
+    return statistics.pstdev(relative)
+
+
+def _one_step(module: nn.Module, variant: str, micro_batches: int, rank: int, world: int,
               x: torch.Tensor, device: torch.device) -> tuple[list[Event], int]:
-    """One step of ``schedule`` on the balanced stages; every rank's events and this stage's peak held."""
+    """One step of ``variant`` on the balanced stages; every rank's events and this stage's peak held."""
+    schedule, blocking = parse_variant(variant)
     module.zero_grad()
     dist.barrier()
     done = run_stage(module, actions_for(schedule, rank, world, micro_batches), stage=rank, stages=world,
                      shapes=[x.shape] * world, inputs=[x] * micro_batches, targets=[x] * micro_batches,
-                     loss_fn=lambda out, _: out.square().mean(), device=device,
-                     blocking=schedule == "gpipe", input_grad=True)
+                     loss_fn=lambda out, _: out.square().mean(), device=device, blocking=blocking, input_grad=True)
     return gather(done.events), done.peak_held
 
 
-def _row(schedule: str, micro_batches: int, world: int, steps: list[list[Event]], peaks: list[int],
+def _row(variant: str, micro_batches: int, world: int, steps: list[list[Event]], peaks: list[int],
          hop: float) -> dict[str, Any]:
     """One table row from the timed steps: the fastest step's figures (the least disturbed by other work)."""
     spans = [max(e.end for e in events) - min(e.start for e in events) for events in steps]
-    idle = [idle_fractions(events) for events in steps]
-    best = spans.index(min(spans))
-    compute_ms = 1e3 * sum(e.seconds for e in steps[best]) / (world * micro_batches)
-    measured, theory = sum(idle[best].values()) / world, theory_bubble(world, micro_batches)
-    return {"schedule": schedule, "stages": world, "micro_batches": micro_batches, "measured": measured,
-            "median": statistics.median(sum(f.values()) / world for f in idle), "theory": theory,
-            "gap": measured - theory, "relative_gap": measured / theory - 1,
-            "per_stage": [idle[best][s] for s in range(world)], "span_ms": 1e3 * spans[best],
-            "compute_ms": compute_ms, "excess_ms": 1e3 * spans[best] - (micro_batches + world - 1) * compute_ms,
-            "hop_ms": hop, "peak_held": peaks, "events": steps[best]}
+    best = steps[spans.index(min(spans))]
+    replayed = replay(best)
+    replay_span = max(e.end for e in replayed) - min(e.start for e in replayed)
+    compute_ms = 1e3 * sum(e.seconds for e in best) / (world * micro_batches)
+    measured, theory, idle_replayed = mean_idle(best), theory_bubble(world, micro_batches), mean_idle(replayed)
+    schedule, sends = variant.split("/")
+    return {"schedule": schedule, "sends": sends, "stages": world, "micro_batches": micro_batches,
+            "measured": measured, "median": statistics.median(mean_idle(events) for events in steps),
+            "theory": theory, "gap": measured - theory, "relative_gap": measured / theory - 1,
+            "replayed": idle_replayed, "uneven": idle_replayed - theory, "communication": measured - idle_replayed,
+            "per_stage": list(idle_fractions(best).values()), "span_ms": 1e3 * min(spans),
+            "compute_ms": compute_ms, "communication_ms": 1e3 * (min(spans) - replay_span),
+            "compute_cv": compute_variation(best), "hop_ms": hop, "peak_held": peaks, "events": best}
 
 
-def bubble_entry(micro_batches: Sequence[int] = (1, 2, 4, 8), schedules: Sequence[str] = ("gpipe", "1f1b"),
-                 width: int = 1024, layers_per_stage: int = 4, micro_batch_size: int = 64, repeats: int = 5,
+def bubble_entry(micro_batches: Sequence[int] = (1, 2, 4, 8), variants: Sequence[str] = VARIANTS,
+                 width: int = 1024, layers_per_stage: int = 4, micro_batch_size: int = 64, repeats: int = 10,
                  seed: int = 0, backend: str = "gloo") -> list[dict[str, Any]]:
     """Entry point (one rank per stage): the bubble table's rows, the same on every rank (module docs).
 
-    1F1B rows are measured only where m >= p (the schedule needs one micro-batch per stage). ``compute_ms``
-    is one micro-batch's forward + backward on one stage; ``peak_held`` the activations each stage held;
-    ``events`` the last timed step's timeline (for ``timeline.plot_timeline``).
+    ``variants`` are "schedule/sends" (``VARIANTS``); 1F1B rows only where m >= p (the schedule needs one
+    micro-batch per stage). ``compute_ms`` is one micro-batch's forward + backward on one stage;
+    ``peak_held`` the activations each stage held; ``events`` the fastest step's timeline (for
+    ``timeline.plot_timeline``). Rank 0 prints each row's idle fraction as it is measured.
     """
+    for variant in variants:
+        parse_variant(variant)
     rank, world, device = st.join(backend)
     try:
         torch.manual_seed(seed)
@@ -109,14 +144,17 @@ def bubble_entry(micro_batches: Sequence[int] = (1, 2, 4, 8), schedules: Sequenc
         x = torch.randn(micro_batch_size, width, device=device)
         hop = hop_ms(x.shape, rank, device) if world > 1 else 0.0
         rows = []
-        for schedule in schedules:
+        for variant in variants:
             for m in micro_batches:
-                if schedule == "1f1b" and m < world:
+                if variant.startswith("1f1b") and m < world:
                     continue
-                runs = [_one_step(module, schedule, m, rank, world, x, device) for _ in range(repeats + 1)]
+                runs = [_one_step(module, variant, m, rank, world, x, device) for _ in range(repeats + 1)]
                 peaks: list[Any] = [None] * world
                 dist.all_gather_object(peaks, runs[-1][1])
-                rows.append(_row(schedule, m, world, [events for events, _ in runs[1:]], peaks, hop))
+                rows.append(_row(variant, m, world, [events for events, _ in runs[1:]], peaks, hop))
+                if rank == 0:
+                    print(f"{variant}, m = {m}: {rows[-1]['measured']:.1%} idle (theory {rows[-1]['theory']:.1%})",
+                          flush=True)
         return rows
     finally:
         st.leave()
@@ -126,58 +164,69 @@ def measure_bubble(nprocs: int = 2, timeout: float = 300.0, **options: Any) -> l
     """Run ``bubble_entry`` on ``nprocs`` stages, one thread each (``options`` are its arguments)."""
     from dtutor import launch
 
+    for variant in options.get("variants", VARIANTS):
+        parse_variant(variant)
     return launch.run(BUBBLE_ENTRY, nprocs, threads_per_rank=1, timeout=timeout, quiet=True, **options)[0]
 
 
-def format_bubble(rows: list[dict[str, Any]]) -> str:
-    """The bubble table: measured idle fraction, theory, gap, the excess over the ideal step, activations held.
+def _verdict(row: dict[str, Any]) -> str:
+    """The target's verdict for overlapped GPipe on p = 2 stages at m <= 4, else nothing."""
+    if (row["schedule"], row["sends"], row["stages"]) != ("gpipe", "overlapped", 2) or row["micro_batches"] > 4:
+        return ""
+    return f"within {GAP_TARGET:.0%}: {'met' if abs(row['relative_gap']) <= GAP_TARGET else 'missed'}"
 
-    The verdict compares the relative gap with ``GAP_TARGET`` for GPipe rows with m <= 4 (the target);
-    the last line explains the largest m's gap with the measured hop time.
+
+def _explain(row: dict[str, Any]) -> str:
+    """Where one row's gap from the theory comes from, in numbers."""
+    crossings = 2 * row["micro_batches"] * (row["stages"] - 1)
+    return (f"at m = {row['micro_batches']}, GPipe {row['sends']}: {row['measured']:.1%} idle vs "
+            f"{row['theory']:.1%}; {100 * row['uneven']:+.1f} points from uneven compute (the step replayed with its "
+            f"own compute times, which vary by {row['compute_cv']:.0%}, and free communication idles "
+            f"{row['replayed']:.1%}), {100 * row['communication']:+.1f} from communication "
+            f"({row['communication_ms']:.1f} ms; {crossings} crossings at {row['hop_ms']:.2f} ms per hop would "
+            f"be {crossings * row['hop_ms']:.1f} ms, none hidden)")
+
+
+def format_bubble(rows: list[dict[str, Any]]) -> str:
+    """The bubble table: measured idle fraction, theory, the gap split into uneven compute and communication.
+
+    The verdict compares the relative gap with ``GAP_TARGET`` for overlapped GPipe at p = 2, m <= 4; the last
+    lines explain each GPipe variant's gap at the largest m from its numbers.
     """
-    head = (f"{'schedule':<9}{'p':>3}{'m':>4}{'measured':>10}{'theory':>8}{'gap':>8}{'rel. gap':>10}"
-            f"{'excess ms':>11}{'peak activations':>18}  target")
-    lines = [head]
+    lines = [f"{'schedule':<9}{'sends':<11}{'p':>2}{'m':>4}{'measured':>10}{'theory':>8}{'rel. gap':>10}"
+             f"{'uneven':>8}{'comm.':>7}{'peak activations':>18}  target"]
     for row in rows:
-        verdict = ""
-        if row["schedule"] == "gpipe" and row["micro_batches"] <= 4:
-            met = abs(row["relative_gap"]) <= GAP_TARGET
-            verdict = f"within {GAP_TARGET:.0%}: {'met' if met else 'missed'}"
         held = "/".join(str(n) for n in row["peak_held"])
-        lines.append(f"{row['schedule']:<9}{row['stages']:>3}{row['micro_batches']:>4}{row['measured']:>10.1%}"
-                     f"{row['theory']:>8.1%}{row['gap']:>+8.1%}{row['relative_gap']:>+10.0%}"
-                     f"{row['excess_ms']:>11.1f}{held:>18}  {verdict}")
-    last = max((r for r in rows if r["schedule"] == "gpipe"), key=lambda r: r["micro_batches"], default=None)
-    if last is not None:
-        m, excess = last["micro_batches"], last["excess_ms"]
-        sends = 2 * m * (last["stages"] - 1) * last["hop_ms"]
-        lines.append(f"at m = {m}: the step is {excess:.1f} ms longer than (m + p - 1) x {last['compute_ms']:.1f} ms "
-                     f"of compute; {2 * m * (last['stages'] - 1)} boundary crossings x {last['hop_ms']:.2f} ms per "
-                     f"hop = {sends:.1f} ms of it is send/recv latency, the theory counts none; the other "
-                     f"{excess - sends:.1f} ms is stages waiting on uneven compute")
+        lines.append(f"{row['schedule']:<9}{row['sends']:<11}{row['stages']:>2}{row['micro_batches']:>4}"
+                     f"{row['measured']:>10.1%}{row['theory']:>8.1%}{row['relative_gap']:>+10.0%}"
+                     f"{100 * row['uneven']:>+8.1f}{100 * row['communication']:>+7.1f}{held:>18}"
+                     f"  {_verdict(row)}".rstrip())
+    lines.append("uneven + comm. = measured - theory, in points; uneven: the fastest step replayed with its own "
+                 "compute times and free communication, minus theory")
+    largest = max((r["micro_batches"] for r in rows), default=0)
+    lines += [_explain(r) for r in rows if r["schedule"] == "gpipe" and r["micro_batches"] == largest]
     return "\n".join(lines)
 
 
 def plot_bubble(rows: list[dict[str, Any]]):
-    """Idle fraction against micro-batches: GPipe's theory and each schedule's measurement."""
+    """Idle fraction against micro-batches: GPipe's theory and each variant's measurement."""
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(5, 3.2))
-    gpipe = [r for r in rows if r["schedule"] == "gpipe"]
-    axes.plot([r["micro_batches"] for r in gpipe], [r["theory"] for r in gpipe], "k--", marker="o",
-              label="theory (p-1)/(m+p-1)")
-    for schedule in dict.fromkeys(r["schedule"] for r in rows):
-        mine = [r for r in rows if r["schedule"] == schedule]
+    figure, axes = plt.subplots(figsize=(5.5, 3.4))
+    gpipe = [r for r in rows if r["schedule"] == "gpipe" and r["sends"] == "overlapped"] or rows
+    ms = sorted({r["micro_batches"] for r in gpipe})
+    axes.plot(ms, [theory_bubble(rows[0]["stages"], m) for m in ms], "k--", marker="o", label="theory (p-1)/(m+p-1)")
+    for variant in dict.fromkeys((r["schedule"], r["sends"]) for r in rows):
+        mine = [r for r in rows if (r["schedule"], r["sends"]) == variant]
         axes.plot([r["micro_batches"] for r in mine], [r["measured"] for r in mine], marker="s",
-                  label=f"{schedule}, measured")
+                  label=f"{variant[0]}, {variant[1]}, measured")
     axes.set_xscale("log", base=2)
     axes.set_xlabel("micro-batches m")
     axes.set_ylabel("idle fraction")
-    worst = max(gpipe, key=lambda r: r["micro_batches"]) if gpipe else None
-    title = f"p = {rows[0]['stages']} stages: the bubble"
-    if worst is not None:
-        title += f"; at m = {worst['micro_batches']} {worst['measured']:.0%} measured vs {worst['theory']:.0%}"
-    axes.set_title(title, fontsize=10)
+    worst = max(gpipe, key=lambda r: r["micro_batches"])
+    axes.set_title(f"p = {rows[0]['stages']} stages: the bubble; at m = {worst['micro_batches']} "
+                   f"{worst['measured']:.0%} measured ({worst['schedule']}, {worst['sends']}) vs "
+                   f"{worst['theory']:.0%}", fontsize=9)
     axes.legend(fontsize=8)
     figure.tight_layout()
     return figure

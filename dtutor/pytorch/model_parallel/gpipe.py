@@ -10,9 +10,16 @@ backward); ``run_stage`` carries them out on one stage. For p stages and m micro
 Forward: stage s receives its input from s - 1 (stage 0 reads the batch), runs its layers, sends the output
 to s + 1; the last stage computes the loss (divided by m: the gradient of the mean over the whole batch).
 Backward: stage s receives the gradient of its output from s + 1, back-propagates, and sends the gradient
-of its input to s - 1. GPipe uses blocking sends; 1F1B starts its sends with ``isend`` and waits at the end
-of the step, because with blocking sends at p = 2 stage 0 would wait to send activation 1 while stage 1
-waits to send gradient 0: a deadlock.
+of its input to s - 1. Two ways to communicate (``blocking``):
+
+- blocking ``dist.send``/``dist.recv``, one transfer at a time: the schedule at its plainest. Each transfer
+  waits for the other side (gloo hands the data over when the receiver asks for it), so every hop's latency
+  lands on the step's critical path.
+- overlapped: every receive of the step is posted up front with ``dist.irecv`` (one buffer per micro-batch,
+  as ``torch.distributed.pipelining`` allocates them) and every send starts with ``dist.isend``, waited for
+  at the end of the step. A message then arrives while its receiver is still computing, the way pipeline
+  engines hide communication behind compute. 1F1B needs it: with blocking sends at p = 2, stage 0 would wait
+  to send activation 1 while stage 1 waits to send gradient 0, a deadlock.
 
 Launch recipe (2 ranks; on a machine with 2 GPUs ``backend=nccl``)::
 
@@ -73,6 +80,29 @@ class StageStep:
     events: list[Event] = field(default_factory=list)
 
 
+class Inbox:
+    """The tensors one stage receives from one neighbour, micro-batch by micro-batch.
+
+    Blocking: ``take(i)`` receives then and there. Overlapped: the constructor posts an ``irecv`` for every
+    micro-batch at once (messages from one sender arrive in order), and ``take(i)`` waits for the i-th.
+    """
+
+    def __init__(self, source: int, shape: torch.Size, micro_batches: int, device: torch.device, blocking: bool):
+        self.source, self.shape, self.device, self.blocking = source, shape, device, blocking
+        self.posted: list[tuple[torch.Tensor, dist.Work]] = []
+        for _ in range(0 if blocking else micro_batches):
+            buffer = torch.empty(tuple(shape), device=device)
+            self.posted.append((buffer, dist.irecv(buffer, source)))
+
+    def take(self, i: int) -> torch.Tensor:
+        """Micro-batch ``i``'s tensor (they are taken in order)."""
+        if self.blocking:
+            return st.recv(self.shape, self.source, self.device)
+        buffer, request = self.posted[i]
+        request.wait()
+        return buffer
+
+
 def run_stage(module: nn.Module, actions: Sequence[Action], *, stage: int, stages: int,
               shapes: Sequence[torch.Size], inputs: Sequence[torch.Tensor] | None = None,
               targets: Sequence[torch.Tensor] | None = None,
@@ -82,17 +112,20 @@ def run_stage(module: nn.Module, actions: Sequence[Action], *, stage: int, stage
     """Carry out ``actions`` on ``stage``: gradients accumulate in ``module``'s parameters (see module docs).
 
     ``shapes[s]`` is what stage s outputs for one micro-batch; ``inputs`` (stage 0) and ``targets`` (last
-    stage) are the micro-batches. ``input_grad`` makes stage 0 compute its input's gradient too, so its
-    backward costs what the other stages' do (they must, to send it back).
+    stage) are the micro-batches. ``blocking`` picks blocking or overlapped communication (module docs).
+    ``input_grad`` makes stage 0 compute its input's gradient too, so its backward costs what the other
+    stages' do (they must, to send it back).
     """
     first, last = stage == 0, stage == stages - 1
     micro_batches = sum(kind == "F" for kind, _ in actions)
     recorder = recorder or Recorder(stage)
+    activations = None if first else Inbox(stage - 1, shapes[stage - 1], micro_batches, device, blocking)
+    gradients = None if last else Inbox(stage + 1, shapes[stage], micro_batches, device, blocking)
     held: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     step, pending = StageStep(), []
     for kind, i in actions:
         if kind == "F":
-            x = inputs[i] if first else st.recv(shapes[stage - 1], stage - 1, device)
+            x = inputs[i] if activations is None else activations.take(i)
             x = x.detach().requires_grad_(not first or input_grad)
             with recorder.record("forward", i):
                 y = module(x)
@@ -106,7 +139,7 @@ def run_stage(module: nn.Module, actions: Sequence[Action], *, stage: int, stage
             step.peak_held = max(step.peak_held, len(held))
         else:
             x, y = held.pop(i)
-            gradient = None if last else st.recv(shapes[stage], stage + 1, device)
+            gradient = None if gradients is None else gradients.take(i)
             with recorder.record("backward", i):
                 y.backward(gradient)
             if not first:
@@ -140,8 +173,10 @@ def max_gradient_difference(stage: nn.Module, reference: dict[str, torch.Tensor]
 
 
 def gpipe_by_hand(micro_batches: int = 4, schedules: Sequence[str] = ("gpipe", "1f1b"), batch: int = 32,
-                  seed: int = 0, backend: str = "gloo") -> dict[str, Any]:
+                  seed: int = 0, backend: str = "gloo", blocking_gpipe: bool = True) -> dict[str, Any]:
     """Entry point (one rank per stage): one step of each hand-written schedule on the course's CNN.
+
+    GPipe communicates blocking unless ``blocking_gpipe`` is False; 1F1B always overlaps (module docs).
 
     Returns, the same on every rank, per schedule: the largest gradient difference from the full batch on
     the unsplit model (over all stages), each stage's peak activations held, and every stage's events of a
@@ -157,7 +192,8 @@ def gpipe_by_hand(micro_batches: int = 4, schedules: Sequence[str] = ("gpipe", "
             reference = full_batch_gradients(model, x, y)
             options = {"stage": rank, "stages": world, "inputs": split_batch(x, micro_batches),
                        "shapes": st.boundary_shapes(stage, split_batch(x, micro_batches)[0]),
-                       "targets": split_batch(y, micro_batches), "device": device, "blocking": schedule == "gpipe"}
+                       "targets": split_batch(y, micro_batches), "device": device,
+                       "blocking": blocking_gpipe and schedule == "gpipe"}
             done = run_stage(stage[rank], actions_for(schedule, rank, world, micro_batches), **options)
             facts: list[Any] = [None] * world
             dist.all_gather_object(facts, (max_gradient_difference(stage[rank], reference), done.peak_held))

@@ -83,6 +83,37 @@ def mean_idle(events: Sequence[Event]) -> float:
     return sum(fractions.values()) / len(fractions)
 
 
+def replay(events: Sequence[Event]) -> list[Event]:
+    """The same step again with free communication: every event keeps its measured duration and order.
+
+    Each stage runs its events back to back in the order it ran them, except that a forward waits for the
+    previous stage's forward of the same micro-batch and a backward for the next stage's backward of it;
+    a message arrives the moment it is produced. What the replay idles comes from the compute alone (the
+    stages' uneven durations); what the measured step idles beyond it is communication.
+    """
+    stages = sorted({e.stage for e in events})
+    queues = {s: sorted((e for e in events if e.stage == s), key=lambda e: e.start) for s in stages}
+    ends: dict[tuple[int, str, int], float] = {}
+    clock = dict.fromkeys(stages, 0.0)
+    replayed: list[Event] = []
+    while any(queues.values()):
+        progressed = False
+        for stage, queue in queues.items():
+            while queue:
+                event = queue[0]
+                needs = (stage - 1 if event.kind == "forward" else stage + 1, event.kind, event.micro_batch)
+                if needs[0] in queues and needs not in ends:
+                    break
+                start = max(clock[stage], ends.get(needs, 0.0))
+                clock[stage] = ends[(stage, event.kind, event.micro_batch)] = start + event.seconds
+                replayed.append(Event(stage, event.kind, event.micro_batch, start, clock[stage]))
+                queue.pop(0)
+                progressed = True
+        if not progressed:
+            raise ValueError("events: the stages wait on each other in a cycle; not one step of a pipeline")
+    return sorted(replayed, key=lambda e: e.start)
+
+
 def plot_timeline(events: Sequence[Event], title: str | None = None):
     """Stage on the y-axis, milliseconds on the x-axis, a bar per forward (blue) and backward (orange).
 
@@ -102,7 +133,8 @@ def plot_timeline(events: Sequence[Event], title: str | None = None):
     axes.set_yticks(stages, [f"stage {s}" for s in stages])
     axes.invert_yaxis()
     axes.set_xlabel("time (ms)")
-    axes.legend(handles=[Patch(color=c, label=k) for k, c in COLORS.items()], loc="upper right", fontsize=8)
+    axes.legend(handles=[Patch(color=c, label=k) for k, c in COLORS.items()], loc="upper left",
+                bbox_to_anchor=(1.005, 1.0), fontsize=8)  # beside the bars, never over them
     theory = theory_bubble(len(stages), micro_batches)
     axes.set_title(title or f"{len(stages)} stages, {micro_batches} micro-batch(es): idle "
                             f"{mean_idle(events):.0%} of the step (GPipe theory {theory:.0%})")
