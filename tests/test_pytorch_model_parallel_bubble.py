@@ -31,8 +31,9 @@ def test_bubble_table_splits_the_gap_and_judges_overlapped_gpipe_up_to_m_4():
     assert lines[5].split()[-1] == "8/8" and lines[6].split()[-1] == "2/1"  # m = 8, 1F1B: no target
     assert lines[-2] == ("at m = 8, GPipe blocking: 20.0% idle vs 11.1%; +1.9 points from uneven compute (the step "
                          "replayed with its own compute times, which vary by 12%, and free communication idles 13.0%), "
-                         "+7.0 from communication (20.0 ms; 16 crossings at 1.25 ms per hop would be 20.0 ms, none "
-                         "hidden)")
+                         "+7.0 from communication (20.0 ms; a blocking transfer also waits for its receiver to be "
+                         "ready; 16 crossings at 1.25 ms per hop alone would be 20.0 ms)")
+    assert lines[-1].endswith("(2.5 ms; 16 crossings at 1.25 ms per hop would be, if none were hidden, 20.0 ms)")
     assert lines[-1].startswith("at m = 8, GPipe overlapped: 15.0% idle vs 11.1%; +2.9 points from uneven")
 
 

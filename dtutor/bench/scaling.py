@@ -257,12 +257,14 @@ def plot_scaling(result: dict[str, Any]):
 
 
 def bench_pipeline(repeats: int = 10, speed: bool = True) -> dict[str, Any]:
-    """The bubble rows (p = 2, m = 1, 2, 4, 8: GPipe blocking and overlapped, 1F1B) and the memory/speed rows
-    of the CNN's splits."""
+    """The bubble rows (p = 2, m = 1, 2, 4, 8: GPipe blocking and overlapped, 1F1B), the memory/speed rows of
+    the CNN's splits, and the machine they ran on (``suite.machine``)."""
+    from dtutor.bench.suite import machine
     from dtutor.pytorch.model_parallel import bubble, memory
 
+    where = machine()
     rows = [{k: v for k, v in row.items() if k != "events"} for row in bubble.measure_bubble(2, repeats=repeats)]
-    return {"bubble": rows, "memory": memory.measured_table("cnn", speed=speed)}
+    return {"bubble": rows, "memory": memory.measured_table("cnn", speed=speed), "machine": where}
 
 
 def format_pipeline(result: dict[str, Any]) -> str:

@@ -179,12 +179,14 @@ def _verdict(row: dict[str, Any]) -> str:
 def _explain(row: dict[str, Any]) -> str:
     """Where one row's gap from the theory comes from, in numbers."""
     crossings = 2 * row["micro_batches"] * (row["stages"] - 1)
+    hops = f"{crossings} crossings at {row['hop_ms']:.2f} ms per hop"
+    why = (f"a blocking transfer also waits for its receiver to be ready; {hops} alone would be "
+           if row["sends"] == "blocking" else f"{hops} would be, if none were hidden, ")
     return (f"at m = {row['micro_batches']}, GPipe {row['sends']}: {row['measured']:.1%} idle vs "
             f"{row['theory']:.1%}; {100 * row['uneven']:+.1f} points from uneven compute (the step replayed with its "
             f"own compute times, which vary by {row['compute_cv']:.0%}, and free communication idles "
             f"{row['replayed']:.1%}), {100 * row['communication']:+.1f} from communication "
-            f"({row['communication_ms']:.1f} ms; {crossings} crossings at {row['hop_ms']:.2f} ms per hop would "
-            f"be {crossings * row['hop_ms']:.1f} ms, none hidden)")
+            f"({row['communication_ms']:.1f} ms; {why}{crossings * row['hop_ms']:.1f} ms)")
 
 
 def format_bubble(rows: list[dict[str, Any]]) -> str:
