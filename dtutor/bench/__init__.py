@@ -14,7 +14,7 @@
 Modules: ``scaling`` (ddp, horovod, pipeline), ``suite`` (all: the plan and the launches), ``runner`` and
 ``tf_runner`` (inside the workers), ``probe`` (counting collectives, model state), ``rows`` (the table's
 rows), ``theory`` (what communication should cost), ``report`` (table, plots, README), ``allreduce``,
-``horovod_gap``.
+``horovod_gap``, ``machine`` (where a result was measured).
 """
 
 import argparse

@@ -131,7 +131,8 @@ def investigate(rounds: int = 3, batch_per_rank: int = 256, steps: int = 2, epoc
                 progress: Any = print) -> dict[str, Any]:
     """Every variant in ``rounds`` rotated rounds, then the idle CPU of each library; the evidence as a dict."""
     from dtutor import launch
-    from dtutor.bench.suite import environment, machine, rotated
+    from dtutor.bench.machine import machine
+    from dtutor.bench.suite import environment, rotated
 
     variants = variants or VARIANTS
     where = machine()

@@ -258,8 +258,8 @@ def plot_scaling(result: dict[str, Any]):
 
 def bench_pipeline(repeats: int = 10, speed: bool = True) -> dict[str, Any]:
     """The bubble rows (p = 2, m = 1, 2, 4, 8: GPipe blocking and overlapped, 1F1B), the memory/speed rows of
-    the CNN's splits, and the machine they ran on (``suite.machine``)."""
-    from dtutor.bench.suite import machine
+    the CNN's splits, and the machine they ran on (``machine.machine``)."""
+    from dtutor.bench.machine import machine
     from dtutor.pytorch.model_parallel import bubble, memory
 
     where = machine()

@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from dtutor.bench.machine import gpu_count, machine
 from dtutor.strategies import STRATEGIES
 
 
@@ -70,13 +71,6 @@ def registry_rows() -> list[Row]:
         rows += [Row(key, name, label, info.framework, info.launcher, info.parallelism, extra)
                  for key, label, extra in variants]
     return rows
-
-
-def gpu_count() -> int:
-    """GPUs visible here (0 without torch or CUDA)."""
-    from dtutor.launch import gpu_count as count
-
-    return count()
 
 
 def unavailable(row: Row, workers: int, gpus: int) -> str | None:
@@ -247,32 +241,6 @@ def run_rounds(mode: Mode, planned: dict[str, Any], progress: Any = print) -> li
                 per_rank = [rank[index] for rank in ranks] if ranks else [{"name": case["name"], "error": failure}]
                 records.append({"round": round_, "case": case, "ranks": per_rank})
     return records
-
-
-def machine() -> dict[str, Any]:
-    """Where the benchmark runs: CPUs, GPUs, library versions, the date and the load average now."""
-    import datetime
-    import importlib.metadata
-    import platform
-
-    versions = {}
-    for package in ("torch", "tensorflow-cpu", "tensorflow", "horovod", "deepspeed"):
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            versions[package] = importlib.metadata.version(package)
-    gpus = gpu_count()
-    names, driver = [], None
-    if gpus:
-        import torch
-
-        from dtutor.devices import probe_nvml
-
-        names = [torch.cuda.get_device_name(i) for i in range(gpus)]
-        with contextlib.suppress(Exception):  # no NVML: the driver stays unknown
-            driver = next((gpu.driver for gpu in probe_nvml().devices if gpu.driver), None)
-        versions["cuda"] = torch.version.cuda
-    return {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), "cpus": os.cpu_count(),
-            "platform": platform.platform(), "gpus": names, "driver": driver, "versions": versions,
-            "gpu_text": f", {gpus} GPU(s) {names}" if gpus else ", no GPU", "load_before": os.getloadavg()[0]}
 
 
 def dataparallel_memory(gpus: int, timeout: float) -> list[int] | None:
