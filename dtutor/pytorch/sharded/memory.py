@@ -47,10 +47,7 @@ Launch recipes::
 
 from __future__ import annotations
 
-import ctypes
 import gc
-import mmap
-import sys
 from collections import defaultdict
 from collections.abc import Iterator
 from typing import Any
@@ -64,6 +61,7 @@ from dtutor import models, strategies
 from dtutor.config import TrainConfig
 from dtutor.pytorch.driver import course_optimizer
 from dtutor.pytorch.process_group import join_process_group, leave_process_group
+from dtutor.pytorch.sharded.storage import covered_bytes, resident_bytes, view_span
 
 ROLES = ("parameters", "master_weights", "optimizer_state", "gradients", "host_gradients", "gathered_parameters",
          "reduce_bucket", "buffers")  # the order in which roles claim the bytes of a shared storage
@@ -106,40 +104,6 @@ def held_tensors(root: Any) -> Iterator[tuple[tuple[str, ...], torch.Tensor]]:
         stack.extend((path + (name,), child) for name, child in children if child is not None)
 
 
-def _span(tensor: torch.Tensor) -> tuple[int, int]:
-    """The bytes of its storage a tensor views: from its offset to its last element."""
-    size = tensor.element_size()
-    last = sum((n - 1) * s for n, s in zip(tensor.shape, tensor.stride(), strict=True)) if tensor.numel() else -1
-    return tensor.storage_offset() * size, (tensor.storage_offset() + last + 1) * size
-
-
-def _length(spans: list[tuple[int, int]]) -> int:
-    """Bytes in the union of [start, end) byte ranges."""
-    total, reach = 0, None
-    for start, end in sorted(spans):
-        if reach is None or start > reach:
-            total += end - start
-            reach = end
-        elif end > reach:
-            total += end - reach
-            reach = end
-    return total
-
-
-def resident_bytes(tensor: torch.Tensor) -> int | None:
-    """Bytes of a CPU tensor's storage that are in physical memory (Linux ``mincore``); None where unknown."""
-    if tensor.device.type != "cpu" or not sys.platform.startswith("linux"):
-        return None
-    storage, page = tensor.untyped_storage(), mmap.PAGESIZE
-    first = storage.data_ptr() - storage.data_ptr() % page
-    pages = (storage.data_ptr() + storage.nbytes() - first + page - 1) // page
-    flags = (ctypes.c_ubyte * pages)()
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.mincore(ctypes.c_void_p(first), ctypes.c_size_t(pages * page), flags) != 0:
-        return None
-    return (pages - bytes(flags).count(0)) * page
-
-
 class Ledger:
     """Views by role, grouped by storage; ``totals`` counts every storage once (see the module docstring)."""
 
@@ -161,7 +125,7 @@ class Ledger:
         if bucket:
             self.buckets[key] = resident_bytes(tensor)
         else:
-            self.views[key][role].append(_span(tensor))
+            self.views[key][role].append(view_span(tensor))
 
     def totals(self) -> dict[str, int]:
         """Bytes per role, plus ``bucket_capacity`` (the reduce buckets' allocated size, virtual where unused)."""
@@ -173,10 +137,10 @@ class Ledger:
                 roles = {"reduce_bucket": [s for role, spans in roles.items() if role != "buffers" for s in spans]}
             for role in ROLES:
                 if roles.get(role):
-                    totals[role] += _length(taken + roles[role]) - _length(taken)
+                    totals[role] += covered_bytes(taken + roles[role]) - covered_bytes(taken)
                     taken += roles[role]
             if key not in self.buckets:
-                totals["buffers"] += size - _length(taken)
+                totals["buffers"] += size - covered_bytes(taken)
         totals["bucket_capacity"] = sum(self.sizes[key] for key in self.buckets)
         resident = list(self.buckets.values())
         totals["bucket_resident"] = sum(resident) if None not in resident else -1  # -1: unknown
