@@ -94,10 +94,9 @@ def compute_variation(events: Sequence[Event]) -> float:
     return statistics.pstdev(relative)
 
 
-def _one_step(module: nn.Module, variant: str, micro_batches: int, rank: int, world: int,
+def _one_step(module: nn.Module, schedule: str, blocking: bool, micro_batches: int, rank: int, world: int,
               x: torch.Tensor, device: torch.device) -> tuple[list[Event], int]:
-    """One step of ``variant`` on the balanced stages; every rank's events and this stage's peak held."""
-    schedule, blocking = parse_variant(variant)
+    """One step of ``schedule`` on the balanced stages; every rank's events and this stage's peak held."""
     module.zero_grad()
     dist.barrier()
     done = run_stage(module, actions_for(schedule, rank, world, micro_batches), stage=rank, stages=world,
@@ -106,7 +105,7 @@ def _one_step(module: nn.Module, variant: str, micro_batches: int, rank: int, wo
     return gather(done.events), done.peak_held
 
 
-def _row(variant: str, micro_batches: int, world: int, steps: list[list[Event]], peaks: list[int],
+def _row(schedule: str, sends: str, micro_batches: int, world: int, steps: list[list[Event]], peaks: list[int],
          hop: float) -> dict[str, Any]:
     """One table row from the timed steps: the fastest step's figures (the least disturbed by other work)."""
     spans = [max(e.end for e in events) - min(e.start for e in events) for events in steps]
@@ -115,7 +114,6 @@ def _row(variant: str, micro_batches: int, world: int, steps: list[list[Event]],
     replay_span = max(e.end for e in replayed) - min(e.start for e in replayed)
     compute_ms = 1e3 * sum(e.seconds for e in best) / (world * micro_batches)
     measured, theory, idle_replayed = mean_idle(best), theory_bubble(world, micro_batches), mean_idle(replayed)
-    schedule, sends = variant.split("/")
     return {"schedule": schedule, "sends": sends, "stages": world, "micro_batches": micro_batches,
             "measured": measured, "median": statistics.median(mean_idle(events) for events in steps),
             "theory": theory, "gap": measured - theory, "relative_gap": measured / theory - 1,
@@ -135,8 +133,7 @@ def bubble_entry(micro_batches: Sequence[int] = (1, 2, 4, 8), variants: Sequence
     ``peak_held`` the activations each stage held; ``events`` the fastest step's timeline (for
     ``timeline.plot_timeline``). Rank 0 prints each row's idle fraction as it is measured.
     """
-    for variant in variants:
-        parse_variant(variant)
+    parsed = [(variant, *parse_variant(variant)) for variant in variants]
     rank, world, device = st.join(backend)
     try:
         torch.manual_seed(seed)
@@ -144,14 +141,15 @@ def bubble_entry(micro_batches: Sequence[int] = (1, 2, 4, 8), variants: Sequence
         x = torch.randn(micro_batch_size, width, device=device)
         hop = hop_ms(x.shape, rank, device) if world > 1 else 0.0
         rows = []
-        for variant in variants:
+        for variant, schedule, blocking in parsed:
             for m in micro_batches:
-                if variant.startswith("1f1b") and m < world:
+                if schedule == "1f1b" and m < world:
                     continue
-                runs = [_one_step(module, variant, m, rank, world, x, device) for _ in range(repeats + 1)]
+                runs = [_one_step(module, schedule, blocking, m, rank, world, x, device) for _ in range(repeats + 1)]
                 peaks: list[Any] = [None] * world
                 dist.all_gather_object(peaks, runs[-1][1])
-                rows.append(_row(variant, m, world, [events for events, _ in runs[1:]], peaks, hop))
+                rows.append(_row(schedule, variant.partition("/")[2], m, world, [events for events, _ in runs[1:]],
+                                 peaks, hop))
                 if rank == 0:
                     print(f"{variant}, m = {m}: {rows[-1]['measured']:.1%} idle (theory {rows[-1]['theory']:.1%})",
                           flush=True)
