@@ -81,3 +81,26 @@ def test_ruff_is_clean():
     result = subprocess.run([sys.executable, "-m", "ruff", "check", "dtutor", "tests"], cwd=ROOT,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:]
+
+
+def test_course_test_runs_the_notebooks_even_after_a_unit_test_fails(tmp_path):
+    """``./course test`` runs both parts, reports each, and exits non-zero when either failed."""
+    import hashlib
+    import shutil
+    import stat
+
+    course = tmp_path / "course"
+    shutil.copy(ROOT / "course", course)
+    venv_bin = tmp_path / ".venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    fake_python = venv_bin / "python"  # a stand-in for the venv's python: unit tests fail, nbval passes
+    fake_python.write_text('#!/bin/sh\necho "$*" >> "$(dirname "$0")/calls"\n'
+                           'case "$*" in *--nbval*) exit 0;; *) exit 1;; esac\n')
+    fake_python.chmod(fake_python.stat().st_mode | stat.S_IXUSR)
+    # the set-up stamp: the fingerprint of the files setup watches (here, only the copied script)
+    (tmp_path / ".venv" / ".dtutor-setup").write_text(hashlib.sha256(course.read_bytes()).hexdigest()[:16] + "\n")
+    done = subprocess.run(["bash", str(course), "test", "-q"], capture_output=True, text=True, timeout=60)
+    calls = (venv_bin / "calls").read_text().splitlines()
+    assert [call.split()[:3] for call in calls] == [["-m", "pytest", "tests/"], ["-m", "pytest", "--nbval"]]
+    assert done.returncode != 0
+    assert "unit tests: FAILED (pytest exit code 1); notebooks under nbval: passed" in done.stdout

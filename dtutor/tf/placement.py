@@ -15,6 +15,23 @@ from typing import Any
 
 DEVICE_NAME = re.compile(r"^/(?:device:)?(CPU|GPU):(\d+)$", re.IGNORECASE)
 DATA_FREE_OPS = {"_Arg", "_Retval", "_Send", "_Recv", "_DeviceArg", "_EagerConst", "Const", "Identity", "NoOp"}
+KERNEL_PREFIX = re.compile(r"^_(?:MklNative|Mkl)?")  # oneDNN's rewrites (_MklNative...), Grappler's fusions (_Fused...)
+FUSED = re.compile(r"^Fused(Conv2D|Conv3D|DepthwiseConv2dNative|MatMul|BatchMatMulV2)$")
+
+
+def framework_op(kernel: str) -> str:
+    """The TensorFlow op that a rewritten kernel implements: ``_MklNativeConv2DBackpropFilterWithBias`` ->
+    ``Conv2DBackpropFilter``, ``_FusedConv2D`` and ``_MklNativeFusedConv2D`` -> ``Conv2D``.
+
+    Before running a graph, TensorFlow rewrites it for the machine: Grappler fuses a convolution or matrix
+    product with the bias and activation after it (``_FusedConv2D``), and on CPUs with AVX-512 VNNI or BF16
+    (or with ``TF_ENABLE_ONEDNN_OPTS=1``) oneDNN replaces ops by its own kernels (``_MklNative...``), some of
+    them fused too (the filter gradient computes the bias gradient as well: ``...WithBias``). The op a
+    lesson talks about is the same on every CPU; the kernel's name is not.
+    """
+    name = KERNEL_PREFIX.sub("", kernel) if kernel.startswith(("_Mkl", "_Fused")) else kernel
+    fused = FUSED.match(name)
+    return fused[1] if fused else name.removesuffix("WithBias")
 
 
 def _device_key(match: re.Match) -> tuple[str, int]:
@@ -79,8 +96,10 @@ def placement(step: Any, *args: Any) -> dict[str, Any]:
     Read from TensorFlow's run metadata: the graph as partitioned for execution, one part per device, with a
     ``_Send``/``_Recv`` pair for every tensor that crosses between devices (``step`` must not have run yet:
     the partitions are recorded when the function is instantiated). Returns ``{"ops": {device: {phase:
-    {op type: count}}}, "crossings": [{"tensor", "from", "to", "phase", "shape", "bytes"}]}``; op counts
-    leave out bookkeeping (arguments, constants, identities, sends, receives, variable reads).
+    {op: count}}}, "crossings": [{"tensor", "from", "to", "phase", "shape", "bytes"}], "kernels": {kernel:
+    op}}``. Ops are counted by the framework op they implement (``framework_op``), so the counts are the same
+    on every CPU; ``kernels`` lists the rewritten kernels this machine ran instead. Op counts leave out
+    bookkeeping (arguments, constants, identities, sends, receives, variable reads).
     """
     from tensorflow.python.eager import context  # run metadata has no public TF2 API (tf.summary uses this)
 
@@ -94,7 +113,7 @@ def placement(step: Any, *args: Any) -> dict[str, Any]:
     finally:
         runtime.disable_run_metadata()
     ops: dict[str, dict[str, Counter]] = {}
-    crossings = []
+    crossings, kernels = [], {}
     for function in metadata.function_graphs:
         for partition in function.partition_graphs:
             for node in partition.node:
@@ -102,9 +121,12 @@ def placement(step: Any, *args: Any) -> dict[str, Any]:
                 if node.op == "_Send" and "/ctrl/" not in node.input[0]:
                     crossings.append(_crossing(graph, node))
                 elif node.op not in DATA_FREE_OPS and node.op != "ReadVariableOp":
-                    ops.setdefault(device, {}).setdefault(_phase(node), Counter())[node.op] += 1
+                    ops.setdefault(device, {}).setdefault(_phase(node), Counter())[framework_op(node.op)] += 1
+                    if framework_op(node.op) != node.op:
+                        kernels[node.op] = framework_op(node.op)
     return {"ops": {device: {phase: dict(sorted(counts.items())) for phase, counts in sorted(phases.items())}
-                    for device, phases in sorted(ops.items())}, "crossings": crossings}
+                    for device, phases in sorted(ops.items())}, "crossings": crossings,
+            "kernels": dict(sorted(kernels.items()))}
 
 
 def _crossing(graph: Any, send: Any) -> dict[str, Any]:
