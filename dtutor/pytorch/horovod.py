@@ -7,9 +7,9 @@ What it changes:
   (after ``accumulation`` backward passes when accumulating);
 - reduce: ``hvd.allreduce``; teardown: ``hvd.shutdown()``.
 
-Learning rate: ``config.lr`` is the learning rate of the global batch, as for every strategy. The seed's
-``lr * hvd.size()`` is the same rule seen from the other side: it keeps each worker's batch fixed, so the
-global batch (and the rate that suits it) grows with the number of workers.
+Learning rate: ``config.lr`` is the learning rate of the global batch, as for every strategy. The Alibaba
+Cloud article's ``lr * hvd.size()`` (in its Keras code) is the same rule seen from the other side: it keeps each
+worker's batch fixed, so the global batch (and the rate that suits it) grows with the number of workers.
 
 Launch recipes::
 

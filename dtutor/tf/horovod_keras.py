@@ -1,8 +1,8 @@
 """Horovod for Keras (notebook 03) as a Keras strategy, on Keras 2 (tf-keras).
 
-What it changes, the seed's flow: ``hvd.init()`` (one GPU per process, by local rank),
+What it changes, the Alibaba Cloud article's flow: ``hvd.init()`` (one GPU per process, by local rank),
 ``hvd.DistributedOptimizer`` (gradients averaged over workers at every step),
-``BroadcastGlobalVariablesCallback(0)`` so every worker holds rank 0's weights, ``MetricAverageCallback`` so
+``BroadcastGlobalVariablesCallback(0)`` so every worker holds rank 0's weights; added here, ``MetricAverageCallback`` so
 the logged metrics are averaged over workers, and the data sharded: worker r of N trains on samples
 r, r+N, r+2N, ... (``dtutor.data.shard``) with a micro-batch of global_batch / N, so one step of all
 workers together sees one contiguous global batch, as one process would.
@@ -15,9 +15,9 @@ big-batch gradient. ``after_compile`` broadcasts the model's variables once more
 ``dtutor.tf.horovod_lessons.late_broadcast`` shows the difference.
 
 Learning rate: ``config.lr`` is the learning rate of the global batch, as for every strategy; it is not
-multiplied by ``hvd.size()``. The seed's ``lr * hvd.size()`` is the same rule seen from the other side: it
-starts from a rate tuned for one worker's batch and keeps the per-worker batch fixed, so N workers train on
-an N times larger global batch, which the linear scaling rule gives an N times larger rate.
+multiplied by ``hvd.size()``. The Alibaba Cloud article's ``lr * hvd.size()`` is the same rule seen from the
+other side: it starts from a rate tuned for one worker's batch and keeps the per-worker batch fixed, so N
+workers train on an N times larger global batch, which the linear scaling rule gives an N times larger rate.
 
 Horovod 0.28.1 predates Keras 3, so workers run Keras 2 (``tf_keras``, ``TF_USE_LEGACY_KERAS=1``), and its
 modules are pointed at ``tf_keras.backend`` (see ``horovod_keras``).

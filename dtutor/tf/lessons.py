@@ -1,4 +1,4 @@
-"""Notebook 04's lessons beyond ``fit``: a custom training loop, the seed's scope mistake, a speed measurement.
+"""Notebook 04's lessons beyond ``fit``: a custom loop, the model-parallel primer's scope mistake, a speed measurement.
 
 Each runs in the process that called ``setup_tensorflow`` (see ``dtutor.tf.setup``) and reuses the driver's
 model, data and parameter names, so its results compare with ``dtutor.tf.driver.train``'s::
@@ -71,7 +71,7 @@ def train_with_custom_loop(config: TrainConfig, replicas: int = 2) -> RunResult:
 
 
 def scope_mistake(replicas: int = 2) -> dict[str, Any]:
-    """The seed's mistake, then the fix: build the model OUTSIDE ``strategy.scope()`` and compile inside it.
+    """The model-parallel primer's mistake and its fix: the model built OUTSIDE ``strategy.scope()``, compiled inside.
 
     tf-keras refuses at ``compile`` (``ValueError: Variable ... was not created in the distribution strategy
     scope``); Keras 3 raises ``RuntimeError: Need to be inside "with strategy.scope()"``. The fix creates and
@@ -121,3 +121,20 @@ def speed_title(rates: dict[int, float], devices: str) -> str:
     ratio = rates[most] / rates[counts[0]]
     return (f"{devices}: {most} replicas ran {ratio:.2f}x the steps/s of {counts[0]} "
             f"({rates[most]:.1f} against {rates[counts[0]]:.1f})")
+
+
+def describe(result: RunResult) -> str:
+    """One line for people about a TensorFlow run, counting processes AND replicas.
+
+    A ``MirroredStrategy`` run is one process holding N replicas, so ``RunResult.world_size`` (processes) alone
+    would say "1 rank" for 2 replicas; e.g. ``mirrored: 1 process, 2 replicas in sync; epoch 0: ...``.
+    """
+    processes = result.world_size
+    replicas = result.details.get("replicas_in_sync", processes)
+    parts = [f"{result.strategy}: {processes} process{'es' if processes != 1 else ''}, "
+             f"{replicas} replica{'s' if replicas != 1 else ''} in sync"]
+    if result.epochs:
+        parts.append(result.epochs[-1].summary())
+    if result.test_accuracy is not None:
+        parts.append(f"test accuracy {result.test_accuracy:.3f}")
+    return "; ".join(parts)

@@ -56,7 +56,7 @@ class KerasStrategy:
         return contextlib.nullcontext()
 
     def model_seed(self) -> int:
-        """The seed the model is built from: the same on every worker, so every replica starts equal."""
+        """The random seed the model is built from: the same on every worker, so every replica starts equal."""
         return self.config.seed
 
     def wrap_optimizer(self, optimizer: Any) -> Any:
