@@ -1,6 +1,7 @@
 import io
 import json
 import os
+import shlex
 import subprocess
 import sys
 import textwrap
@@ -111,6 +112,19 @@ def test_commands_shown_for_one_and_two_nodes():
     assert training.count("backend=gloo") == 2 and training.count("backend=nccl") == 2  # CPU and GPU forms
     assert "seconds=2.5 backend" not in text  # an entry point without a backend gets none
     assert "'checkpoint='\"'\"'two words.pt'\"'\"''" in quoted  # strings that are not bare words keep their quotes
+
+
+def test_long_commands_wrap_with_continuations_short_ones_stay_whole():
+    short = ["torchrun", "--standalone", "-m", "dtutor.launch", "dtutor.diagnostics:hello"]
+    assert launch.shell_command(short) == shlex.join(short)
+    words = launch.torchrun_command("dtutor.pytorch.driver:train", 2, {"strategy": "ddp", "checkpoint": "a b.pt"},
+                                    nnodes=2)
+    text = launch.shell_command(words, width=60)
+    lines = text.splitlines()
+    assert all(line.endswith(" \\") for line in lines[:-1]) and len(lines) > 2
+    assert all(len(line) <= 62 for line in lines) and lines[1].startswith("    ")
+    assert any(line.startswith("    -m dtutor.launch") for line in lines)  # the worker's command starts a line
+    assert shlex.split(text.replace(" \\\n", " ")) == words  # the same words as typed on one line
 
 
 def test_arguments_round_trip_through_the_command_line():

@@ -33,6 +33,7 @@ from dtutor.launch.commands import (
     deepspeed_command,
     gpu_count,
     horovodrun_command,
+    shell_command,
     show_commands,
     torchrun_command,
 )
@@ -61,6 +62,7 @@ __all__ = [
     "run_horovod",
     "run_single",
     "run_tf_workers",
+    "shell_command",
     "show_commands",
     "show_tf_worker_commands",
     "supervise",

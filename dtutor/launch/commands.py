@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import shlex
+from collections.abc import Callable
 from typing import Any
 
 from dtutor.config import ConfigError
@@ -17,6 +18,8 @@ BACKENDS = ("auto", "gloo", "nccl", "mpi")
 # Bounded waits of a multi-node rendezvous: the nodes wait up to join_timeout s for each other; a node that
 # cannot reach HOST stops after about 2 x read_timeout s (torchrun's defaults: 600 s and about 2 minutes).
 RENDEZVOUS_CONF = "join_timeout=120,read_timeout=30"
+COMMAND_WIDTH = 100  # a shown command longer than this is wrapped with ` \\` continuations
+WORKER_STARTS = ("-m", "--module", "python")  # where the launcher's options end and the worker's command starts
 HOST_HELP = ("HOST = the address of the machine you start first (its name, or an IP from `hostname -I`;\n"
              "# to try it on one machine: two terminals, HOST = 127.0.0.1)")
 
@@ -25,6 +28,32 @@ def check_count(name: str, value: int) -> None:
     """Refuse a process or node count that is not a whole number >= 1 (``ValueError`` naming ``name``)."""
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+
+
+def shell_command(words: list[str], width: int = COMMAND_WIDTH, *,
+                  quote: Callable[[str], str] = shlex.quote) -> str:
+    """``words`` as one shell command to copy, wrapped with `` \\`` continuations when longer than ``width``.
+
+    A long command puts the launcher's options first and the worker's command (from ``-m``, ``--module`` or
+    ``python``) on a new line; each part fills lines up to ``width`` characters, continued lines indented.
+    ``quote`` makes each word a shell word (``str`` for words already quoted: ``$VARIABLES`` in double
+    quotes, or a quoted inner command that ``shell_command`` wrapped itself, whose lines are kept).
+    """
+    quoted = [quote(word) for word in words]
+    if max(len(line) for line in " ".join(quoted).splitlines() or [""]) <= width:
+        return " ".join(quoted)
+    start = next((i for i, word in enumerate(words) if i > 1 and word in WORKER_STARTS), len(words))
+    lines: list[str] = []
+    for part in (quoted[:start], quoted[start:]):
+        line = ""
+        for word in part:
+            first = word.partition("\n")[0]
+            if line and len(line.rpartition("\n")[2]) + 1 + len(first) > width:
+                lines.append(line)
+                line = ""
+            line = f"{line} {word}" if line else ("    " if lines else "") + word
+        lines += [line] if line else []
+    return " \\\n".join(lines)
 
 
 def gpu_count() -> int:
@@ -91,13 +120,13 @@ def show_commands(entry: str, nprocs: int = 2, *, gpus_per_node: int = 4, **kwar
     cpu, gpu = _with_backend(entry, kwargs, "gloo"), _with_backend(entry, kwargs, "nccl")
 
     def two(procs: int, values: dict[str, Any]) -> str:
-        return shlex.join(torchrun_command(entry, procs, values, nnodes=2))
+        return shell_command(torchrun_command(entry, procs, values, nnodes=2))
 
     return "\n".join([
         f"# one machine, {nprocs} processes on the CPU (gloo):",
-        shlex.join(torchrun_command(entry, nprocs, cpu)),
+        shell_command(torchrun_command(entry, nprocs, cpu)),
         f"# one GPU machine, one process per GPU (nccl; here {gpus_per_node} GPUs):",
-        shlex.join(torchrun_command(entry, gpus_per_node, gpu)),
+        shell_command(torchrun_command(entry, gpus_per_node, gpu)),
         f"# two machines: the same command on each; {HOST_HELP}.",
         f"# Each waits up to {RENDEZVOUS_CONF.split(',')[0].split('=')[1]} s for the other; one that cannot reach "
         "HOST stops after about a minute.",

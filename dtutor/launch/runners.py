@@ -23,6 +23,7 @@ from dtutor.launch.commands import (
     deepspeed_command,
     horovodrun_command,
     host_slots,
+    shell_command,
     takes_backend,
     torchrun_command,
 )
@@ -78,7 +79,7 @@ def run(
         endpoint, job = f"127.0.0.1:{get_free_port()}", f"dtutor-{uuid.uuid4().hex[:8]}"
         command = torchrun_command(entry, nprocs, kwargs, nnodes=nnodes, endpoint=endpoint, job_id=job)
         commands = [python + command[1:]] * nnodes
-    display = shlex.join(["torchrun", *commands[0][3:]]) + (f"   # x{nnodes} nodes" if nnodes > 1 else "")
+    display = shell_command(["torchrun", *commands[0][3:]]) + (f"   # x{nnodes} nodes" if nnodes > 1 else "")
     return supervise(commands, entry=entry, timeout=timeout, quiet=quiet,
                      threads=_threads(threads_per_rank, nprocs * nnodes), display=display)
 
@@ -121,7 +122,7 @@ def run_horovod(
     python = command.index("python")
     actual = [horovodrun, *command[1:python], sys.executable, *command[python + 1:]]
     return supervise([actual], entry=entry, timeout=timeout, quiet=quiet, threads=_threads(threads_per_rank, nprocs),
-                     envs=[dict(TF_WORKER_ENV)], display=shlex.join(command))
+                     envs=[dict(TF_WORKER_ENV)], display=shell_command(command))
 
 
 def run_deepspeed(entry: str, nprocs: int = 2, *, backend: str = "auto", timeout: float = 300.0,
@@ -137,7 +138,7 @@ def run_deepspeed(entry: str, nprocs: int = 2, *, backend: str = "auto", timeout
     actual = [str(Path(sys.executable).with_name("deepspeed")), "--log_level=warning", *command[1:]]
     env = {} if "nccl" in str(kwargs.get("backend")) else {"DS_ACCELERATOR": "cpu"}
     return supervise([actual], entry=entry, timeout=timeout, quiet=quiet, threads=_threads(threads_per_rank, nprocs),
-                     envs=[env], display=shlex.join(command))
+                     envs=[env], display=shell_command(command))
 
 
 def run_single(entry: str, *, timeout: float = 300.0, env: dict[str, str] | None = None, threads: int | None = None,
@@ -149,7 +150,8 @@ def run_single(entry: str, *, timeout: float = 300.0, env: dict[str, str] | None
     """
     command = [sys.executable, *worker_arguments(entry, kwargs)]
     return supervise([command], entry=entry, timeout=timeout, quiet=quiet, threads=threads or os.cpu_count() or 1,
-                     envs=[{"DTUTOR_RANK": "0", **(env or {})}], display=shlex.join(["python", *command[1:]]))[0]
+                     envs=[{"DTUTOR_RANK": "0", **(env or {})}],
+                     display=shell_command(["python", *command[1:]]))[0]
 
 
 def free_ports(count: int) -> list[int]:
