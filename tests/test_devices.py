@@ -265,6 +265,8 @@ def test_cpu_recommendation_is_simulated_gloo(inv: Inventory) -> None:
     assert recs["02"].workers >= 2 and "gloo" in recs["02"].how
     assert recs["04"].mode == "simulated" and "logical CPU devices" in recs["04"].how
     assert recs["06"].mode == "simulated" and recs["06"].backend == "gloo"
+    assert (recs["05"].workers, recs["05"].backend) == (2, "gloo") and "processes" in recs["05"].how  # as 05 runs
+    assert recs["08"].mode == "simulated" and "batch scripts" in recs["08"].how
     assert recs["01"].mode == recs["05"].mode == recs["07"].mode == "simulated"
     assert recs["01"].workers == 1 and "calls the module" in recs["01"].how  # DataParallel's CPU pass-through
     assert recommend(inv, simulated_workers=3)[1].workers == 3
@@ -284,6 +286,7 @@ def test_four_gpus_recommend_nccl_with_four_ranks() -> None:
         assert (recs[nb].mode, recs[nb].workers, recs[nb].backend) == ("gpu", 4, "nccl"), recs[nb]
     assert recs["01"].mode == recs["04"].mode == recs["05"].mode == recs["07"].mode == "gpu"
     assert recs["04"].workers == 4 and recs["04"].backend == "NcclAllReduce"
+    assert (recs["05"].workers, recs["05"].backend) == (2, "nccl")  # two stages, one per GPU
     assert recs["01"].workers == 4
 
 

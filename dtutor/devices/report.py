@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import shutil
 from dataclasses import dataclass
 
 from dtutor.devices.records import Inventory
@@ -21,11 +22,11 @@ class Recommendation:
 
 
 STRATEGIES = {"01": "DataParallel", "02": "DDP", "03": "Horovod", "04": "TF MirroredStrategy",
-              "05": "Model/pipeline parallel", "06": "DeepSpeed", "07": "Comparison"}
+              "05": "Model/pipeline parallel", "06": "DeepSpeed, FSDP", "07": "Comparison", "08": "Slurm and ssh"}
 
 
 def recommend(inv: Inventory, simulated_workers: int | None = None) -> list[Recommendation]:
-    """For notebooks 01-07: run on the GPUs, on simulated CPU workers, or not here (and what to do).
+    """For notebooks 01-08: run on the GPUs, on simulated CPU workers, or not here (and what to do).
 
     Simulated runs use ``simulated_workers`` workers (default: the usable cores, clamped to 2..4).
     """
@@ -57,23 +58,29 @@ def recommend(inv: Inventory, simulated_workers: int | None = None) -> list[Reco
     if tf is None and importlib.util.find_spec("tensorflow") is None:
         add("04", "unavailable", 0, "-", "TensorFlow not installed: run ./course setup")
     elif tf is not None and tf.devices:
-        add("04", "gpu", len(tf.devices), "NcclAllReduce", f"one replica per GPU ({len(tf.devices)})")
+        add("04", "gpu", len(tf.devices), "NcclAllReduce",
+            f"one replica per GPU ({len(tf.devices)}); MultiWorker: one worker per machine (TF_CONFIG)")
     else:
         add("04", "simulated", sim, "ReductionToOneDevice",
-            f"{sim} logical CPU devices (tf.config.set_logical_device_configuration) as replicas")
-    if n >= 2:
-        add("05", "gpu", n, "device copies", f"model stages on {n} GPUs")
+            f"{sim} logical CPU devices as replicas; MultiWorker: {sim} CPU processes (TF_CONFIG)")
+    if n >= 2 and be["nccl"].usable:
+        add("05", "gpu", 2, "nccl", "2 ranks, one stage per GPU, activations sent over NCCL; TF: /gpu:0 and /gpu:1")
     else:
-        add("05", "simulated", 2, "device copies", f"under 2 GPUs: stages share {'cuda:0' if n else 'cpu'}")
+        add("05", "simulated", 2, "gloo",
+            "2 CPU processes, one stage each, sending over gloo; TF: 2 logical CPU devices")
     ds = be["deepspeed"]
     if not ds.usable:
         add("06", "unavailable", 0, "-", ds.detail)
     elif n and "accelerator cuda" in ds.detail:
-        add("06", "gpu", n, "nccl", f"deepspeed launcher: {n} ranks, ZeRO on the GPUs")
+        add("06", "gpu", n, "nccl", f"deepspeed launcher or torchrun (FSDP): {n} ranks, shards on the GPUs")
     else:
-        add("06", "simulated", sim, "gloo", f"CPU accelerator: {sim} gloo ranks, ZeRO shards in CPU memory")
+        add("06", "simulated", sim, "gloo",
+            f"{sim} gloo ranks (DeepSpeed's CPU accelerator, FSDP), shards in CPU memory")
     add("07", "gpu" if n else "simulated", n or sim, "-",
-        "times the strategies above that run here" + ("" if n else "; on CPU: overhead, not speed-up"))
+        "times the strategies above that run here" + ("" if n else "; CPU: speed-up up to the core count"))
+    slurm = "submitted to Slurm here" if shutil.which("sbatch") else "jobs need Slurm: scripts/install_slurm.sh"
+    add("08", "gpu" if n else "simulated", n or 2, "nccl" if n and be["nccl"].usable else "gloo",
+        f"batch scripts written and checked; {slurm}")
     return recs
 
 
