@@ -12,16 +12,23 @@ RESULT = {"samples_per_s_1": 1000.0, "samples_per_s_2": 1700.0, "samples_per_s_i
 
 
 def test_ddp_table_verdicts_follow_the_numbers_and_the_machines_ceiling():
-    table = bench.format_ddp(RESULT)
+    table = bench.format_ddp(RESULT, verdict=True)
     assert "  DDP / ceiling                                    0.955  >= 0.9: met" in table
     assert "  ceiling: independent / (2 T1)                    0.890" in table and "1,780" in table
     assert "<= 2%: met" in table and "control: hand loop against itself" in table and "-0.40%" in table
-    missed = bench.format_ddp(RESULT | {"of_ceiling": 0.7, "overhead": 0.05, "overhead_q1": 0.03})
+    missed = bench.format_ddp(RESULT | {"of_ceiling": 0.7, "overhead": 0.05, "overhead_q1": 0.03}, verdict=True)
     assert ">= 0.9: missed" in missed and "<= 2%: missed" in missed
-    spread = bench.format_ddp(RESULT | {"overhead": 0.03, "overhead_q1": -0.04})
+    spread = bench.format_ddp(RESULT | {"overhead": 0.03, "overhead_q1": -0.04}, verdict=True)
     assert "<= 2%: undecided (the middle half of the pairs spans the target: more --rounds)" in spread
-    noisy = bench.format_ddp(RESULT | {"overhead": 0.05, "control": 0.04})
+    noisy = bench.format_ddp(RESULT | {"overhead": 0.05, "control": 0.04}, verdict=True)
     assert "<= 2%: undecided (the noise floor, +4.0%, is beyond the target)" in noisy
+
+
+def test_a_learners_ddp_table_shows_the_measurements_without_verdicts():
+    table = bench.format_ddp(RESULT)
+    assert "  DDP / ceiling                                    0.955" in table and "(the noise floor)" in table
+    assert "target" not in table and ": met" not in table and "missed" not in table
+    assert table.splitlines()[0] == "measure                                            value"
 
 
 def test_table_headers_are_for_people():

@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
         result = {"all": _all, "allreduce": _allreduce, "horovod_gap": _horovod_gap}[args.what](args)
     elif args.what == "ddp":
         result = bench_ddp(args.batch_per_rank, args.repeats or 5, args.rounds)
-        print(format_ddp(result))
+        print(format_ddp(result, verdict=True))
     elif args.what == "zero":
         from dtutor import bench_zero
 

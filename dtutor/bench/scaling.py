@@ -192,23 +192,32 @@ def _overhead_verdict(result: dict[str, Any]) -> str:
     return _verdict(overhead <= target)
 
 
-def format_ddp(result: dict[str, Any]) -> str:
-    """The table ``python -m dtutor.bench ddp`` prints, each verdict computed from the number beside it."""
+def format_ddp(result: dict[str, Any], verdict: bool = False) -> str:
+    """The table of a DDP measurement: what was measured, and the ceiling and noise floor to read it against.
+
+    ``verdict`` (the benchmark's, ``python -m dtutor.bench ddp``) adds a target column, each verdict computed from
+    the number beside it; a learner's table (the default) shows the measurements only.
+    """
     of_ceiling, overhead = result["of_ceiling"], result["overhead"]
+
+    def row(name: str, value: str, note: str = "", target: str = "") -> str:
+        return f"{name:<44}{value:>12}  {note}{target if verdict else ''}".rstrip()
+
     return "\n".join([
-        f"{'measure':<44}{'value':>12}  target",
-        f"{'DDP samples/s, 1 rank (1 thread)':<44}{result['samples_per_s_1']:>12,.0f}",
-        f"{'DDP samples/s, 2 ranks (1 thread each)':<44}{result['samples_per_s_2']:>12,.0f}",
-        f"{'2 independent processes (the ceiling)':<44}{result['samples_per_s_independent']:>12,.0f}",
-        f"{'scaling efficiency T2 / (2 T1)':<44}{result['efficiency']:>12.3f}",
-        f"{'  ceiling: independent / (2 T1)':<44}{result['ceiling']:>12.3f}  (this machine, this run)",
-        f"{'  DDP / ceiling':<44}{of_ceiling:>12.3f}  >= {SCALING_TARGET}: {_verdict(of_ceiling >= SCALING_TARGET)}",
-        f"{'driver, CPU s per run of ' + str(result['steps']) + ' steps':<44}{result['driver_s']:>12.4f}",
-        f"{'hand-written loop, same metrics':<44}{result['hand_s']:>12.4f}",
-        f"{'driver overhead (median of ' + str(result['rounds']) + ' pairs)':<44}{overhead:>+12.2%}  "
-        f"<= {DRIVER_OVERHEAD_TARGET:.0%}: {_overhead_verdict(result)}",
+        row("measure", "value", "", "target"),
+        row("DDP samples/s, 1 rank (1 thread)", f"{result['samples_per_s_1']:,.0f}"),
+        row("DDP samples/s, 2 ranks (1 thread each)", f"{result['samples_per_s_2']:,.0f}"),
+        row("2 independent processes (the ceiling)", f"{result['samples_per_s_independent']:,.0f}"),
+        row("scaling efficiency T2 / (2 T1)", f"{result['efficiency']:.3f}"),
+        row("  ceiling: independent / (2 T1)", f"{result['ceiling']:.3f}", "(this machine, this run)"),
+        row("  DDP / ceiling", f"{of_ceiling:.3f}", "",
+            f">= {SCALING_TARGET}: {_verdict(of_ceiling >= SCALING_TARGET)}"),
+        row(f"driver, CPU s per run of {result['steps']} steps", f"{result['driver_s']:.4f}"),
+        row("hand-written loop, same metrics", f"{result['hand_s']:.4f}"),
+        row(f"driver overhead (median of {result['rounds']} pairs)", f"{overhead:+.2%}", "",
+            f"<= {DRIVER_OVERHEAD_TARGET:.0%}: {_overhead_verdict(result)}"),
         f"{'  middle half of the pairs':<44}{result['overhead_q1']:>+6.1%} to {result['overhead_q3']:+.1%}",
-        f"{'  control: hand loop against itself':<44}{result['control']:>+12.2%}  (the noise floor)",
+        row("  control: hand loop against itself", f"{result['control']:+.2%}", "(the noise floor)"),
     ])
 
 
