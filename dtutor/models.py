@@ -1,6 +1,8 @@
-"""The course's models: the seed's MNIST CNN (PyTorch and Keras, equal parameter counts) and a wide MLP.
+"""The course's models: the Alibaba Cloud article's MNIST CNN (PyTorch and Keras, equal parameter counts) and a
+wide MLP.
 
-The CNN is the one every seed notebook trains::
+The CNN is the one the Alibaba Cloud article (the first of the source articles) trains with Horovod and splits
+over two devices::
 
     Conv 32 3x3 -> ReLU -> MaxPool 2 -> Conv 64 3x3 -> ReLU -> MaxPool 2 -> Flatten -> Dense 64 -> Dense 10
 
@@ -21,7 +23,7 @@ MNIST_CNN_PARAMETERS = 121_930  # both frameworks; a test checks
 
 
 def mnist_cnn() -> nn.Module:
-    """The seed's MNIST CNN in PyTorch: input (N, 1, 28, 28), output logits (N, 10)."""
+    """The Alibaba Cloud article's MNIST CNN in PyTorch: input (N, 1, 28, 28), output logits (N, 10)."""
     from torch import nn
 
     return nn.Sequential(
