@@ -1,4 +1,7 @@
-"""The seed's claims beside the numbers (dtutor.bench.claims): every verdict follows the invented result."""
+"""The CSDN article's claims beside the numbers (dtutor.bench.claims): every verdict follows the invented
+result, and a timing verdict carries its spread over the rounds and is undecided when they disagree."""
+
+import copy
 
 from test_bench_rows import fake_result
 
@@ -9,30 +12,58 @@ def verdicts(result, gpu_results=None):
     return {c["method"]: c["verdict"] for c in claims.claims(result, gpu_results)}
 
 
-def test_each_seed_row_gets_a_verdict_from_the_numbers():
+def test_each_row_of_the_article_gets_a_verdict_from_the_numbers():
     found = {c["method"]: c for c in claims.claims(fake_result())}
-    assert list(found) == [row["method"] for row in claims.SEED_TABLE]
+    assert list(found) == [row["method"] for row in claims.ARTICLE_TABLE]
     assert found["DataParallel"]["verdict"] == "unmeasured"
     assert "results/gpu/ is empty" in found["DataParallel"]["measured"]
-    assert found["DDP"]["verdict"] == "confirms"  # theory's bytes, 1.05 of the ceiling
-    assert found["Horovod"]["verdict"] == "limits"  # the same bytes, 0.73 against DDP's 0.89
-    assert "scales 0.73 against DDP's 0.89 (82% of it); its workers use +10.0 ms of CPU per step" in \
-        found["Horovod"]["measured"]
+    assert found["DDP"]["verdict"] == "confirms"  # theory's bytes, 1.06 and 1.04 of the ceiling
+    assert "rounds: 1.04 to 1.06 over 2 rounds; confirms from 0.9 on" in found["DDP"]["measured"]
+    assert found["Horovod"]["verdict"] == "limits"  # the same bytes, 0.83 and 0.81 of DDP's efficiency
+    assert "scales 0.73 against DDP's 0.89 (its share of DDP's, rounds: 0.81 to 0.83 over 2 rounds; limits " \
+           "below 0.95); its workers use +10.0 ms of CPU per step" in found["Horovod"]["measured"]
     assert found["MirroredStrategy"]["verdict"] == "corrects"  # its (invented) proof failed
     assert found["DeepSpeed"]["verdict"] == "limits"  # less memory, but slower
     assert "ZeRO-3 33% of DDP's (1,463 kB)" in found["DeepSpeed"]["measured"]
 
 
-def test_verdicts_change_when_the_numbers_do():
+def _rescale(result, name, factor, rounds=(0, 1)):
+    """``result`` with run ``name``'s samples/s multiplied by ``factor`` in ``rounds``."""
+    changed = copy.deepcopy(result)
+    for entry in changed["records"]:
+        if entry["case"]["name"] == name and entry["round"] in rounds:
+            for rank in entry["ranks"]:
+                rank["samples_per_s"] *= factor
+    return changed
+
+
+def test_verdicts_change_when_the_rounds_do():
     result = fake_result()
+    assert verdicts(_rescale(result, "horovod@2", 1.3))["Horovod"] == "confirms"  # 1.08 and 1.06 of DDP's
+    assert verdicts(_rescale(result, "ddp@2", 0.8))["DDP"] == "limits"  # 0.85 and 0.83 of the ceiling
+    assert verdicts(_rescale(result, "deepspeed_zero3@2", 4))["DeepSpeed"] == "confirms"  # faster than DDP
     rows = {row["key"]: row for row in result["rows"]}
-    rows["horovod"]["efficiency"] = rows["ddp"]["efficiency"]
-    rows["ddp"]["vs_ceiling"] = 0.5
-    rows["deepspeed_zero3"]["samples_per_s_2"] = 1000
-    assert verdicts(result)["Horovod"] == "confirms" and verdicts(result)["DDP"] == "limits"
-    assert verdicts(result)["DeepSpeed"] == "confirms"
     rows["deepspeed_zero3"]["model_state_bytes"] = 10**9
-    assert verdicts(result)["DeepSpeed"] == "corrects"
+    assert verdicts(result)["DeepSpeed"] == "corrects"  # no memory saved: whatever the speed
+
+
+def test_rounds_on_both_sides_of_the_threshold_leave_the_verdict_undecided():
+    split = _rescale(fake_result(), "horovod@2", 1.3, rounds=(0,))  # round 0: 1.08 of DDP's; round 1: 0.81
+    found = {c["method"]: c for c in claims.claims(split)}
+    assert found["Horovod"]["verdict"] == "undecided" and "0.81 to 1.08 over 2 rounds" in found["Horovod"]["measured"]
+    one_round = fake_result()
+    one_round["records"] = [entry for entry in one_round["records"] if entry["round"] == 0]
+    found = {c["method"]: c for c in claims.claims(one_round)}
+    assert {found[m]["verdict"] for m in ("DDP", "Horovod", "DeepSpeed")} == {"undecided"}
+    assert "1.06, one round: no spread" in found["DDP"]["measured"]
+
+
+def test_judge_and_spread():
+    assert claims.judge([0.91, 0.95], 0.9, "yes", "no") == "yes"
+    assert claims.judge([0.5, 0.89], 0.9, "yes", "no") == "no"
+    assert claims.judge([0.85, 0.95], 0.9, "yes", "no") == "undecided"
+    assert claims.judge([0.95], 0.9, "yes", "no") == "undecided"
+    assert claims.spread([0.812, 0.934, 0.9]) == "0.81 to 0.93 over 3 rounds" and claims.spread([]) == "no round"
 
 
 def test_a_strategy_that_did_not_run_is_unmeasured_not_guessed():
@@ -41,9 +72,9 @@ def test_a_strategy_that_did_not_run_is_unmeasured_not_guessed():
     assert verdicts(result)["Horovod"] == "unmeasured"
 
 
-def test_the_markdown_table_has_the_seeds_columns_and_two_more():
+def test_the_markdown_table_has_the_articles_columns_and_two_more():
     text = claims.claims_markdown(fake_result())
-    assert text.splitlines()[0].endswith("| the seed's claim | verdict | measured here |")
+    assert text.splitlines()[0].endswith("| the article's claim | verdict | measured here |")
     assert ('| DDP | PyTorch | data, one process per GPU | many GPUs, many machines | '
             '"reduces communication overhead" | **confirms** |') in text
 

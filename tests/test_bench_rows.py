@@ -62,7 +62,7 @@ def fake_result():
     machine = {"date": "2026-11-23T23:00:00+00:00", "cpus": 2, "gpu_text": ", no GPU", "gpus": [],
                "load_before": 0.5, "load_after": 0.7, "versions": {"torch": "2.13.0"}}
     return {"mode": "quick", "batch_per_worker": 64, "steps": 4, "epochs": 2, "repeats": 2, "machine": machine,
-            "proof_setup": suite.PROOF, **table}
+            "proof_setup": suite.PROOF, **table, "records": suite.strip(fake_records())}
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +74,14 @@ def test_the_ceiling_is_two_independent_runs_over_twice_one_alone_each_round():
     runs = rows.index(fake_records())
     assert rows.ceilings(runs) == pytest.approx([0.85, 0.85])
     assert fake_result()["ceiling"] == pytest.approx(0.85) and fake_result()["single_1"] == 105
+
+
+def test_each_rounds_figures_are_kept_for_the_spread():
+    runs = rows.index(fake_records())
+    assert rows.ceiling_by_round(runs) == pytest.approx({0: 0.85, 1: 0.85})
+    assert rows.rate_by_round(runs, "ddp@2") == {0: 180, 1: 176}
+    assert rows.rate_by_round(runs, "deepspeed_zero3@1") == {}  # failed runs give no rate
+    assert rows.efficiency_by_round(runs, "ddp") == pytest.approx({0: 0.9, 1: 0.88})
 
 
 def test_rates_are_medians_and_efficiency_the_median_of_each_rounds_pair(table):

@@ -1,17 +1,22 @@
-"""The seed's comparison table, and each of its claims beside the number of ``python -m dtutor.bench all``
-that confirms, corrects or limits it (or says that it is unmeasured here, and why).
+"""The CSDN article's comparison table, and each of its claims beside the numbers of ``python -m dtutor.bench
+all`` that confirm, correct or limit it (or a statement that it is unmeasured here, and why).
 
-The seed ends with a table of DataParallel, DDP, Horovod, MirroredStrategy and DeepSpeed: framework, kind of
-parallelism, where each fits, strengths and weaknesses, every claim asserted. ``SEED_TABLE`` keeps its
-columns; the phrases in quotes are the seed's. ``claims(result)`` computes every verdict and sentence from
-the benchmark's result, so the notebook's text always says what the numbers say.
+The CSDN article (the third source article) ends with a table of DataParallel, DDP, Horovod,
+MirroredStrategy and DeepSpeed: framework, kind of parallelism, where each fits, strengths and weaknesses,
+every claim asserted. ``ARTICLE_TABLE`` keeps its columns; the phrases in quotes are the article's.
+``claims(result)`` computes every verdict and sentence from the benchmark's result, so the notebook's text
+always says what the numbers say. A verdict that rests on a timing is judged round by round
+(``judge``): it carries the spread of its figure over the rounds, and is **undecided** when the rounds fall
+on both sides of its threshold, or when a single round gives no spread at all.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-SEED_TABLE = [
+from dtutor.bench import rows as table_rows
+
+ARTICLE_TABLE = [
     {"method": "DataParallel", "framework": "PyTorch", "parallelism": "data, one process, threads",
      "fits": "one machine, a few GPUs", "strength": "two lines of code",
      "weakness": '"the main GPU is a bottleneck"'},
@@ -27,6 +32,9 @@ SEED_TABLE = [
      "fits": "large models", "strength": '"optimises large-model training"',
      "weakness": "complex to configure"},
 ]
+DDP_OF_CEILING = 0.9  # DDP "reduces communication overhead" if it keeps this share of the ceiling
+HOROVOD_OF_DDP = 0.95  # Horovod scales like DDP if its efficiency is at least this share of DDP's
+UNDECIDED = "undecided"
 
 
 def _rows(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -39,6 +47,38 @@ def _kb(value: float | None) -> str:
 
 def _share(part: float | None, whole: float | None) -> str:
     return "-" if not (part and whole) else f"{part / whole:.0%}"
+
+
+def judge(values: list[float], threshold: float, at_or_above: str, below: str) -> str:
+    """``at_or_above`` when every round's value reaches ``threshold``, ``below`` when none does, and
+    ``"undecided"`` when the rounds fall on both sides of it or there are fewer than two rounds."""
+    if len(values) < 2 or min(values) < threshold <= max(values):
+        return UNDECIDED
+    return at_or_above if min(values) >= threshold else below
+
+
+def spread(values: list[float]) -> str:
+    """The values of the rounds in words: "0.81 to 0.93 over 3 rounds", "0.87, one round"."""
+    if not values:
+        return "no round"
+    if len(values) == 1:
+        return f"{values[0]:.2f}, one round: no spread"
+    return f"{min(values):.2f} to {max(values):.2f} over {len(values)} rounds"
+
+
+def _ratios(numerator: dict[int, float], denominator: dict[int, float]) -> list[float]:
+    return [numerator[r] / denominator[r] for r in sorted(set(numerator) & set(denominator)) if denominator[r]]
+
+
+def round_figures(result: dict[str, Any]) -> dict[str, list[float]]:
+    """Per round, from the result's records: DDP's efficiency over the ceiling, Horovod's efficiency over
+    DDP's, and ZeRO-3's samples/s at 2 workers over DDP's (the figures the timing verdicts rest on)."""
+    runs = table_rows.index(result.get("records") or [])
+    ddp = table_rows.efficiency_by_round(runs, "ddp")
+    return {"ddp_of_ceiling": _ratios(ddp, table_rows.ceiling_by_round(runs)),
+            "horovod_of_ddp": _ratios(table_rows.efficiency_by_round(runs, "horovod"), ddp),
+            "zero3_of_ddp": _ratios(table_rows.rate_by_round(runs, "deepspeed_zero3@2"),
+                                    table_rows.rate_by_round(runs, "ddp@2"))}
 
 
 def dataparallel_claim(rows: dict[str, Any], gpu_results: list[dict[str, Any]]) -> tuple[str, str]:
@@ -61,33 +101,35 @@ def dataparallel_claim(rows: dict[str, Any], gpu_results: list[dict[str, Any]]) 
         f"{excess:+.0%} against the others' mean ({others / 2**30:.2f} GiB); " + here)
 
 
-def ddp_claim(rows: dict[str, Any]) -> tuple[str, str]:
+def ddp_claim(rows: dict[str, Any], rounds: dict[str, list[float]]) -> tuple[str, str]:
     """DDP: one ring all-reduce of the gradients per step, and how close to the ceiling that leaves it."""
     ddp = rows.get("ddp", {})
     if ddp.get("bytes_counted") is None or ddp.get("vs_ceiling") is None:
         return "unmeasured", "DDP did not run at 2 workers"
-    verdict = "confirms" if ddp.get("bytes_match") and ddp["vs_ceiling"] >= 0.9 else "limits"
+    values = rounds["ddp_of_ceiling"]
+    verdict = judge(values, DDP_OF_CEILING, "confirms", "limits") if ddp.get("bytes_match") else "limits"
     return verdict, (f"sends {_kb(ddp['bytes_counted'])} per worker per step, theory {_kb(ddp['bytes_theory'])} "
                      f"(one ring all-reduce of the gradients, nothing more); scaling efficiency "
-                     f"{ddp['efficiency']:.2f}, which is {ddp['vs_ceiling']:.2f} of what two processes that never "
-                     "communicate reach here")
+                     f"{ddp['efficiency']:.2f}, {ddp['vs_ceiling']:.2f} of what two processes that never "
+                     f"communicate reach here (rounds: {spread(values)}; confirms from {DDP_OF_CEILING} on)")
 
 
-def horovod_claim(rows: dict[str, Any]) -> tuple[str, str]:
+def horovod_claim(rows: dict[str, Any], rounds: dict[str, list[float]]) -> tuple[str, str]:
     """Horovod: the same bytes as DDP; its efficiency against DDP's, on one machine."""
     hvd, ddp = rows.get("horovod", {}), rows.get("ddp", {})
     if not (hvd.get("efficiency") and ddp.get("efficiency")):
         return "unmeasured", "Horovod or DDP did not run at 2 workers"
-    relative = hvd["efficiency"] / ddp["efficiency"]
-    verdict = "limits" if relative < 0.95 else "confirms"
+    values = rounds["horovod_of_ddp"]
     cpu = ""
     if all(row.get(k) is not None for row in (hvd, ddp) for k in ("main_thread_cpu_per_step",
                                                                  "other_threads_cpu_per_step")):
         extra = sum(hvd[k] - ddp[k] for k in ("main_thread_cpu_per_step", "other_threads_cpu_per_step"))
         cpu = f"; its workers use {extra * 1e3:+.1f} ms of CPU per step against DDP's (section 5)"
-    return verdict, (f"multi-node is not measurable on one machine; here it sends what DDP sends "
-                     f"({_kb(hvd.get('bytes_counted'))} against {_kb(ddp.get('bytes_counted'))}) and scales "
-                     f"{hvd['efficiency']:.2f} against DDP's {ddp['efficiency']:.2f} ({relative:.0%} of it){cpu}")
+    return judge(values, HOROVOD_OF_DDP, "confirms", "limits"), (
+        f"multi-node is not measurable on one machine; here it sends what DDP sends "
+        f"({_kb(hvd.get('bytes_counted'))} against {_kb(ddp.get('bytes_counted'))}) and scales "
+        f"{hvd['efficiency']:.2f} against DDP's {ddp['efficiency']:.2f} (its share of DDP's, rounds: "
+        f"{spread(values)}; limits below {HOROVOD_OF_DDP}){cpu}")
 
 
 def mirrored_claim(rows: dict[str, Any]) -> tuple[str, str]:
@@ -101,40 +143,43 @@ def mirrored_claim(rows: dict[str, Any]) -> tuple[str, str]:
                      f"{_kb(worker.get('bytes_counted'))} per step, theory {_kb(worker.get('bytes_theory'))}")
 
 
-def deepspeed_claim(rows: dict[str, Any]) -> tuple[str, str]:
+def deepspeed_claim(rows: dict[str, Any], rounds: dict[str, list[float]]) -> tuple[str, str]:
     """DeepSpeed: the model state per worker it saves, and what it costs in bytes and speed on a small model."""
     ddp, z1, z3 = rows.get("ddp", {}), rows.get("deepspeed_zero1", {}), rows.get("deepspeed_zero3", {})
     if not (ddp.get("model_state_bytes") and z3.get("model_state_bytes")):
         return "unmeasured", "DDP or ZeRO-3 did not run at 2 workers"
+    values = rounds["zero3_of_ddp"]
     saves = z3["model_state_bytes"] < ddp["model_state_bytes"]
-    slower = (z3.get("samples_per_s_2") or 0) < (ddp.get("samples_per_s_2") or 0)
-    verdict = "confirms" if saves and not slower else "limits" if saves else "corrects"
+    verdict = judge(values, 1.0, "confirms", "limits") if saves else "corrects"
     return verdict, (f"model state per worker: ZeRO-1 {_share(z1.get('model_state_bytes'), ddp['model_state_bytes'])}"
                      f", ZeRO-3 {_share(z3['model_state_bytes'], ddp['model_state_bytes'])} of DDP's "
                      f"({_kb(ddp['model_state_bytes'])}); it pays in bytes (ZeRO-1 x"
                      f"{(z1.get('bytes_counted') or 0) / (ddp.get('bytes_counted') or 1):.2f}, ZeRO-3 x"
                      f"{(z3.get('bytes_counted') or 0) / (ddp.get('bytes_counted') or 1):.2f} DDP's per step) and, "
                      f"on this small model, in speed ({_share(z3.get('samples_per_s_2'), ddp.get('samples_per_s_2'))}"
-                     " of DDP's samples/s at 2 workers): it pays off when the model does not fit")
+                     f" of DDP's samples/s at 2 workers; rounds: {spread(values)}): it pays off when the model "
+                     "does not fit")
 
 
 def claims(result: dict[str, Any], gpu_results: list[dict[str, Any]] | None = None) -> list[dict[str, str]]:
-    """One entry per seed row: its claim, the verdict (confirms, corrects, limits, unmeasured), the numbers."""
-    rows, gpu_results = _rows(result), gpu_results or []
-    found = {"DataParallel": dataparallel_claim(rows, gpu_results), "DDP": ddp_claim(rows),
-             "Horovod": horovod_claim(rows), "MirroredStrategy": mirrored_claim(rows),
-             "DeepSpeed": deepspeed_claim(rows)}
+    """One entry per row of the article's table: its claim, the verdict (confirms, corrects, limits,
+    undecided, unmeasured) and the numbers behind it."""
+    rows, gpu_results, rounds = _rows(result), gpu_results or [], round_figures(result)
+    found = {"DataParallel": dataparallel_claim(rows, gpu_results), "DDP": ddp_claim(rows, rounds),
+             "Horovod": horovod_claim(rows, rounds), "MirroredStrategy": mirrored_claim(rows),
+             "DeepSpeed": deepspeed_claim(rows, rounds)}
     claim_of = {"DataParallel": "weakness", "DDP": "strength", "Horovod": "fits", "MirroredStrategy": "strength",
                 "DeepSpeed": "strength"}
-    return [{"method": seed["method"], "claim": seed[claim_of[seed["method"]]], "verdict": found[seed["method"]][0],
-             "measured": found[seed["method"]][1]} for seed in SEED_TABLE]
+    return [{"method": entry["method"], "claim": entry[claim_of[entry["method"]]],
+             "verdict": found[entry["method"]][0], "measured": found[entry["method"]][1]}
+            for entry in ARTICLE_TABLE]
 
 
 def claims_markdown(result: dict[str, Any], gpu_results: list[dict[str, Any]] | None = None) -> str:
-    """The seed's table with two more columns: the verdict and the measurement behind it."""
-    lines = ["| method | framework | parallelism | where it fits | the seed's claim | verdict | measured here |",
+    """The article's table with two more columns: the verdict and the measurement behind it."""
+    lines = ["| method | framework | parallelism | where it fits | the article's claim | verdict | measured here |",
              "|---|---|---|---|---|---|---|"]
-    for seed, claim in zip(SEED_TABLE, claims(result, gpu_results), strict=True):
-        lines.append(f"| {seed['method']} | {seed['framework']} | {seed['parallelism']} | {seed['fits']} | "
+    for entry, claim in zip(ARTICLE_TABLE, claims(result, gpu_results), strict=True):
+        lines.append(f"| {entry['method']} | {entry['framework']} | {entry['parallelism']} | {entry['fits']} | "
                      f"{claim['claim']} | **{claim['verdict']}** | {claim['measured']} |")
     return "\n".join(lines)

@@ -81,14 +81,30 @@ def _rate(ranks: list[dict[str, Any]] | None) -> float | None:
     return ranks[0].get("samples_per_s") if _ok(ranks) else None
 
 
-def ceilings(runs: dict[str, dict[int, list[dict[str, Any]]]]) -> list[float]:
+def ceiling_by_round(runs: dict[str, dict[int, list[dict[str, Any]]]]) -> dict[int, float]:
     """Per round: the two independent single runs' samples/s together, over 2x one alone the same round."""
-    found = []
+    found = {}
     for round_, ranks in runs.get("ceiling", {}).items():
         alone = _rate(runs.get("single@1", {}).get(round_))
         if _ok(ranks) and alone:
-            found.append(sum(rank["samples_per_s"] for rank in ranks) / (2 * alone))
+            found[round_] = sum(rank["samples_per_s"] for rank in ranks) / (2 * alone)
     return found
+
+
+def ceilings(runs: dict[str, dict[int, list[dict[str, Any]]]]) -> list[float]:
+    """The ceiling of each round (``ceiling_by_round``), in round order."""
+    return [value for _, value in sorted(ceiling_by_round(runs).items())]
+
+
+def rate_by_round(runs: dict[str, dict[int, list[dict[str, Any]]]], name: str) -> dict[int, float]:
+    """Per round: the samples/s of run ``name`` (e.g. ``ddp@2``), where it ran without error."""
+    return {r: rate for r, ranks in runs.get(name, {}).items() if (rate := _rate(ranks))}
+
+
+def efficiency_by_round(runs: dict[str, dict[int, list[dict[str, Any]]]], key: str) -> dict[int, float]:
+    """Per round: row ``key``'s scaling efficiency T2 / (2 T1), from the two runs of the same round."""
+    one, two = rate_by_round(runs, f"{key}@1"), rate_by_round(runs, f"{key}@2")
+    return {r: two[r] / (2 * one[r]) for r in sorted(set(one) & set(two))}
 
 
 def _median(values: list[float]) -> float | None:
