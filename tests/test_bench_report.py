@@ -10,17 +10,25 @@ from dtutor.bench import report
 
 def test_the_table_has_one_row_per_strategy_and_its_heading_says_where_and_when():
     text = report.format_all(fake_result())
-    lines = text.splitlines()
-    assert lines[0].startswith("quick mode on 2 CPU(s), no GPU, 2026-11-23T23:00:00+00:00, load average 0.5 before")
-    assert "Ceiling (2 single runs at once, no communication): 0.85 of 2x one run." in lines[0]
-    assert lines[2].split()[:2] == ["strategy", "framework"]
-    body = {line.split()[0]: line for line in lines[3:8]}
+    head, table, notes = text.split("\n\n")
+    assert head.startswith("quick mode on 2 CPU(s), no GPU, 2026-11-23T23:00:00+00:00, load average 0.5 before")
+    assert "Ceiling (2 single runs at once, no communication): 0.85 of 2x one run." in " ".join(head.split())
+    lines = table.splitlines()
+    assert lines[0].split()[:2] == ["strategy", "framework"]
+    body = {line.split()[0]: line for line in lines[1:]}
     assert set(body) == {"single", "ddp", "horovod", "deepspeed", "mirrored"}
-    assert "x1.00 matches" in body["ddp"] and "passed (1e-08 vs reference, tol 1e-05)" in body["ddp"]
-    assert "x0.86 differs" in body["deepspeed"] and "none sent: one process" in body["mirrored"]
+    assert "x1.00 matches" in body["ddp"] and "passed 1e-08 vs reference (tol 1e-05)" in body["ddp"]
+    assert "x0.86 differs" in body["deepspeed"] and "none: 1 process" in body["mirrored"]
     assert "FAILED" in body["mirrored"]  # a failed proof is shown, not hidden
-    assert "single at 2 worker(s): skipped, one device by definition" in text
-    assert "deepspeed ZeRO-3: failed, RuntimeError: boom" in text
+    notes = " ".join(notes.split())
+    assert "single at 2 worker(s): skipped, one device by definition" in notes
+    assert "deepspeed ZeRO-3: failed, RuntimeError: boom" in notes
+    assert max(len(line) for line in text.splitlines()) <= 150
+
+
+def test_the_readme_table_keeps_the_long_cells():
+    text = report.readme_table(fake_result())
+    assert "passed (1e-08 vs reference, tol 1e-05)" in text and "none sent: one process" in text
 
 
 def test_a_ceiling_above_one_is_called_noise_and_only_then():
@@ -66,7 +74,7 @@ def test_plots_and_highlights_are_computed_from_the_numbers():
     figure = report.plot_all(result)
     assert [axes.get_ylabel() for axes in figure.axes] == ["samples / s", "model state / worker (kB)",
                                                            "kB sent / worker / step"]
-    assert "ceiling: 2 single runs at once (0.85 of 2x)" in [t.get_text() for t in figure.axes[0].get_legend().texts]
+    assert "ceiling: 2 single runs\nat once (0.85 of 2x)" in [t.get_text() for t in figure.axes[0].get_legend().texts]
     lines = report.highlights(result)
     assert lines[0].startswith("Two single runs at once reach 0.85 of twice one run")
     assert lines[1] == "Fastest at 2 workers: ddp (178 samples/s, efficiency 0.89)."
