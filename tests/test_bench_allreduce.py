@@ -29,10 +29,35 @@ def test_the_summary_reads_latency_peak_and_where_half_the_bandwidth_is_reached(
 def test_the_table_and_its_sentences_follow_the_numbers():
     text = allreduce.format_allreduce(RESULT)
     assert "25 MiB    14.000ms       1.900       1.900  <- DDP bucket (25 MiB)" in text
-    assert "latency (smallest message): 1.00 ms; peak busbw 2.00 GB/s; half of it from 4 MiB on" in text
+    assert "latency (fastest message up to 64 KiB): 1.00 ms; peak busbw 2.00 GB/s; half of it from 4 MiB on" in text
     assert "DDP's 25 MiB bucket reaches 95% of the peak busbw" in text and "476.3 KiB) 12%, in 2.00 ms" in text
     figure = allreduce.plot_allreduce(RESULT)
     assert figure.texts[0].get_text().endswith("latency 1.00 ms, peak busbw 2.00 GB/s")
+
+
+def test_latency_is_the_fastest_small_message_not_the_first_one_timed():
+    rows = [dict(ROWS[0], seconds=3e-3), {"bytes": 16384, "seconds": 0.9e-3, "algbw": 1.8e7, "busbw": 1.8e7},
+            *ROWS[1:]]
+    assert allreduce.summary(rows)["latency_s"] == 0.9e-3
+
+
+def test_a_run_without_the_marked_sizes_says_nothing_about_them():
+    small = [row for row in ROWS if row["bytes"] <= 4 * allreduce.MIB and row["bytes"] != allreduce.CNN_GRADIENT_BYTES]
+    result = {"rows": small, "ranks": 4, "backend": "gloo", **allreduce.summary(small)}
+    assert result["bucket_fraction_of_peak"] is None and result["cnn_seconds"] is None
+    assert "bucket" not in allreduce.format_allreduce(result).split("\n\n")[1]
+
+
+def test_four_ranks_show_what_busbw_adds_to_algbw():
+    four = [dict(row, busbw=row["algbw"] * 1.5) for row in ROWS[:3]]
+    results = [RESULT, {"rows": four, "ranks": 4, "backend": "gloo", **allreduce.summary(four)}]
+    lines = allreduce.format_ranks(results).splitlines()
+    assert lines[0].split()[:3] == ["ranks", "2(n-1)/n", "at"] and "4 MiB" in lines[0]
+    assert lines[1].split()[:2] == ["2", "1.00"] and lines[2].split()[:2] == ["4", "1.50"]
+    assert lines[2].split()[3:5] == ["1.000", "1.500"]  # algbw, busbw at 4 MiB
+    figure = allreduce.plot_allreduce(results)
+    labels = [t.get_text() for t in figure.axes[1].get_legend().texts]
+    assert "2 ranks: busbw = 1.00 x algbw" in labels and "4 ranks: busbw = 1.50 x algbw" in labels
 
 
 def test_a_tiny_measurement_on_two_ranks():

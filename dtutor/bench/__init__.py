@@ -3,7 +3,7 @@
     python -m dtutor.bench all             # every strategy of the registry, 1 and 2 workers: one table
     python -m dtutor.bench all --mode full --json all.json    # the README's run (quick: the notebook's)
     python -m dtutor.bench readme --json all.json             # rewrite README.md's table from that file
-    python -m dtutor.bench allreduce       # all-reduce time, algbw and busbw from 4 KB to 64 MB
+    python -m dtutor.bench allreduce       # all-reduce time, algbw and busbw, 4 KB to 64 MB, 2 and 4 ranks
     python -m dtutor.bench horovod_gap     # why Horovod scales worse than DDP here, measured
     python -m dtutor.bench ddp             # DDP scaling 1 -> 2 ranks (1 thread each) and the driver's overhead
     python -m dtutor.bench horovod         # Horovod (PyTorch) beside DDP, 1 and 2 ranks, same model and data
@@ -62,9 +62,11 @@ def _readme(args: argparse.Namespace) -> None:
 def _allreduce(args: argparse.Namespace) -> Any:
     from dtutor.bench import allreduce
 
-    result = allreduce.bench_allreduce(quick=args.mode != "full")
-    print(allreduce.format_allreduce(result))
-    return result
+    results = allreduce.bench_ranks((2, 4), quick=args.mode != "full")
+    for result in results:
+        print(allreduce.format_allreduce(result), end="\n\n")
+    print(allreduce.format_ranks(results))
+    return results
 
 
 def _horovod_gap(args: argparse.Namespace) -> Any:

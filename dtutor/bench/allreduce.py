@@ -10,6 +10,11 @@ about constant), large ones bandwidth-bound (busbw levels off). ``half_bandwidth
 meet: the message size that reaches half the largest busbw. DDP all-reduces its gradients in buckets of at
 most 25 MiB (``bucket_cap_mb=25``), so the plot marks that size, and the course CNN's whole gradient.
 
+At 2 ranks 2(n-1)/n = 1, so busbw and algbw are the same number; ``bench_ranks`` also measures 4 ranks (up to
+``LARGEST_BEYOND_2``, to stay short), where busbw = 1.5 algbw shows what the factor does. Every rank warms up
+(``WARMUP`` all-reduces of every size, untimed) before the first timing: the first collectives of a process
+group pay for connections and buffers, which is not the link's latency.
+
 gloo on CPUs, NCCL when every rank has a GPU (``backend="auto"``). Launch recipe (what ``bench_allreduce``
 starts)::
 
@@ -20,15 +25,19 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
-from dtutor.bench.theory import BYTES_FP32, bus_bandwidth
+from dtutor.bench.theory import BYTES_FP32, bus_bandwidth, wire_factor
 from dtutor.models import MNIST_CNN_PARAMETERS
 
 MIB = 1024 * 1024
 DDP_BUCKET_BYTES = 25 * MIB  # torch.nn.parallel.DistributedDataParallel(bucket_cap_mb=25)
 CNN_GRADIENT_BYTES = MNIST_CNN_PARAMETERS * BYTES_FP32
 SIZES = [4 * 1024 * 4**k for k in range(8)]  # 4 KiB, 16 KiB, ..., 64 MiB
+WARMUP = 5  # untimed all-reduces of every size before any timing
+LARGEST_BEYOND_2 = 4 * MIB  # runs on more than 2 ranks stop at this size (short, on a machine of 2 cores)
+LATENCY_SIZES = 64 * 1024  # latency: the fastest all-reduce of the messages up to this size
 
 
 def default_sizes() -> list[int]:
@@ -50,7 +59,8 @@ def _time_loop(tensor, iterations: int, synchronize) -> float:
 def measure(sizes: list[int] | None = None, budget: float = 0.3, loops: int = 3, backend: str = "auto",
             max_iterations: int = 200) -> list[dict[str, Any]]:
     """Entry point (every rank): per size, the median over ``loops`` loops of the time per all-reduce (the
-    slowest rank's); each loop runs about ``budget`` seconds (at least 2 iterations), after a warm-up."""
+    slowest rank's); each loop runs about ``budget`` seconds (at least 2 iterations), after ``WARMUP`` untimed
+    all-reduces of every size."""
     import torch
     import torch.distributed as dist
 
@@ -63,9 +73,13 @@ def measure(sizes: list[int] | None = None, budget: float = 0.3, loops: int = 3,
             torch.cuda.synchronize(device)
 
     try:
+        chosen = sizes or default_sizes()
+        tensors = [torch.ones(max(1, size // BYTES_FP32), dtype=torch.float32, device=device) for size in chosen]
+        for tensor in tensors:  # connections, buffers, first-touch pages: paid here, never timed
+            _time_loop(tensor, WARMUP, synchronize)
         rows = []
-        for size in sizes or default_sizes():
-            tensor = torch.ones(max(1, size // BYTES_FP32), dtype=torch.float32, device=device)
+        for tensor in tensors:
+            _time_loop(tensor, WARMUP, synchronize)  # again, just before this size is timed
             first = torch.tensor([_time_loop(tensor, 1, synchronize)], dtype=torch.float64, device=device)
             dist.all_reduce(first, op=dist.ReduceOp.MAX)  # every rank picks the same iteration count
             iterations = int(min(max_iterations, max(2, budget / max(first.item(), 1e-6))))
@@ -85,27 +99,48 @@ def measure(sizes: list[int] | None = None, budget: float = 0.3, loops: int = 3,
         leave_process_group()
 
 
-def bench_allreduce(nprocs: int = 2, quick: bool = True, timeout: float = 600.0) -> dict[str, Any]:
+def bench_allreduce(nprocs: int = 2, quick: bool = True, timeout: float = 600.0,
+                    sizes: list[int] | None = None) -> dict[str, Any]:
     """Measure on ``nprocs`` ranks (one thread each); quick: about 0.1 s per size and loop, else 0.5 s."""
     from dtutor import launch
 
     rows = launch.run("dtutor.bench.allreduce:measure", nprocs, quiet=True, timeout=timeout, threads_per_rank=1,
-                      budget=0.1 if quick else 0.5)[0]
+                      budget=0.1 if quick else 0.5, sizes=sizes)[0]
     return {"rows": rows, "ranks": nprocs, "backend": rows[0]["backend"], **summary(rows)}
+
+
+def bench_ranks(ranks: tuple[int, ...] = (2, 4), quick: bool = True, timeout: float = 300.0,
+                progress: Callable[[str], Any] = print) -> list[dict[str, Any]]:
+    """``bench_allreduce`` on each rank count: 2 ranks over every size, more ranks up to ``LARGEST_BEYOND_2``
+    (each run bounded by ``timeout`` seconds); one progress line per run."""
+    results = []
+    for count in ranks:
+        sizes = default_sizes() if count <= 2 else [s for s in default_sizes() if s <= LARGEST_BEYOND_2]
+        started = time.monotonic()
+        results.append(bench_allreduce(count, quick, timeout, sizes))
+        progress(f"all-reduce on {count} ranks: {len(sizes)} sizes up to {_size(max(sizes))}, "
+                 f"{time.monotonic() - started:.0f} s")
+    return results
 
 
 def _nearest(rows: list[dict[str, Any]], size: int) -> dict[str, Any]:
     return min(rows, key=lambda row: abs(row["bytes"] - size))
 
 
+def _exactly(rows: list[dict[str, Any]], size: int) -> dict[str, Any] | None:
+    return next((row for row in rows if row["bytes"] == size), None)
+
+
 def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Latency (the smallest message's time), peak busbw, the half-bandwidth size, and the two marked sizes."""
+    """Latency (the fastest all-reduce up to ``LATENCY_SIZES``), peak busbw, the half-bandwidth size, and the
+    two marked sizes where they were measured (None where not)."""
     peak = max(row["busbw"] for row in rows)
     half = next((row["bytes"] for row in sorted(rows, key=lambda r: r["bytes"]) if row["busbw"] >= peak / 2), None)
-    bucket, cnn = _nearest(rows, DDP_BUCKET_BYTES), _nearest(rows, CNN_GRADIENT_BYTES)
-    return {"latency_s": min(rows, key=lambda r: r["bytes"])["seconds"], "peak_busbw": peak,
-            "half_bandwidth_size": half, "bucket_fraction_of_peak": bucket["busbw"] / peak,
-            "cnn_fraction_of_peak": cnn["busbw"] / peak, "cnn_seconds": cnn["seconds"]}
+    bucket, cnn = _exactly(rows, DDP_BUCKET_BYTES), _exactly(rows, CNN_GRADIENT_BYTES)
+    small = [row for row in rows if row["bytes"] <= LATENCY_SIZES] or [min(rows, key=lambda r: r["bytes"])]
+    return {"latency_s": min(row["seconds"] for row in small), "peak_busbw": peak, "half_bandwidth_size": half,
+            "bucket_fraction_of_peak": bucket and bucket["busbw"] / peak,
+            "cnn_fraction_of_peak": cnn and cnn["busbw"] / peak, "cnn_seconds": cnn and cnn["seconds"]}
 
 
 def _size(value: float) -> str:
@@ -125,32 +160,53 @@ def format_allreduce(result: dict[str, Any]) -> str:
         lines.append(f"{_size(row['bytes']):>12}{row['seconds'] * 1e3:>10.3f}ms{row['algbw'] / 1e9:>12.3f}"
                      f"{row['busbw'] / 1e9:>12.3f}{mark}")
     half = result["half_bandwidth_size"]
-    lines += ["", f"latency (smallest message): {result['latency_s'] * 1e3:.2f} ms; peak busbw "
-              f"{result['peak_busbw'] / 1e9:.2f} GB/s; half of it from {_size(half) if half else '-'} on",
-              f"DDP's 25 MiB bucket reaches {result['bucket_fraction_of_peak']:.0%} of the peak busbw; the CNN's "
-              f"whole gradient ({_size(CNN_GRADIENT_BYTES)}) {result['cnn_fraction_of_peak']:.0%}, in "
-              f"{result['cnn_seconds'] * 1e3:.2f} ms"]
+    lines += ["", f"latency (fastest message up to {_size(LATENCY_SIZES)}): {result['latency_s'] * 1e3:.2f} ms; "
+              f"peak busbw {result['peak_busbw'] / 1e9:.2f} GB/s; half of it from {_size(half) if half else '-'} on"]
+    if result["bucket_fraction_of_peak"] is not None and result["cnn_fraction_of_peak"] is not None:
+        lines.append(f"DDP's 25 MiB bucket reaches {result['bucket_fraction_of_peak']:.0%} of the peak busbw; the "
+                     f"CNN's whole gradient ({_size(CNN_GRADIENT_BYTES)}) {result['cnn_fraction_of_peak']:.0%}, in "
+                     f"{result['cnn_seconds'] * 1e3:.2f} ms")
     return "\n".join(lines)
 
 
-def plot_allreduce(result: dict[str, Any]):
-    """Time and bus bandwidth against message size (log scales), DDP's bucket and the CNN's gradient marked."""
+def format_ranks(results: list[dict[str, Any]]) -> str:
+    """Each rank count's factor busbw / algbw, and the two bandwidths at the largest size they share."""
+    shared = max(set.intersection(*({row["bytes"] for row in r["rows"]} for r in results)))
+    lines = [f"{'ranks':>5}{'2(n-1)/n':>10}{'at ' + _size(shared):>14}{'algbw GB/s':>12}{'busbw GB/s':>12}"
+             f"{'latency':>11}"]
+    for result in results:
+        row = _nearest(result["rows"], shared)
+        lines.append(f"{result['ranks']:>5}{wire_factor('all_reduce', result['ranks']):>10.2f}"
+                     f"{row['seconds'] * 1e3:>12.3f}ms{row['algbw'] / 1e9:>12.3f}{row['busbw'] / 1e9:>12.3f}"
+                     f"{result['latency_s'] * 1e3:>9.3f}ms")
+    return "\n".join(lines)
+
+
+def plot_allreduce(results: dict[str, Any] | list[dict[str, Any]]):
+    """Time and bandwidth against message size (log x), per rank count: busbw solid, algbw dashed (at 2 ranks
+    they coincide: 2(n-1)/n = 1); DDP's bucket and the CNN's gradient marked."""
     import matplotlib.pyplot as plt
 
-    rows = sorted(result["rows"], key=lambda r: r["bytes"])
-    sizes = [row["bytes"] for row in rows]
-    figure, (timing, bandwidth) = plt.subplots(1, 2, figsize=(11, 3.8))
-    timing.loglog(sizes, [row["seconds"] * 1e3 for row in rows], "o-")
+    results = [results] if isinstance(results, dict) else results
+    figure, (timing, bandwidth) = plt.subplots(1, 2, figsize=(12, 4.2))
+    for result, color in zip(results, ("tab:blue", "tab:orange", "tab:purple", "tab:brown"), strict=False):
+        rows = sorted(result["rows"], key=lambda r: r["bytes"])
+        sizes, n = [row["bytes"] for row in rows], result["ranks"]
+        timing.loglog(sizes, [row["seconds"] * 1e3 for row in rows], "o-", color=color, label=f"{n} ranks")
+        bandwidth.semilogx(sizes, [row["busbw"] / 1e9 for row in rows], "o-", color=color,
+                           label=f"{n} ranks: busbw = {wire_factor('all_reduce', n):.2f} x algbw")
+        bandwidth.semilogx(sizes, [row["algbw"] / 1e9 for row in rows], "s--", color=color, markersize=9,
+                           markerfacecolor="none", label=f"{n} ranks: algbw")
     timing.set_ylabel("time per all-reduce (ms)")
-    bandwidth.semilogx(sizes, [row["busbw"] / 1e9 for row in rows], "o-", label="busbw")
-    bandwidth.semilogx(sizes, [row["algbw"] / 1e9 for row in rows], "s--", alpha=0.6, label="algbw")
     bandwidth.set_ylabel("GB/s")
     for axes in (timing, bandwidth):
         axes.axvline(DDP_BUCKET_BYTES, color="tab:red", ls=":", label="DDP bucket, 25 MiB")
         axes.axvline(CNN_GRADIENT_BYTES, color="tab:green", ls=":", label=f"CNN gradient, {_size(CNN_GRADIENT_BYTES)}")
         axes.set_xlabel("message size (bytes)")
-    bandwidth.legend(fontsize=8)
-    figure.suptitle(f"all-reduce, {result['ranks']} ranks, {result['backend']}: latency "
-                    f"{result['latency_s'] * 1e3:.2f} ms, peak busbw {result['peak_busbw'] / 1e9:.2f} GB/s")
+    timing.legend(fontsize=8)
+    bandwidth.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    first = results[0]
+    figure.suptitle(f"all-reduce, {first['backend']}: on {first['ranks']} ranks latency "
+                    f"{first['latency_s'] * 1e3:.2f} ms, peak busbw {first['peak_busbw'] / 1e9:.2f} GB/s")
     figure.tight_layout()
     return figure
