@@ -13,22 +13,27 @@ and the reasons, each stated with the figure it rests on. The rules, in order:
    here; ``nn.DataParallel`` is one process that cannot span machines; Horovod reached a lower share of
    DDP's speed, see notebook 07). TensorFlow: ``MirroredStrategy`` on one machine,
    ``MultiWorkerMirroredStrategy`` across machines.
-3. **Only a sharded copy fits**: FSDP (PyTorch's own) across all the GPUs; TensorFlow has no built-in
-   sharded data parallelism, so the guide says to move to PyTorch.
+3. **Only a sharded copy fits**: FSDP (PyTorch's own) across all the GPUs. In TensorFlow, ``tf.distribute``'s
+   data-parallel strategies (``MirroredStrategy``, ``MultiWorkerMirroredStrategy``) keep a whole copy of the
+   model on every replica and shard no optimizer state the way ZeRO does; sharding exists in DTensor and in
+   Keras 3's distribution API (``keras.distribution.ModelParallel`` with a ``LayoutMap``), which the course
+   does not teach, so the guide points to PyTorch's FSDP.
 4. **Not even that**: DeepSpeed ZeRO-3 with the optimizer state offloaded to CPU memory (or split the
    model: pipeline and tensor parallelism, notebook 05).
-5. **No GPU**: DDP over CPU processes with gloo: correct, for learning and testing; not a speed-up.
+5. **No GPU**: DDP over CPU processes with gloo, one process of one thread per core (``os.cpu_count()``):
+   correct, for learning and testing. Processes that each have a core of their own can speed training up, up
+   to the number of cores; processes beyond the cores share them, and add no speed.
 
 This module imports no framework (the widget's rules are tested without one).
 """
 
 from __future__ import annotations
 
-import shlex
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from dtutor.launch.commands import deepspeed_command, torchrun_command
+from dtutor.launch.commands import deepspeed_command, shell_command, torchrun_command
 from dtutor.launch.runners import show_tf_worker_commands
 
 BYTES_PER_PARAMETER = 16  # Adam: fp32 weights, gradients and two moments (or mixed precision: 2 + 2 + 12)
@@ -36,7 +41,6 @@ HEADROOM = 0.7  # the share of a GPU's memory the model state may take; the rest
 FRAMEWORKS = ("pytorch", "tensorflow")
 ENTRY = {"pytorch": "dtutor.pytorch.driver:train", "tensorflow": "dtutor.tf.driver:train"}
 GB = 1e9
-CPU_WORKERS = 2  # processes (or logical devices) per machine when there is no GPU
 
 
 @dataclass
@@ -54,6 +58,11 @@ def model_state_gb(parameters: float, shards: int = 1) -> float:
     return parameters * BYTES_PER_PARAMETER / shards / GB
 
 
+def cpu_cores() -> int:
+    """This machine's CPU cores as the OS reports them (``os.cpu_count``; 1 if unknown)."""
+    return os.cpu_count() or 1
+
+
 def _check(parameters: float, gpus_per_node: int, nodes: int, framework: str, gpu_memory_gb: float) -> None:
     if not parameters > 0:
         raise ValueError(f"parameters: must be > 0, got {parameters!r}")
@@ -68,23 +77,25 @@ def _check(parameters: float, gpus_per_node: int, nodes: int, framework: str, gp
 
 
 def recommend(parameters: float, gpus_per_node: int = 1, nodes: int = 1, framework: str = "pytorch",
-              gpu_memory_gb: float = 80.0) -> Choice:
+              gpu_memory_gb: float = 80.0, cores: int | None = None) -> Choice:
     """The strategy for a model of ``parameters`` parameters on ``nodes`` machines of ``gpus_per_node`` GPUs
-    (0: CPUs only) of ``gpu_memory_gb`` each, in ``framework`` (rules in the module docstring)."""
+    (0: CPUs only, ``cores`` each, this machine's by default) of ``gpu_memory_gb`` each, in ``framework``
+    (rules in the module docstring)."""
     _check(parameters, gpus_per_node, nodes, framework, gpu_memory_gb)
     gpus, budget = gpus_per_node * nodes, HEADROOM * gpu_memory_gb
     whole, sharded = model_state_gb(parameters), model_state_gb(parameters, max(gpus, 1))
     memory = (f"model state {whole:,.1f} GB per whole copy ({BYTES_PER_PARAMETER} bytes x {parameters:,.0f} "
               f"parameters) against {budget:,.1f} GB usable per GPU ({HEADROOM:.0%} of {gpu_memory_gb:g} GB)")
+    cores = cores or cpu_cores()
     if gpus == 0:
-        choice = Choice("ddp" if framework == "pytorch" else "mirrored", reasons=[
-            "no GPU: CPU processes (gloo) or logical CPU devices train correctly, for learning and testing; "
-            "they share the same cores, so expect no speed-up"])
+        choice = _cpu_only(framework, cores)
     elif whole <= budget:
         choice = _whole_copy(framework, gpus_per_node, nodes, memory)
     elif framework == "tensorflow":
-        choice = Choice("fsdp", reasons=[memory, "TensorFlow has no built-in sharded data parallelism: "
-                                         "move the model to PyTorch (FSDP or DeepSpeed ZeRO)"])
+        choice = Choice("fsdp", reasons=[memory, "tf.distribute's data-parallel strategies keep a whole copy of "
+                                         "the model on every replica and shard no optimizer state (sharding is "
+                                         "in DTensor and Keras 3's keras.distribution, not taught here): move the "
+                                         "model to PyTorch (FSDP or DeepSpeed ZeRO)"])
     elif sharded <= budget:
         choice = Choice("fsdp", reasons=[memory, f"sharded over {gpus} GPUs: {sharded:,.1f} GB each, which "
                                          "fits: FSDP keeps 1/N of every parameter, gradient and optimizer state"])
@@ -92,8 +103,17 @@ def recommend(parameters: float, gpus_per_node: int = 1, nodes: int = 1, framewo
         choice = Choice("deepspeed", {"zero_stage": 3, "offload": True}, reasons=[
             memory, f"even sharded over {gpus} GPUs it needs {sharded:,.1f} GB each: ZeRO-3 with the optimizer "
             "state offloaded to CPU memory, or split the model (pipeline + tensor parallelism)"])
-    choice.command = launch_command(choice, framework, gpus_per_node or CPU_WORKERS, nodes)
+    choice.command = launch_command(choice, framework, gpus_per_node or cores, nodes)
     return choice
+
+
+def _cpu_only(framework: str, cores: int) -> Choice:
+    """No GPU: one worker per core; a speed-up up to the number of cores, none beyond it."""
+    workers = "processes (gloo)" if framework == "pytorch" else "logical CPU devices in one process"
+    return Choice("ddp" if framework == "pytorch" else "mirrored", reasons=[
+        f"no GPU: {cores} CPU {workers}, one per core, train correctly, for learning and testing",
+        f"speed: workers of one thread, each on a core of its own, reach up to {cores}x one worker's samples/s; "
+        f"workers beyond the {cores} cores share them and add no speed"])
 
 
 def _whole_copy(framework: str, gpus_per_node: int, nodes: int, memory: str) -> Choice:
@@ -114,10 +134,10 @@ def launch_command(choice: Choice, framework: str, gpus_per_node: int, nodes: in
     fields = {"strategy": choice.strategy, **choice.fields}
     entry = ENTRY["pytorch" if choice.strategy in ("ddp", "single", "fsdp", "deepspeed") else framework]
     if choice.strategy == "deepspeed":
-        return shlex.join(deepspeed_command(entry, gpus_per_node, fields, nnodes=nodes))
+        return shell_command(deepspeed_command(entry, gpus_per_node, fields, nnodes=nodes))
     if choice.strategy == "multiworker":
         return show_tf_worker_commands(entry, nodes, **fields)
     if choice.strategy == "mirrored":
-        return shlex.join(["python", "-m", "dtutor.launch", entry, *(f"{k}={v}" for k, v in fields.items()),
-                           f"replicas={gpus_per_node}"])
-    return shlex.join(torchrun_command(entry, gpus_per_node, fields, nnodes=nodes))
+        return shell_command(["python", "-m", "dtutor.launch", entry, *(f"{k}={v}" for k, v in fields.items()),
+                              f"replicas={gpus_per_node}"])
+    return shell_command(torchrun_command(entry, gpus_per_node, fields, nnodes=nodes))

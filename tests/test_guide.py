@@ -62,7 +62,24 @@ def test_commands_launch_the_course_driver_with_the_right_launcher():
     assert "zero_stage=3 offload=True" in offload
     assert "replicas=4" in guide.recommend(1e8, 4, 1, "tensorflow").command
     assert guide.recommend(1e8, 4, 2, "tensorflow").command.count("TF_CONFIG=") == 2
-    assert "--nproc-per-node=2" in guide.recommend(1e8, 0, 1).command  # CPU: 2 processes
+    assert "--nproc-per-node=2" in guide.recommend(1e8, 0, 1, cores=2).command  # CPU: one process per core
+
+
+def test_without_a_gpu_the_speed_up_is_bounded_by_the_cores(monkeypatch):
+    eight = guide.recommend(1e8, 0, 1, cores=8)
+    assert "--nproc-per-node=8" in eight.command
+    assert "up to 8x one worker's samples/s; workers beyond the 8 cores share them and add no speed" in \
+        eight.reasons[1]
+    monkeypatch.setattr(guide.os, "cpu_count", lambda: 3)
+    assert guide.cpu_cores() == 3 and "--nproc-per-node=3" in guide.recommend(1e8, 0, 1).command
+    monkeypatch.setattr(guide.os, "cpu_count", lambda: None)
+    assert guide.cpu_cores() == 1
+
+
+def test_tensorflow_sharding_is_described_as_it_is():
+    reason = guide.recommend(7.5 * BILLION, 8, 1, "tensorflow").reasons[1]
+    assert "keep a whole copy of the model on every replica and shard no optimizer state" in reason
+    assert "DTensor" in reason and "keras.distribution" in reason
 
 
 @pytest.mark.parametrize(
