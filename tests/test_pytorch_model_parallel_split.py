@@ -1,4 +1,4 @@
-"""The seed's split: two devices in one process, two processes with send/recv."""
+"""The Alibaba Cloud article's split of the CNN: two devices in one process, two processes with send/recv."""
 
 import pytest
 

@@ -4,6 +4,7 @@ import pytest
 
 from dtutor.pytorch.model_parallel.timeline import (
     Event,
+    describe,
     idle_fractions,
     mean_idle,
     plot_timeline,
@@ -33,8 +34,36 @@ def test_timeline_plot_title_states_the_measured_idle_and_the_theory():
     events = [_event(0, "forward", 0.0, 0.001), _event(1, "forward", 0.001, 0.002),
               _event(1, "backward", 0.002, 0.004), _event(0, "backward", 0.004, 0.006)]
     axes = plot_timeline(events).axes[0]
-    assert axes.get_title() == "2 stages, 1 micro-batch(es): idle 50% of the step (GPipe theory 50%)"
+    assert axes.get_title() == "2 stages, 1 micro-batch(es): idle 50% of the step (GPipe theory for equal stages 50%)"
     assert [t.get_text() for t in axes.get_yticklabels()] == ["stage 0", "stage 1"]
+
+
+def _unequal_gpipe(micro_batches=8):
+    """GPipe on 2 stages where stage 1 computes a tenth of stage 0: its bars are far too narrow for a label."""
+    events, clock = [], 0.0
+    for i in range(micro_batches):
+        events += [_event(0, "forward", clock, clock + 1.0, i), _event(1, "forward", clock + 1.0, clock + 1.1, i)]
+        clock += 1.0
+    clock += 0.2
+    for i in range(micro_batches):
+        events += [_event(1, "backward", clock, clock + 0.2, i), _event(0, "backward", clock + 0.2, clock + 2.2, i)]
+        clock += 2.2
+    return events
+
+
+def test_timeline_labels_only_the_bars_wide_enough_and_is_tall_enough_to_read():
+    figure = plot_timeline(_unequal_gpipe())
+    labelled = {(round(t.get_position()[1]), t.get_text()) for t in figure.axes[0].texts}
+    assert labelled == {(0, str(i)) for i in range(8)}  # stage 0's bars carry their numbers, stage 1's none
+    assert figure.get_size_inches()[1] * figure.dpi >= 250
+
+
+def test_describe_gives_each_stage_s_compute_and_idle_with_and_without_communication():
+    lines = describe(_gpipe_step(forward=1.0, backward=2.0, hop=0.25)).splitlines()
+    assert lines[0].split() == ["stage", "compute", "per", "micro-batch", "idle", "idle", "with", "free",
+                                "communication"]
+    assert lines[1].split()[:3] == ["0", "3000.00", "ms"] and lines[1].split()[-1] == "33%"  # theory, no hops
+    assert lines[-1] == "GPipe's theory for 2 equal stages and 2 micro-batch(es): 33% idle"
 
 
 def _gpipe_step(forward, backward, hop):

@@ -1,4 +1,5 @@
-"""The seed's Keras split (dtutor.tf.model_split): where it ran, what crossed, and equal to the unsplit CNN.
+"""The Alibaba Cloud article's Keras split (dtutor.tf.model_split): where it ran, what crossed, and equal to
+the unsplit CNN.
 
 One child process with 2 logical CPU devices runs the three variants and the proof (TensorFlow starts once;
 this pytest process never imports it). Measured on CPU: the split's logits, losses and weights after 3 steps
@@ -15,7 +16,7 @@ from test_tf_driver import no_process_may_start, run_child  # noqa: F401  (a fix
 
 from dtutor import launch
 from dtutor.tf import model_split
-from dtutor.tf.placement import framework_op
+from dtutor.tf.placement import crossing_table, framework_op, op_table
 
 TOLERANCE = 1e-5  # max |split - unsplit| in float32 (logits, losses, weights after 3 steps); measured 0.0 on CPU
 BATCH = 32
@@ -26,7 +27,7 @@ PROOF = """
     import pickle, sys
     from dtutor.tf import model_split
 
-    out = {variant: model_split.inspect_split(variant, batch=32) for variant in ("seed", "forward", "split")}
+    out = {variant: model_split.inspect_split(variant, batch=32) for variant in ("article", "forward", "split")}
     out["proof"] = model_split.prove_split(steps=3, batch=64)
     import tensorflow as tf
     with tf.device("/CPU:5"):  # what require_devices prevents: soft placement falls back without a word
@@ -85,7 +86,7 @@ def test_importing_the_module_imports_neither_framework():
 
 
 def test_the_variables_live_where_their_part_was_built_in_every_variant(runs):
-    for variant in ("seed", "forward", "split"):
+    for variant in ("article", "forward", "split"):
         variables = runs[variant]["variables"]
         assert runs[variant]["devices"] == ["CPU:0", "CPU:1"]
         assert len(variables) == 8 and "part2/3.kernel" in variables  # the first dense layer
@@ -93,13 +94,13 @@ def test_the_variables_live_where_their_part_was_built_in_every_variant(runs):
         assert {device for name, device in variables.items() if name.startswith("part2/")} == {"CPU:1"}
 
 
-def test_the_seeds_split_runs_every_op_on_device_0_and_ships_part2s_weights(runs):
-    seed = runs["seed"]
-    assert convolutions(compute_ops(seed, "CPU:0", "forward")) == 2
-    assert compute_ops(seed, "CPU:1", "forward") == {} and compute_ops(seed, "CPU:1", "backward") == {}
-    weights_read = sum(c["bytes"] for c in seed["crossings"] if c["phase"] == "forward" and c["from"] == "CPU:1")
+def test_the_articles_split_runs_every_op_on_device_0_and_ships_part2s_weights(runs):
+    article = runs["article"]
+    assert convolutions(compute_ops(article, "CPU:0", "forward")) == 2
+    assert compute_ops(article, "CPU:1", "forward") == {} and compute_ops(article, "CPU:1", "backward") == {}
+    weights_read = sum(c["bytes"] for c in article["crossings"] if c["phase"] == "forward" and c["from"] == "CPU:1")
     assert weights_read == PART2_WEIGHT_BYTES  # every step reads all of part2's weights across
-    assert not [c for c in seed["crossings"] if c["bytes"] == ACTIVATION_BYTES]  # no activation crosses
+    assert not [c for c in article["crossings"] if c["bytes"] == ACTIVATION_BYTES]  # no activation crosses
 
 
 def test_pinning_only_the_forward_leaves_the_backward_on_device_0(runs):
@@ -108,6 +109,26 @@ def test_pinning_only_the_forward_leaves_the_backward_on_device_0(runs):
     assert convolutions(compute_ops(forward, "CPU:1", "forward")) == 1
     assert compute_ops(forward, "CPU:1", "backward") == {}
     assert "Conv2DBackpropInput" in compute_ops(forward, "CPU:0", "backward")
+
+
+def test_pinning_only_the_forward_ships_part2s_activations_back_for_the_backward(runs):
+    back = [c for c in runs["forward"]["crossings"] if c["phase"] == "forward" and c["from"] == "CPU:1"]
+    assert (BATCH, 11, 11, 64) in {c["shape"] for c in back}  # part2's convolution output, for device 0's backward
+    assert sum(c["bytes"] for c in back) > ACTIVATION_BYTES
+
+
+def test_the_notebook_s_tables_show_what_the_lesson_says_on_every_cpu(runs):
+    reports = [runs[variant] for variant in ("article", "forward", "split")]
+    ops = [line.split() for line in op_table(reports).splitlines()[1:]]
+    assert ops[0][:8] == ["article", "device", "0", "2", "Conv2D", "2,", "MatMul", "2"]
+    assert ops[1][:6] == ["article", "device", "1", "6", "-", "-"]  # part2's variables, no arithmetic
+    assert ops[4] == ["split", "device", "0", "2", "Conv2D", "1", "Conv2DBackpropFilter", "1", "13"]
+    assert ops[5][-7:-1] == ["Conv2DBackpropFilter", "1,", "Conv2DBackpropInput", "1,", "MatMul", "4"]
+    assert "BiasAddGrad" not in op_table(reports)  # fused into the filter gradient by oneDNN: not comparable
+    crossings = [line.split() for line in crossing_table(reports).splitlines()[1:]]
+    assert crossings[0][:8] == ["article", "forward", "device", "1", "->", "device", "0", "6"]
+    assert [c[:2] for c in crossings if c[0] == "split"] == [["split", "forward"]] * 2 + [["split", "backward"]]
+    assert crossings[-1][-4:] == ["(32,", "13,", "13,", "32)"]
 
 
 def test_the_working_split_runs_each_part_forward_backward_and_update_on_its_device(runs):
@@ -158,7 +179,7 @@ def test_a_missing_device_fails_the_launched_entry_point_before_training():
         ("inspect_split", {"devices": ["/GPU:0"]}, "give two device names"),
         ("inspect_split", {"devices": ["/CPU:0", "/device:cpu:0"]}, "two different devices"),
         ("prove_split", {"devices": ["/XPU:0", "/CPU:1"]}, "'/XPU:0' is not a TensorFlow device name"),
-        ("inspect_split", {"variant": "pipelined"}, "variant: must be one of seed, forward, split"),
+        ("inspect_split", {"variant": "pipelined"}, "variant: must be one of article, forward, split"),
         ("fit", {}, "entry: must be 'inspect_split' or 'prove_split'"),
     ],
 )

@@ -280,4 +280,4 @@ def format_pipeline(result: dict[str, Any]) -> str:
     """The two tables ``python -m dtutor.bench pipeline`` prints."""
     from dtutor.pytorch.model_parallel import bubble, memory
 
-    return f"{bubble.format_bubble(result['bubble'])}\n\n{memory.format_memory(result['memory'])}"
+    return f"{bubble.format_bubble(result['bubble'], verdict=True)}\n\n{memory.format_memory(result['memory'])}"

@@ -1,6 +1,7 @@
-"""The seed's Keras model split (notebook 05, step 1): ``part1`` on device 0, ``part2`` on device 1, and proof.
+"""The Alibaba Cloud article's Keras model split (notebook 05, step 1): ``part1`` on device 0, ``part2`` on
+device 1, and proof.
 
-The seed builds ``part1`` (Conv 32 + MaxPool) inside ``with tf.device("/gpu:0")``, ``part2`` (the rest) inside
+The article builds ``part1`` (Conv 32 + MaxPool) inside ``with tf.device("/gpu:0")``, ``part2`` (the rest) inside
 ``with tf.device("/gpu:1")``, and chains them into a ``Sequential``. Measured here, that places the
 VARIABLES only: ``tf.device`` around a layer's construction fixes where its weights live, not where its
 call runs, so every forward, backward and update op runs on device 0 and part2's weights travel to it at
@@ -18,8 +19,8 @@ as in notebook 04). TensorFlow's soft placement silently runs ops for a device t
 one; ``require_devices`` refuses such a name before anything runs. Each entry point starts TensorFlow, so
 it runs in a fresh process (the notebook's kernel never imports TensorFlow)::
 
-    run_fresh("inspect_split", variant="seed")      # from Python: checks the input, then one fresh process
-    python -m dtutor.launch dtutor.tf.model_split:inspect_split variant=seed
+    run_fresh("inspect_split", variant="article")   # from Python: checks the input, then one fresh process
+    python -m dtutor.launch dtutor.tf.model_split:inspect_split variant=article
     python -m dtutor.launch dtutor.tf.model_split:prove_split steps=3
 """
 
@@ -51,7 +52,7 @@ def split_devices(devices: list[str] | None = None) -> list[str]:
 
 
 def build_parts(devices: list[str], seed: int = 0) -> tuple[Any, Any]:
-    """The seed's ``part1`` (Conv 32 + MaxPool) and ``part2`` (the rest), each built under its ``tf.device``.
+    """The article's ``part1`` (Conv 32 + MaxPool) and ``part2`` (the rest), each built under its ``tf.device``.
 
     Together: the layers and weight shapes of ``models.keras_mnist_cnn``, in the same order.
     """
@@ -91,9 +92,9 @@ def on_device(inner: Any, device: str) -> Any:
 
 
 def split_model(devices: list[str], pinned: bool = True, seed: int = 0) -> tuple[Any, list[Any]]:
-    """The two parts chained into a ``Sequential``, and the parts: the seed's (``pinned=False``) or working.
+    """The two parts chained into a ``Sequential``, and the parts: the article's (``pinned=False``) or working.
 
-    ``pinned=False`` is the seed's ``Sequential([part1, part2])``: variables on two devices, calls on the
+    ``pinned=False`` is the article's ``Sequential([part1, part2])``: variables on two devices, calls on the
     default one. ``pinned=True`` wraps each part in ``on_device``, so its forward runs on its device.
     """
     from dtutor.tf.setup import keras2
@@ -162,7 +163,7 @@ def train_step(model: Any, parts: list[Any], devices: list[str], colocated: bool
 
 
 VARIANTS = {  # name: (forward pinned to each part's device, backward and update colocated)
-    "seed": (False, False),     # the seed's code: tf.device around construction only, Keras' train_step
+    "article": (False, False),  # the article's code: tf.device around construction only, Keras' train_step
     "forward": (True, False),   # each part called under its device; Keras' GradientTape step
     "split": (True, True),      # and tf.gradients + one optimizer per part: the working split
 }

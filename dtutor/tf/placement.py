@@ -142,3 +142,49 @@ def _crossing(graph: Any, send: Any) -> dict[str, Any]:
     return {"tensor": send.input[0], "from": normal_name(send.attr["send_device"].s.decode()),
             "to": normal_name(send.attr["recv_device"].s.decode()), "phase": _phase(send), "shape": shape,
             "bytes": size}
+
+
+ARITHMETIC_OPS = {  # per phase, the framework ops that carry a CNN's arithmetic (convolutions, products, gradients)
+    "forward": ("Conv2D", "MatMul"),
+    "backward": ("Conv2DBackpropFilter", "Conv2DBackpropInput", "MatMul"),
+}
+PHASES = ("forward", "backward", "update")
+
+
+def device_labels(report: dict[str, Any]) -> dict[str, str]:
+    """{"CPU:0": "device 0", ...}: part1's device is device 0, part2's device 1 (``report["devices"]``)."""
+    return {name: f"device {index}" for index, name in enumerate(report["devices"])}
+
+
+def op_table(reports: list[dict[str, Any]]) -> str:
+    """Per variant and device: variables held, the forward and backward arithmetic ops, and the update ops.
+
+    Counted as framework ops (``framework_op``), so the table is the same on every CPU. Bias gradients are
+    left out on purpose: oneDNN computes them inside the filter gradient, elsewhere they are ops of their own.
+    """
+    lines = [f"{'variant':<9}{'device':<10}{'variables':>9}  {'forward':<20}{'backward':<58}update ops"]
+    for report in reports:
+        for device, label in device_labels(report).items():
+            phases = report["ops"].get(device, {})
+            held = sum(place == device for place in report["variables"].values())
+            cells = [", ".join(f"{op} {phases[phase][op]}" for op in ops if op in phases.get(phase, {})) or "-"
+                     for phase, ops in ARITHMETIC_OPS.items()]
+            update = sum(phases.get("update", {}).values())
+            lines.append(f"{report['variant']:<9}{label:<10}{held:>9}  {cells[0]:<20}{cells[1]:<58}{update}")
+    return "\n".join(lines)
+
+
+def crossing_table(reports: list[dict[str, Any]]) -> str:
+    """Per variant, phase and direction: how many tensors crossed between the devices, their bytes, the largest."""
+    lines = [f"{'variant':<9}{'phase':<10}{'direction':<22}{'tensors':>7}{'bytes':>11}  largest tensor"]
+    for report in reports:
+        label = device_labels(report)
+        groups: dict[tuple[int, str, str], list[dict[str, Any]]] = {}
+        for crossing in report["crossings"]:
+            key = (PHASES.index(crossing["phase"]), label[crossing["from"]], label[crossing["to"]])
+            groups.setdefault(key, []).append(crossing)
+        for (phase, source, target), found in sorted(groups.items()):
+            largest = max(found, key=lambda c: c["bytes"] or 0)
+            lines.append(f"{report['variant']:<9}{PHASES[phase]:<10}{source + ' -> ' + target:<22}{len(found):>7}"
+                         f"{sum(c['bytes'] or 0 for c in found):>11,}  {largest['shape']}")
+    return "\n".join(lines)

@@ -1,10 +1,10 @@
-"""Model parallelism in PyTorch: the seed's two-device split, pipelines (by hand and with
+"""Model parallelism in PyTorch: the Alibaba Cloud article's two-device split, pipelines (by hand and with
 ``torch.distributed.pipelining``) and tensor parallelism, each proven equal to the unsplit model and measured.
 
 Modules, in the order of notebook 05:
 
 - ``stages``: joining the group, cutting a ``Sequential`` into stages, sending activations and gradients;
-- ``split``: the seed's CNN cut into part1 (Conv 32 + MaxPool) and part2 (the rest), on two GPUs or two
+- ``split``: the article's CNN cut into part1 (Conv 32 + MaxPool) and part2 (the rest), on two GPUs or two
   processes; proof that the split equals the unsplit model;
 - ``timeline``: per-stage timestamps, the stage-by-time chart, idle fractions, GPipe's theory;
 - ``gpipe``: GPipe and 1F1B written by hand with send/recv; proof that m micro-batches give the full-batch

@@ -3,8 +3,9 @@
 ``bubble_entry`` runs the hand-written schedules (``gpipe.run_stage``) on p stages that are genuinely
 equal: every stage is the same ``layers_per_stage`` x (Linear(width, width) + ReLU), the last stage's loss
 is a cheap mean of squares, and stage 0's input is given ``requires_grad`` so its backward also computes an
-input gradient, as every other stage must (to send it back). Without that, stage 0's backward skips one of
-its two matrix products per layer, is cheaper, and the measured bubble of stage 0 is larger than theory.
+input gradient, as every other stage must (to send it back). Without that, the first layer of stage 0 would
+skip its input gradient (the images need none; every later layer still computes one, for the layer before
+it), so stage 0's backward would be cheaper and its measured idle time larger than theory.
 
 Per step, each stage's idle fraction is 1 - (its compute time) / (the step's span over all stages); a row
 gives the mean over stages of the fastest of ``repeats`` steps (after a warm-up step): the step least
@@ -20,10 +21,10 @@ communication):
   blocking sends every one of the ``2 m (p - 1)`` boundary crossings is on the critical path (``hop_ms``,
   the one-way time of one activation, measured by ping-pong); overlapped sends hide most of them.
 
-The target (``GAP_TARGET``) applies to GPipe as pipeline engines run it, overlapped, at p = 2 and m <= 4
-(the issue's measurement). On 2 cores,
-p = 4 oversubscribes the CPU (4 processes, 2 cores): its numbers show the schedule's shape, not the bubble;
-measure p = 4 on GPUs.
+The benchmark (``python -m dtutor.bench pipeline``) also compares overlapped GPipe at p = 2 and m <= 4 with
+its target, ``GAP_TARGET`` (``format_bubble(rows, verdict=True)``); a learner's table shows the measurement
+and where it comes from, without a verdict. On 2 cores, p = 4 oversubscribes the CPU (4 processes, 2
+cores): its numbers show the schedule's shape, not the bubble; measure p = 4 on GPUs.
 
 Launch recipes::
 
@@ -168,43 +169,44 @@ def measure_bubble(nprocs: int = 2, timeout: float = 300.0, **options: Any) -> l
 
 
 def _verdict(row: dict[str, Any]) -> str:
-    """The target's verdict for overlapped GPipe on p = 2 stages at m <= 4, else nothing."""
+    """The benchmark's verdict for overlapped GPipe on p = 2 stages at m <= 4, else nothing."""
     if (row["schedule"], row["sends"], row["stages"]) != ("gpipe", "overlapped", 2) or row["micro_batches"] > 4:
         return ""
     return f"within {GAP_TARGET:.0%}: {'met' if abs(row['relative_gap']) <= GAP_TARGET else 'missed'}"
 
 
-def _explain(row: dict[str, Any]) -> str:
-    """Where one row's gap from the theory comes from, in numbers."""
+def _explain(row: dict[str, Any]) -> list[str]:
+    """Where one row's gap from the theory comes from, in numbers (lines within 110 characters)."""
     crossings = 2 * row["micro_batches"] * (row["stages"] - 1)
-    hops = f"{crossings} crossings at {row['hop_ms']:.2f} ms per hop"
-    why = (f"a blocking transfer also waits for its receiver to be ready; {hops} alone would be "
-           if row["sends"] == "blocking" else f"{hops} would be, if none were hidden, ")
-    return (f"at m = {row['micro_batches']}, GPipe {row['sends']}: {row['measured']:.1%} idle vs "
-            f"{row['theory']:.1%}; {100 * row['uneven']:+.1f} points from uneven compute (the step replayed with its "
-            f"own compute times, which vary by {row['compute_cv']:.0%}, and free communication idles "
-            f"{row['replayed']:.1%}), {100 * row['communication']:+.1f} from communication "
-            f"({row['communication_ms']:.1f} ms; {why}{crossings * row['hop_ms']:.1f} ms)")
+    hops = f"{crossings} crossings at {row['hop_ms']:.2f} ms per hop: {crossings * row['hop_ms']:.1f} ms"
+    hidden = "a blocking transfer also waits for its receiver" if row["sends"] == "blocking" else "if none were hidden"
+    return [f"at m = {row['micro_batches']}, GPipe {row['sends']}: {row['measured']:.1%} idle, "
+            f"theory {row['theory']:.1%}",
+            f"  uneven compute {100 * row['uneven']:+.1f} points: with free communication the step idles "
+            f"{row['replayed']:.1%}; compute varies by {row['compute_cv']:.0%}",
+            f"  communication  {100 * row['communication']:+.1f} points: {row['communication_ms']:.1f} ms waited; "
+            f"{hops} ({hidden})"]
 
 
-def format_bubble(rows: list[dict[str, Any]]) -> str:
+def format_bubble(rows: list[dict[str, Any]], verdict: bool = False) -> str:
     """The bubble table: measured idle fraction, theory, the gap split into uneven compute and communication.
 
-    The verdict compares the relative gap with ``GAP_TARGET`` for overlapped GPipe at p = 2, m <= 4; the last
-    lines explain each GPipe variant's gap at the largest m from its numbers.
+    The last lines explain each GPipe variant's gap at the largest m from its numbers. ``verdict`` (the
+    benchmark's, never a learner's table) adds a column comparing the relative gap with ``GAP_TARGET`` for
+    overlapped GPipe at p = 2, m <= 4.
     """
     lines = [f"{'schedule':<9}{'sends':<11}{'p':>2}{'m':>4}{'measured':>10}{'theory':>8}{'rel. gap':>10}"
-             f"{'uneven':>8}{'comm.':>7}{'peak activations':>18}  target"]
+             f"{'uneven':>8}{'comm.':>7}{'peak activations':>18}" + ("  target" if verdict else "")]
     for row in rows:
         held = "/".join(str(n) for n in row["peak_held"])
         lines.append(f"{row['schedule']:<9}{row['sends']:<11}{row['stages']:>2}{row['micro_batches']:>4}"
                      f"{row['measured']:>10.1%}{row['theory']:>8.1%}{row['relative_gap']:>+10.0%}"
                      f"{100 * row['uneven']:>+8.1f}{100 * row['communication']:>+7.1f}{held:>18}"
-                     f"  {_verdict(row)}".rstrip())
-    lines.append("uneven + comm. = measured - theory, in points; uneven: the fastest step replayed with its own "
-                 "compute times and free communication, minus theory")
+                     + (f"  {_verdict(row)}".rstrip() if verdict else ""))
+    lines += ["uneven + comm. = measured - theory, in points",
+              "uneven: the fastest step replayed with its own compute times and free communication, minus theory"]
     largest = max((r["micro_batches"] for r in rows), default=0)
-    lines += [_explain(r) for r in rows if r["schedule"] == "gpipe" and r["micro_batches"] == largest]
+    lines += [line for r in rows if r["schedule"] == "gpipe" and r["micro_batches"] == largest for line in _explain(r)]
     return "\n".join(lines)
 
 

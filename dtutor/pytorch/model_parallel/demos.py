@@ -28,14 +28,14 @@ def run_demo(entry: str, nprocs: int = 2, timeout: float = 300.0, quiet: bool = 
 
 
 def split_two_devices(**kwargs: Any) -> dict[str, Any]:
-    """The seed's split in this process (``split.two_device_demo``)."""
+    """The article's split in this process (``split.two_device_demo``)."""
     from dtutor.pytorch.model_parallel import split
 
     return split.two_device_demo(**kwargs)
 
 
 def split_two_processes(**kwargs: Any) -> dict[str, Any]:
-    """The seed's split on 2 ranks with send/recv (``split.split_demo``)."""
+    """The article's split on 2 ranks with send/recv (``split.split_demo``)."""
     return run_demo("split:split_demo", 2, **kwargs)
 
 

@@ -1,7 +1,7 @@
 """The measured table: parameter memory each rank holds under each split, and the training speed of each.
 
 ``parameter_memory`` (an entry point, one process per rank) builds the model and measures, on every rank,
-the bytes of the parameters that rank holds: the whole model (no split), its part of the seed's split, its
+the bytes of the parameters that rank holds: the whole model (no split), its part of the article's split, its
 pipeline stage, and its tensor-parallel shards (``DTensor.to_local()``). ``training_speed`` trains each
 strategy through the driver and reports samples/s after a warm-up epoch.
 
@@ -32,7 +32,7 @@ from dtutor.pytorch.model_parallel.tensor_parallel import tensor_parallel_plan
 
 LAYOUTS = {  # layout -> the driver's strategies that use it (None: a demo, not a strategy)
     "unsplit": ("single",),
-    "seed split (part1 | part2)": (None,),
+    "article's split (part1 | part2)": (None,),
     "pipeline stages": ("pipeline_gpipe", "pipeline_1f1b"),
     "tensor parallel shards": ("tensor_parallel",),
 }
@@ -42,14 +42,14 @@ SPEED_OPTIONS = {"pipeline_gpipe": {"micro_batches": 4}, "pipeline_1f1b": {"micr
 def parameter_memory(model: str = "cnn", seed: int = 0, backend: str = "gloo") -> dict[str, list[int]]:
     """Entry point: per layout (``LAYOUTS``), the parameter bytes each rank holds, the same on every rank.
 
-    The seed's split exists for the CNN on 2 ranks only; it is left out otherwise.
+    The article's split exists for the CNN on 2 ranks only; it is left out otherwise.
     """
     rank, world, device = st.join(backend)
     try:
         net = models.seeded(models.by_name(model), seed).to(device)
         mine = {"unsplit": st.parameter_bytes(net)}
         if model == "cnn" and world == 2:
-            mine["seed split (part1 | part2)"] = st.parameter_bytes(split_cnn(net)[rank])
+            mine["article's split (part1 | part2)"] = st.parameter_bytes(split_cnn(net)[rank])
         cuts = st.even_cuts(len(models.pipeline_layers(net)), world)
         mine["pipeline stages"] = st.parameter_bytes(st.stage_modules(net, cuts)[rank])
         sharded = models.seeded(models.by_name(model), seed).to(device)
@@ -100,10 +100,10 @@ def measured_table(model: str = "cnn", nprocs: int = 2, speed: bool = True,
 
 def format_memory(rows: list[dict[str, Any]]) -> str:
     """The table for people: kB per rank, the largest rank's share of the unsplit model, samples/s."""
-    lines = [f"{'layout':<28}{'strategy':<17}{'parameter kB per rank':>24}{'largest share':>15}{'samples/s':>11}"]
+    lines = [f"{'layout':<33}{'strategy':<17}{'parameter kB per rank':>24}{'largest share':>15}{'samples/s':>11}"]
     for row in rows:
         per_rank = " | ".join(f"{b / 1024:,.1f}" for b in row["bytes_per_rank"])
         rate = "-" if row["samples_per_s"] is None else f"{row['samples_per_s']:,.0f}"
-        lines.append(f"{row['layout']:<28}{row['strategy']:<17}{per_rank:>24}{row['largest_share']:>15.0%}"
+        lines.append(f"{row['layout']:<33}{row['strategy']:<17}{per_rank:>24}{row['largest_share']:>15.0%}"
                      f"{rate:>11}")
     return "\n".join(lines)

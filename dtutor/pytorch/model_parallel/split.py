@@ -1,4 +1,5 @@
-"""The seed's model-parallel split in PyTorch: part1 (Conv 32 + MaxPool) on one device, part2 (the rest) on another.
+"""The Alibaba Cloud article's model-parallel split in PyTorch: part1 (Conv 32 + MaxPool) on one device,
+part2 (the rest) on another.
 
 Two ways, the same split (``split_cnn``):
 
@@ -31,12 +32,12 @@ from dtutor.pytorch.model_parallel import stages as st
 from dtutor.pytorch.model_parallel.gpipe import gpipe_actions, run_stage
 from dtutor.pytorch.model_parallel.timeline import gather
 
-SEED_CUT = (1,)  # part1 = the first layer: Conv 32 + ReLU + MaxPool
+ARTICLE_CUT = (1,)  # part1 = the first layer: Conv 32 + ReLU + MaxPool
 
 
 def split_cnn(model: nn.Sequential) -> tuple[nn.Sequential, nn.Sequential]:
-    """The seed's split of the course's CNN: part1 = Conv 32 + ReLU + MaxPool, part2 = everything after."""
-    part1, part2 = st.stage_modules(model, SEED_CUT)
+    """The article's split of the course's CNN: part1 = Conv 32 + ReLU + MaxPool, part2 = everything after."""
+    part1, part2 = st.stage_modules(model, ARTICLE_CUT)
     return part1, part2
 
 
@@ -90,7 +91,7 @@ def split_demo(batch: int = 32, lr: float = 0.05, seed: int = 0, backend: str = 
     """
     rank, world, device = st.join(backend)
     if world != 2:
-        raise ValueError(f"the seed's split has 2 parts: run it on 2 ranks, got {world}")
+        raise ValueError(f"the article's split has 2 parts: run it on 2 ranks, got {world}")
     try:
         model = models.seeded(models.mnist_cnn, seed).to(device)
         parts = split_cnn(model)

@@ -114,29 +114,53 @@ def replay(events: Sequence[Event]) -> list[Event]:
     return sorted(replayed, key=lambda e: e.start)
 
 
+def describe(events: Sequence[Event]) -> str:
+    """Per stage: compute per micro-batch (forward + backward), idle share measured, and idle share with free
+    communication (``replay``: the stages' own compute times alone), then GPipe's theory for equal stages."""
+    micro_batches = len({e.micro_batch for e in events})
+    measured, replayed = idle_fractions(events), idle_fractions(replay(events))
+    lines = [f"{'stage':<7}{'compute per micro-batch':>24}{'idle':>7}{'idle with free communication':>31}"]
+    for stage, idle in measured.items():
+        compute_ms = 1e3 * sum(e.seconds for e in events if e.stage == stage) / micro_batches
+        lines.append(f"{stage:<7}{compute_ms:>21.2f} ms{idle:>7.0%}{replayed[stage]:>31.0%}")
+    lines.append(f"GPipe's theory for {len(measured)} equal stages and {micro_batches} micro-batch(es): "
+                 f"{theory_bubble(len(measured), micro_batches):.0%} idle")
+    return "\n".join(lines)
+
+
+LABEL_POINTS = 7  # font size of the micro-batch numbers on the bars
+
+
 def plot_timeline(events: Sequence[Event], title: str | None = None):
     """Stage on the y-axis, milliseconds on the x-axis, a bar per forward (blue) and backward (orange).
 
-    The default title states the stages, micro-batches, the measured mean idle fraction and GPipe's theory.
+    A bar carries its micro-batch's number where the number fits inside it. The default title states the
+    stages, micro-batches, the measured mean idle fraction and GPipe's theory for equal stages.
     """
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
     origin = min(e.start for e in events)
+    span_ms = 1e3 * (max(e.end for e in events) - origin)
     stages = sorted({e.stage for e in events})
     micro_batches = len({e.micro_batch for e in events})
-    figure, axes = plt.subplots(figsize=(8, 0.6 + 0.5 * len(stages)))
+    figure, axes = plt.subplots(figsize=(9, 1.4 + 0.8 * len(stages)))
+    axes.set_xlim(0, 1.02 * span_ms)
+    axes.set_ylim(len(stages) - 0.5, -0.5)  # stage 0 on top
+    pixels_per_ms = axes.transData.transform((1.0, 0))[0] - axes.transData.transform((0.0, 0))[0]
     for event in events:
         left, width = 1e3 * (event.start - origin), 1e3 * event.seconds
-        axes.barh(event.stage, width, left=left, color=COLORS[event.kind], edgecolor="black", height=0.6)
-        axes.text(left + width / 2, event.stage, str(event.micro_batch), ha="center", va="center", fontsize=7)
+        axes.barh(event.stage, width, left=left, color=COLORS[event.kind], edgecolor="black", height=0.7)
+        label = str(event.micro_batch)
+        needed = (0.7 * len(label) + 0.6) * LABEL_POINTS * figure.dpi / 72  # the digits and a margin, in pixels
+        if width * pixels_per_ms >= needed:
+            axes.text(left + width / 2, event.stage, label, ha="center", va="center", fontsize=LABEL_POINTS)
     axes.set_yticks(stages, [f"stage {s}" for s in stages])
-    axes.invert_yaxis()
     axes.set_xlabel("time (ms)")
     axes.legend(handles=[Patch(color=c, label=k) for k, c in COLORS.items()], loc="upper left",
                 bbox_to_anchor=(1.005, 1.0), fontsize=8)  # beside the bars, never over them
     theory = theory_bubble(len(stages), micro_batches)
     axes.set_title(title or f"{len(stages)} stages, {micro_batches} micro-batch(es): idle "
-                            f"{mean_idle(events):.0%} of the step (GPipe theory {theory:.0%})")
+                            f"{mean_idle(events):.0%} of the step (GPipe theory for equal stages {theory:.0%})")
     figure.tight_layout()
     return figure
