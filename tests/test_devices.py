@@ -239,6 +239,14 @@ def test_merge_keeps_different_gpus_apart() -> None:
     ]
 
 
+def test_import_quietly_hides_what_an_import_writes_to_file_descriptor_2(tmp_path, monkeypatch, capfd) -> None:
+    (tmp_path / "noisy_banner.py").write_text("import os\nos.write(2, b'C++ start-up line\\n')\nVALUE = 3\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert devices.import_quietly("noisy_banner").VALUE == 3
+    os.write(2, b"after\n")  # file descriptor 2 works again afterwards
+    assert capfd.readouterr().err == "after\n"
+
+
 def test_merge_of_nothing_is_empty() -> None:
     assert merge_devices([SourceReport("nvml", False, error="x"), SourceReport("torch", True)]) == []
 

@@ -20,6 +20,7 @@ import os
 from dtutor.devices.backends import _deepspeed_backend, _horovod_backend, _torch_backends, horovod_frameworks
 from dtutor.devices.probes import (
     _probe,
+    import_quietly,
     merge_devices,
     probe_gputil,
     probe_nvml,
@@ -31,8 +32,8 @@ from dtutor.devices.report import STRATEGIES, Recommendation, format_inventory, 
 
 __all__ = [
     "MIB", "STRATEGIES", "Accelerator", "Backend", "Inventory", "Recommendation", "SourceReport",
-    "format_inventory", "format_recommendations", "horovod_frameworks", "inventory", "main", "merge_devices",
-    "probe_gputil", "probe_nvml", "probe_tensorflow", "probe_torch", "recommend",
+    "format_inventory", "format_recommendations", "horovod_frameworks", "import_quietly", "inventory", "main",
+    "merge_devices", "probe_gputil", "probe_nvml", "probe_tensorflow", "probe_torch", "recommend",
 ]
 
 

@@ -64,6 +64,13 @@ def _quiet() -> Iterator[None]:
         ds_logger.removeFilter(_errors_only)
 
 
+def import_quietly(name: str):
+    """Import module ``name`` with what the import prints hidden: warnings, and the C++ start-up lines written to
+    file descriptor 2 before any log setting applies (TensorFlow's "oneDNN custom operations are on", for one)."""
+    with _quiet():
+        return _import(name)
+
+
 def probe_gputil() -> SourceReport:
     """GPUtil parses ``nvidia-smi``; it returns ``[]`` silently when that is missing, so check first."""
     gputil = _import("GPUtil")

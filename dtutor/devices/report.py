@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import shutil
 from dataclasses import dataclass
 
 from dtutor.devices.records import Inventory
@@ -78,9 +77,8 @@ def recommend(inv: Inventory, simulated_workers: int | None = None) -> list[Reco
             f"{sim} gloo ranks (DeepSpeed's CPU accelerator, FSDP), shards in CPU memory")
     add("07", "gpu" if n else "simulated", n or sim, "-",
         "times the strategies above that run here" + ("" if n else "; CPU: speed-up up to the core count"))
-    slurm = "submitted to Slurm here" if shutil.which("sbatch") else "jobs need Slurm: scripts/install_slurm.sh"
     add("08", "gpu" if n else "simulated", n or 2, "nccl" if n and be["nccl"].usable else "gloo",
-        f"batch scripts written and checked; {slurm}")
+        "batch scripts written and checked here; jobs run where Slurm is (notebook 08 checks)")
     return recs
 
 
