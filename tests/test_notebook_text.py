@@ -29,11 +29,10 @@ MEASURED_LOOKING = re.compile(
 # Values the text states rather than measures: the course's settings, tolerances, the sizes a benchmark
 # sweeps, published hardware figures. Listed here so that each one is a decision, not an accident.
 STATED = {
-    "02": ["1e-8", "90%"],
     "04": ["1e-5", "1e-2"],
     "05": ["1 KB", "1e-5", "1e-2"],
     "06": ["120 GB", "2 GB", "1.6e-3"],
-    "07": ["4 KB", "64 MB", "25 MiB", "1 ms", "5 ms", "1 GiB", "80 GB/s", "80 GB"],
+    "07": ["4 KB", "64 MB", "25 MiB", "4 MiB", "70%", "1 GiB", "80 GB/s", "80 GB"],
 }
 ARTICLES_AS_SEED = re.compile(
     r"\bthe seed\b(?!\s*(?:[=(,+]|\d|value|of\b))|\bseed's\b|\bseed (?:notebook|article|split|code|table|claim)s?\b",
