@@ -9,9 +9,10 @@ and the reasons, each stated with the figure it rests on. The rules, in order:
    precision keeps the same 16: 2 + 2 + 12, ZeRO paper section 3), and activations need room too: a copy
    must fit in ``HEADROOM`` of a GPU's memory. Fully sharded (ZeRO-3, FSDP), each of N GPUs keeps 1/N.
 2. **A whole copy fits**: one GPU trains alone (``single``); several use DDP, one process per GPU, on one
-   machine or many (measured in ``python -m dtutor.bench all``: DDP is the fastest data-parallel strategy
-   here; ``nn.DataParallel`` is one process that cannot span machines; Horovod reached a lower share of
-   DDP's speed, see notebook 07). TensorFlow: ``MirroredStrategy`` on one machine,
+   machine or many: it sends one all-reduce of the gradients per step, overlapped with backward, and keeps no
+   sharded state to gather (``python -m dtutor.bench all`` counts the bytes of every strategy);
+   ``nn.DataParallel`` is one process that cannot span machines; Horovod sends the same bytes with CPU time
+   of its own on the workers (notebook 07). TensorFlow: ``MirroredStrategy`` on one machine,
    ``MultiWorkerMirroredStrategy`` across machines.
 3. **Only a sharded copy fits**: FSDP (PyTorch's own) across all the GPUs. In TensorFlow, ``tf.distribute``'s
    data-parallel strategies (``MirroredStrategy``, ``MultiWorkerMirroredStrategy``) keep a whole copy of the
