@@ -260,7 +260,8 @@ def plot_scaling(result: dict[str, Any]):
     axes.set_ylabel("samples / s")
     axes.set_title(f"DDP on 2 ranks: {result['efficiency']:.2f} of perfect, {result['of_ceiling']:.2f} of the "
                    f"ceiling ({result['ceiling']:.2f})", fontsize="medium")
-    axes.legend(fontsize="small", loc="lower right")
+    axes.set_ylim(0, 1.3 * max(2 * result["samples_per_s_1"], *rates))  # room above the bars for the legend
+    axes.legend(fontsize="small", loc="upper left", ncols=2)
     figure.tight_layout()
     return figure
 
