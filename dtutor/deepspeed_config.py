@@ -1,4 +1,4 @@
-"""The DeepSpeed configuration (the JSON file the seed passes as ``config_params``), built from a ``TrainConfig``.
+"""The DeepSpeed configuration (the JSON file the CSDN article passes as ``config_params``), from a ``TrainConfig``.
 
 ``deepspeed_config(config, world_size, device)`` checks what DeepSpeed would otherwise refuse late, inside a
 worker, or silently change, and raises ``ConfigError`` naming the field before any process starts:

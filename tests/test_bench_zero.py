@@ -74,3 +74,18 @@ def test_gradients_waiting_in_the_bucket_are_reported_apart():
     row = bench_zero.memory_row(ranks)
     assert row["bucket_in_use"] == 2 * PSI and row["within_target"]  # not model state: the ratios do not see it
     assert "reduce bucket at the end of backward (not counted): ZeRO-2 bf16 2.0 MB" in bench_zero.format_zero([row])
+
+
+def test_offload_says_what_a_gpu_would_hold_and_why_its_total_matches_zero1():
+    offload = {**ZERO2, "offload": True}
+    ranks = [fake_rank(rank, offload, parameters=2 * PSI, host_gradients=2 * PSI, master_weights=2 * PSI,
+                       optimizer_state=4 * PSI) for rank in (0, 1)]
+    zero1 = {"strategy": "deepspeed", "zero_stage": 1, "precision": "bf16"}
+    plain = [fake_rank(rank, zero1, parameters=2 * PSI, gradients=2 * PSI, master_weights=2 * PSI,
+                       optimizer_state=4 * PSI) for rank in (0, 1)]
+    rows = [bench_zero.memory_row(plain), bench_zero.memory_row(ranks)]
+    assert rows[1]["device"] == [2 * PSI] * 2 and rows[1]["host"] == [8 * PSI] * 2 and rows[0]["host"] == [0, 0]
+    table = bench_zero.format_zero(rows, verdict=False)
+    assert "each GPU would hold 2.0 MB" in table and "host memory would hold 8.0 MB" in table
+    assert "equals ZeRO-1 bf16's by coincidence" in table and "when N = 2" in table
+    assert "met" not in table.split() and max(map(len, table.splitlines())) <= 150

@@ -127,10 +127,11 @@ def test_each_tensorflow_worker_gets_its_tf_config(tmp_path):
 
 
 def _launcher_words(script: str) -> list[str]:
-    """The launcher's arguments in the script's last line (inside ``bash -c`` when there is one), with the
+    """The launcher's arguments in the script's last command (inside ``bash -c`` when there is one), with the
     variables the job would expand set to sample values."""
     sample = {"SLURM_NODEID": "1", "PORT": "20123", "HEAD_ADDR": "10.0.0.1", "SLURM_JOB_ID": "123"}
-    line = re.sub(r"\$(\w+)", lambda found: sample.get(found.group(1), found.group(0)), script.strip().splitlines()[-1])
+    last = re.sub(r" \\\n\s*", " ", script).strip().splitlines()[-1]  # the last command, its continuations joined
+    line = re.sub(r"\$(\w+)", lambda found: sample.get(found.group(1), found.group(0)), last)
     words = shlex.split(line)
     if "bash" in words:
         words = shlex.split(words[words.index("-c") + 1])[1:]  # after "exec"
@@ -185,6 +186,12 @@ def test_the_exercise_check_accepts_the_answer_and_names_each_mistake():
                                     backend="nccl")
     assert problems == ["#SBATCH --nodes should be 2, is 1", "#SBATCH --gpus-per-node should be 2, is None",
                         "the ranks should get backend=nccl", "torchrun should start 2 rank(s) per node (one per GPU)"]
+
+
+def test_long_lines_are_wrapped_within_the_notebooks_width():
+    for launcher, strategy in [("torchrun", "ddp"), ("deepspeed", "ddp"), (None, "horovod"), (None, "multiworker")]:
+        script = recipes.training_sbatch(2, gpus_per_node=4, strategy=strategy, launcher=launcher, global_batch=256)
+        assert " \\\n" in script and max(map(len, script.splitlines())) <= 150, launcher or strategy
 
 
 def test_launcher_lines_are_the_part_after_the_shared_prologue():

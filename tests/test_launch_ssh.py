@@ -42,12 +42,14 @@ def test_torchrun_runs_on_every_machine_and_meets_at_the_first(tmp_path):
     seen = run_with_stand_ins(commands, tmp_path)
     assert sorted(seen) == ["torchrun-h1", "torchrun-h2"] and seen["torchrun-h1"] == seen["torchrun-h2"]
     argv = seen["torchrun-h1"]["argv"]
+    assert " \\\n" in commands and max(map(len, commands.splitlines())) <= 100  # wrapped, and still one command
     assert "--rdzv-endpoint=h1:1234" in argv and "--nnodes=2" in argv and "backend=gloo" in argv
 
 
 def test_each_tensorflow_worker_gets_its_tf_config(tmp_path):
     commands = ssh.training_commands(("h1", "h2"), strategy="multiworker", setup="cd $PWD", port=1234, **SMALL)
     seen = run_with_stand_ins(commands, tmp_path)
+    assert " \\\n" in commands and max(map(len, commands.splitlines())) <= 150
     for index, host in enumerate(("h1", "h2")):
         assert json.loads(seen[f"python-{host}"]["TF_CONFIG"]) == json.loads(tf_config(["h1:1234", "h2:1234"], index))
 

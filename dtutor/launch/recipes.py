@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import re
 import shlex
+import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from dtutor.config import ConfigError, TrainConfig, check_world
 from dtutor.launch.arguments import worker_arguments
-from dtutor.launch.commands import check_count, horovodrun_command, torchrun_command
+from dtutor.launch.commands import COMMAND_WIDTH, check_count, horovodrun_command, shell_command, torchrun_command
 from dtutor.strategies import STRATEGIES
 
 LAUNCHERS = ("torchrun", "deepspeed", "horovodrun", "tf_workers")
@@ -62,6 +64,24 @@ def shell_join(words: list[str]) -> str:
     return " ".join(_shell_word(word) for word in words)
 
 
+def srun_command(words: list[str], quote: Callable[[str], str] = _shell_word) -> str:
+    """``srun`` (one task per node, all ended when one fails) with ``words``, wrapped by ``shell_command``."""
+    return shell_command([*SRUN.split(), *map(quote, words)], quote=str)
+
+
+def bash_c(words: list[str], prefix: str = "") -> list[str]:
+    """``bash -c 'exec ...'`` for words the task must expand itself, as shell words; the inner command is wrapped
+    too (a `` \\`` inside the single quotes continues the line for the inner bash). ``prefix``: before ``exec``."""
+    first, *rest = map(_shell_word, words)
+    inner = shell_command([f"{prefix} exec {first}".strip(), *rest], quote=str)
+    return ["bash", "-c", shlex.quote(inner)]
+
+
+def comment(why: str, width: int = COMMAND_WIDTH) -> list[str]:
+    """``why`` as ``#`` comment lines of at most ``width`` characters."""
+    return textwrap.wrap(why, width - 2, initial_indent="# ", subsequent_indent="# ", break_on_hyphens=False)
+
+
 def _sbatch_lines(launcher: str, nodes: int, procs: int, gpus: int, cpus: int, time: str, name: str) -> list[str]:
     """The ``#SBATCH`` header, each option under a comment saying why."""
     per_rank_tasks = launcher == "horovodrun"  # horovodrun reads its slots from the job's tasks
@@ -80,7 +100,7 @@ def _sbatch_lines(launcher: str, nodes: int, procs: int, gpus: int, cpus: int, t
         ("stdout and stderr of every rank, in the folder sbatch was called from (%x name, %j job id)",
          "--output=%x-%j.out"),
     ]
-    return ["#!/bin/bash"] + [line for why, option in options for line in (f"# {why}", f"#SBATCH {option}")]
+    return ["#!/bin/bash"] + [line for why, option in options for line in (*comment(why), f"#SBATCH {option}")]
 
 
 Lines = list[tuple[str, str]]  # (why, command) pairs: the comment line, then the command
@@ -89,7 +109,7 @@ Lines = list[tuple[str, str]]  # (why, command) pairs: the comment line, then th
 def _torchrun(entry: str, kwargs: dict[str, Any], nodes: int, procs: int) -> Lines:
     command = torchrun_command(entry, procs, kwargs, nnodes=nodes, endpoint="$HEAD_ADDR:$PORT", job_id="$SLURM_JOB_ID")
     return [(f"{SRUN_WHY}; the torchruns meet at the first node and start {procs} rank(s) each",
-             f"{SRUN} {shell_join(command)}")]
+             srun_command(command))]
 
 
 def _deepspeed(entry: str, kwargs: dict[str, Any], nodes: int, procs: int) -> Lines:
@@ -101,7 +121,7 @@ def _deepspeed(entry: str, kwargs: dict[str, Any], nodes: int, procs: int) -> Li
         ("", f'for node in "${{nodes[@]}}"; do echo "$node slots={procs}"; done > "$HOSTFILE"'),
         (f"{SRUN_WHY}; each deepspeed starts its node's ranks itself (--no_ssh), its place given by "
          "$SLURM_NODEID, expanded in the task (hence bash -c); the ranks read LOCAL_RANK from the "
-         "environment (--no_local_rank)", f"{SRUN} bash -c {shlex.quote('exec ' + shell_join(inner))}"),
+         "environment (--no_local_rank)", srun_command(bash_c(inner), quote=str)),
     ]
 
 
@@ -109,23 +129,23 @@ def _horovodrun(entry: str, kwargs: dict[str, Any], nodes: int, procs: int) -> L
     command = horovodrun_command(entry, nodes * procs, kwargs, hosts="$HOSTS")
     return [
         ("horovodrun's -H list, address:slots per node; nodes that share an address are merged",
-         f'HOSTS=$(for node in "${{nodes[@]}}"; do node_addr "$node"; done | sort | uniq -c '
-         f"| awk -v slots={procs} '{{printf \"%s%s:%d\", sep, $2, $1 * slots; sep = \",\"}}')"),
+         f'HOSTS=$(for node in "${{nodes[@]}}"; do node_addr "$node"; done | sort | uniq -c \\\n'
+         f"    | awk -v slots={procs} '{{printf \"%s%s:%d\", sep, $2, $1 * slots; sep = \",\"}}')"),
         ("one horovodrun, on this (the first) node; it starts the other hosts' ranks over ssh (one address: here)",
-         shell_join(command)),
+         shell_command(command, quote=_shell_word)),
     ]
 
 
 def _tf_workers(entry: str, kwargs: dict[str, Any], nodes: int, procs: int) -> Lines:
-    workers = ('WORKERS=$(i=0; for node in "${nodes[@]}"; do echo "\\"$(node_addr "$node"):$((PORT + i))\\""; '
-               "i=$((i + 1)); done | paste -sd,)")
+    workers = ('WORKERS=$(i=0; for node in "${nodes[@]}"; do echo "\\"$(node_addr "$node"):$((PORT + i))\\""; \\\n'
+               "    i=$((i + 1)); done | paste -sd,)")
     config = r'{\"cluster\": {\"worker\": [$WORKERS]}, \"task\": {\"type\": \"worker\", \"index\": $SLURM_PROCID}}'
-    inner = f'TF_CONFIG="{config}" exec ' + shell_join(["python", *worker_arguments(entry, kwargs)])
     return [
         ("every worker's address:port, in node order, as JSON strings", workers),
         ("", "export WORKERS"),
         (f"{SRUN_WHY}; each worker's TF_CONFIG: every worker, and its own index ($SLURM_PROCID, "
-         "expanded in the task, hence bash -c)", f"{SRUN} bash -c {shlex.quote(inner)}"),
+         "expanded in the task, hence bash -c)",
+         srun_command(bash_c(["python", *worker_arguments(entry, kwargs)], f'TF_CONFIG="{config}"'), quote=str)),
     ]
 
 
@@ -185,7 +205,7 @@ def sbatch_script(
     if launcher == "deepspeed" and not gpus_per_node:
         environment.append(("DeepSpeed on CPUs", "export DS_ACCELERATOR=cpu"))
     for why, line in [*environment, *PROLOGUE, *BODIES[launcher](entry, kwargs, nodes, procs)]:
-        lines += ([f"# {why}"] if why else []) + [line]
+        lines += comment(why) + [line]
     return "\n".join(lines) + "\n"
 
 

@@ -14,7 +14,7 @@ import shlex
 from typing import Any
 
 from dtutor.launch.arguments import worker_arguments
-from dtutor.launch.commands import horovodrun_command, torchrun_command
+from dtutor.launch.commands import COMMAND_WIDTH, horovodrun_command, shell_command, torchrun_command
 from dtutor.launch.recipes import TF_ENV, training_plan
 from dtutor.launch.runners import tf_config
 
@@ -22,9 +22,13 @@ PORT = 29500  # the first machine's rendezvous port (any port free on it)
 SETUP = "cd $PWD && source .venv/bin/activate"  # on every machine: the same folder and environment
 
 
-def _remote(host: str, setup: str, command: str) -> str:
-    """``ssh HOST "setup && command" &`` (``$PWD`` in ``setup`` is expanded here, on the first machine)."""
-    return f'ssh {host} "{setup} && {command.replace(chr(34), chr(92) + chr(34))}" &'
+def _remote(host: str, setup: str, words: list[str]) -> str:
+    """``ssh HOST "setup && command" &``, wrapped (``$PWD`` in ``setup`` is expanded here, on the first machine).
+
+    ``words`` are shell words already quoted; inside the double quotes a `` \\`` at a line's end joins the lines.
+    """
+    inner = shell_command([*setup.split(), "&&", *words], COMMAND_WIDTH - 4, quote=str)
+    return shell_command(["ssh", host, '"' + inner.replace('"', '\\"') + '"', "&"], quote=str)
 
 
 def training_commands(hosts: tuple[str, ...] = ("host1", "host2"), *, gpus_per_node: int = 0,
@@ -32,30 +36,31 @@ def training_commands(hosts: tuple[str, ...] = ("host1", "host2"), *, gpus_per_n
                       setup: str = SETUP, **fields: Any) -> str:
     """The commands that train with ``fields`` on the machines ``hosts``, started from the first of them.
 
-    ``port`` is a free port on the first machine; ``setup`` what each ssh session runs first.
+    ``port`` is a free port on the first machine; ``setup`` what each ssh session runs first. Long commands
+    are wrapped with `` \\`` continuations (``dtutor.launch.shell_command``).
     """
     plan = training_plan(len(hosts), gpus_per_node, procs_per_node, launcher, **fields)
     procs, head, arguments = plan.procs_per_node, hosts[0], plan.arguments
     if plan.launcher == "torchrun":
-        command = shlex.join(torchrun_command(plan.entry, procs, arguments, nnodes=len(hosts),
-                                              endpoint=f"{head}:{port}", job_id="job1"))
+        command = torchrun_command(plan.entry, procs, arguments, nnodes=len(hosts), endpoint=f"{head}:{port}",
+                                   job_id="job1")
         lines = [f"# one torchrun per machine, started over ssh; they meet at {head}:{port}",
-                 *(_remote(host, setup, command) for host in hosts), "wait"]
+                 *(_remote(host, setup, [shlex.quote(word) for word in command]) for host in hosts), "wait"]
     elif plan.launcher == "deepspeed":
         slots = "\\n".join(f"{host} slots={procs}" for host in hosts)
         command = ["deepspeed", "--hostfile=hostfile", f"--master_addr={head}", f"--master_port={port}",
                    "--no_local_rank", "--module", *worker_arguments(plan.entry, arguments)[1:]]
         lines = ["# the hostfile: every machine and its slots (GPUs)", f"printf '{slots}\\n' > hostfile",
-                 "# deepspeed starts every machine's ranks itself, over ssh (pdsh)", shlex.join(command)]
+                 "# deepspeed starts every machine's ranks itself, over ssh (pdsh)", shell_command(command)]
     elif plan.launcher == "horovodrun":
         hosts_slots = ",".join(f"{host}:{procs}" for host in hosts)
         command = horovodrun_command(plan.entry, len(hosts) * procs, arguments, hosts=hosts_slots)
-        lines = ["# horovodrun starts every machine's ranks itself, over ssh", shlex.join(command)]
+        lines = ["# horovodrun starts every machine's ranks itself, over ssh", shell_command(command)]
     else:
         addresses = [f"{host}:{port}" for host in hosts]
-        worker = shlex.join(["python", *worker_arguments(plan.entry, arguments)])
-        settings = " ".join(f"{k}={v}" for k, v in TF_ENV.items())
+        worker = [shlex.quote(word) for word in ["python", *worker_arguments(plan.entry, arguments)]]
+        settings = [f"{k}={v}" for k, v in TF_ENV.items()]
         lines = ["# one TensorFlow worker per machine, started over ssh; TF_CONFIG: every worker, and its index",
-                 *(_remote(host, setup, f"TF_CONFIG={shlex.quote(tf_config(addresses, i))} {settings} {worker}")
+                 *(_remote(host, setup, [f"TF_CONFIG={shlex.quote(tf_config(addresses, i))}", *settings, *worker])
                    for i, host in enumerate(hosts)), "wait"]
     return "\n".join(lines) + "\n"
