@@ -78,7 +78,7 @@ def recommend(inv: Inventory, simulated_workers: int | None = None) -> list[Reco
     add("07", "gpu" if n else "simulated", n or sim, "-",
         "times the strategies above that run here" + ("" if n else "; CPU: speed-up up to the core count"))
     add("08", "gpu" if n else "simulated", n or 2, "nccl" if n and be["nccl"].usable else "gloo",
-        "batch scripts written and checked here; jobs run where Slurm is (notebook 08 checks)")
+        "batch scripts written and checked here; jobs need a Slurm cluster")
     return recs
 
 
