@@ -130,12 +130,16 @@ def run_deepspeed(entry: str, nprocs: int = 2, *, backend: str = "auto", timeout
     """Run ``entry`` on ``nprocs`` processes with DeepSpeed's own launcher (``deepspeed --num_gpus N``).
 
     The same workers as ``run`` (torchrun): DeepSpeed's launcher sets ``RANK``, ``WORLD_SIZE`` and the
-    master address, and adds ``--local_rank=N``. Without GPUs, DeepSpeed's CPU accelerator is selected.
+    master address (a free port here), and adds ``--local_rank=N``. Without GPUs, DeepSpeed's CPU accelerator
+    is selected.
     """
     check_count("nprocs", nprocs)
     kwargs = _with_backend(entry, backend, nprocs, kwargs)
     command = deepspeed_command(entry, nprocs, kwargs)
-    actual = [str(Path(sys.executable).with_name("deepspeed")), "--log_level=warning", *command[1:]]
+    # its own port, not DeepSpeed's default 29500, which another launch on this machine may hold; errors only
+    # (its warning that no hostfile exists is the normal case on one machine)
+    actual = [str(Path(sys.executable).with_name("deepspeed")), "--log_level=error",
+              f"--master_port={free_ports(1)[0]}", *command[1:]]
     env = {} if "nccl" in str(kwargs.get("backend")) else {"DS_ACCELERATOR": "cpu"}
     return supervise([actual], entry=entry, timeout=timeout, quiet=quiet, threads=_threads(threads_per_rank, nprocs),
                      envs=[env], display=shell_command(command))
