@@ -178,8 +178,9 @@ def test_tf_workers_print_their_commands(probe, capsys):
 
 
 def test_tf_worker_commands_by_hand():
-    text = launch.show_tf_worker_commands("dtutor.diagnostics:sleep", 2, seconds=2.5)
-    lines = text.splitlines()
+    wrapped = launch.show_tf_worker_commands("dtutor.diagnostics:sleep", 2, seconds=2.5)
+    assert " \\\n    " in wrapped and max(map(len, wrapped.splitlines())) <= 150
+    lines = wrapped.replace(" \\\n    ", " ").splitlines()  # each worker's command on one line
     assert lines[0].startswith("# worker 0") and lines[2].startswith("# worker 1")
     for index, line in ((0, lines[1]), (1, lines[3])):
         config = launch.tf_config(["127.0.0.1:12345", "127.0.0.1:12346"], index)

@@ -40,7 +40,8 @@ def test_two_workers_end_bitwise_equal_and_equal_to_one_device(workers, tmp_path
 
 def test_the_printed_commands_are_a_complete_recipe():
     text = launch.show_tf_worker_commands("dtutor.tf.driver:train", 2, ports=[1111, 2222], strategy="multiworker")
-    lines = [line for line in text.splitlines() if line.startswith("TF_CONFIG=")]
+    joined = text.replace(" \\\n    ", " ")  # launch.shell_command wraps long commands with continuations
+    lines = [line for line in joined.splitlines() if line.startswith("TF_CONFIG=")]
     assert len(lines) == 2
     for index, line in enumerate(lines):
         assert json.loads(line.split("'")[1]) == {"cluster": {"worker": ["127.0.0.1:1111", "127.0.0.1:2222"]},

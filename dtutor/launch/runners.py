@@ -182,14 +182,16 @@ def tf_config(addresses: list[str], index: int) -> str:
 
 def show_tf_worker_commands(entry: str, num_workers: int = 2, *, ports: list[int] | None = None,
                             **kwargs: Any) -> str:
-    """The commands to start ``num_workers`` TensorFlow workers by hand, one terminal (or host) each."""
+    """The commands to start ``num_workers`` TensorFlow workers by hand, one terminal (or host) each (long ones
+    wrapped with `` \\`` continuations, ``shell_command``)."""
     check_count("num_workers", num_workers)
     ports = ports or [12345 + i for i in range(num_workers)]
     addresses = [f"127.0.0.1:{port}" for port in ports]
-    arguments = shlex.join(["python", *worker_arguments(entry, kwargs)])
-    settings = " ".join(f"{name}={value}" for name, value in TF_WORKER_ENV.items())
+    arguments = [shlex.quote(word) for word in ["python", *worker_arguments(entry, kwargs)]]
+    settings = [f"{name}={value}" for name, value in TF_WORKER_ENV.items()]
     return "\n".join(f"# worker {i} (on several hosts: replace 127.0.0.1 with each host's address)\n"
-                     f"TF_CONFIG={shlex.quote(tf_config(addresses, i))} {settings} {arguments}"
+                     + shell_command([f"TF_CONFIG={shlex.quote(tf_config(addresses, i))}", *settings, *arguments],
+                                     quote=str)
                      for i in range(num_workers))
 
 
