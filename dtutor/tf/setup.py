@@ -16,6 +16,8 @@ import os
 import sys
 from types import ModuleType
 
+from dtutor.devices.probes import import_quietly
+
 
 def keras2() -> ModuleType:
     """The Keras 2 module (``tf_keras``), with ``tf.keras`` pointed at it; ``RuntimeError`` if too late.
@@ -24,8 +26,10 @@ def keras2() -> ModuleType:
     to Keras 3 has to be restarted.
     """
     os.environ["TF_USE_LEGACY_KERAS"] = "1"
-    import tensorflow as tf
-    import tf_keras
+    # the first import writes C++ start-up lines to fd 2 that no log level hides (with oneDNN on: "oneDNN
+    # custom operations are on"), so on some CPUs and not others: import_quietly hides them
+    tf = import_quietly("tensorflow")
+    tf_keras = import_quietly("tf_keras")
 
     if "tf_keras" not in tf.keras.Model.__module__:
         raise RuntimeError(
