@@ -66,8 +66,14 @@ class RunResult:
         return sum(e.samples for e in timed) / seconds if timed and seconds > 0 else None
 
     def summary(self) -> str:
-        """One short line for people: strategy, ranks, last epoch's loss and accuracy, test accuracy."""
-        parts = [f"{self.strategy} on {self.world_size} rank(s)"]
+        """One short line for people: strategy, ranks, last epoch's loss and accuracy, test accuracy.
+
+        Where one process holds several replicas (TensorFlow's ``MirroredStrategy``), it counts both, e.g.
+        ``mirrored on 1 process(es), 2 replicas in sync; ...``.
+        """
+        replicas = self.details.get("replicas_in_sync", self.world_size)
+        parts = [f"{self.strategy} on {self.world_size} rank(s)" if replicas == self.world_size
+                 else f"{self.strategy} on {self.world_size} process(es), {replicas} replicas in sync"]
         if self.epochs:
             parts.append(self.epochs[-1].summary())
         if self.test_accuracy is not None:

@@ -44,3 +44,13 @@ def test_throughput_skips_the_warm_up_epochs():
                                                       EpochStats(2, 2, 100, 1.0, 0.5, 3.0)])
     assert run.samples_per_second() == 50.0 and run.samples_per_second(skip_epochs=0) == 300 / 14
     assert RunResult(0, 1, {}, epochs=run.epochs[:1]).samples_per_second() is None  # only a warm-up
+
+
+def test_a_mirrored_run_is_summarized_as_one_process_with_its_replicas():
+    epoch = EpochStats(epoch=0, steps=4, samples=256, loss=2.29021, accuracy=0.1406, seconds=2.0)
+    two = RunResult(rank=0, world_size=1, config={"strategy": "mirrored"}, epochs=[epoch], test_accuracy=0.164,
+                    details={"replicas_in_sync": 2})
+    assert two.summary() == ("mirrored on 1 process(es), 2 replicas in sync; epoch 0: loss 2.2902, "
+                             "accuracy 0.141, 128 samples/s; test accuracy 0.164")
+    workers = RunResult(rank=0, world_size=2, config={"strategy": "multiworker"}, details={"replicas_in_sync": 2})
+    assert workers.summary() == "multiworker on 2 rank(s)"

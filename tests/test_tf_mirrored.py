@@ -114,16 +114,3 @@ def test_the_speed_title_states_what_was_measured():
 
     title = lessons.speed_title({1: 27.6, 2: 32.4}, "logical CPU devices")
     assert title == "logical CPU devices: 2 replicas ran 1.17x the steps/s of 1 (32.4 against 27.6)"
-
-
-def test_a_mirrored_run_is_described_as_one_process_with_its_replicas():
-    from dtutor.result import EpochStats, RunResult
-    from dtutor.tf import lessons
-
-    epoch = EpochStats(epoch=0, steps=4, samples=256, loss=2.29021, accuracy=0.1406, seconds=2.0)
-    two = RunResult(rank=0, world_size=1, config={"strategy": "mirrored"}, epochs=[epoch], test_accuracy=0.164,
-                    details={"replicas_in_sync": 2})
-    assert lessons.describe(two) == ("mirrored: 1 process, 2 replicas in sync; epoch 0: loss 2.2902, "
-                                     "accuracy 0.141, 128 samples/s; test accuracy 0.164")
-    workers = RunResult(rank=0, world_size=2, config={"strategy": "multiworker"}, details={"replicas_in_sync": 2})
-    assert lessons.describe(workers) == "multiworker: 2 processes, 2 replicas in sync"

@@ -121,20 +121,3 @@ def speed_title(rates: dict[int, float], devices: str) -> str:
     ratio = rates[most] / rates[counts[0]]
     return (f"{devices}: {most} replicas ran {ratio:.2f}x the steps/s of {counts[0]} "
             f"({rates[most]:.1f} against {rates[counts[0]]:.1f})")
-
-
-def describe(result: RunResult) -> str:
-    """One line for people about a TensorFlow run, counting processes AND replicas.
-
-    A ``MirroredStrategy`` run is one process holding N replicas, so ``RunResult.world_size`` (processes) alone
-    would say "1 rank" for 2 replicas; e.g. ``mirrored: 1 process, 2 replicas in sync; epoch 0: ...``.
-    """
-    processes = result.world_size
-    replicas = result.details.get("replicas_in_sync", processes)
-    parts = [f"{result.strategy}: {processes} process{'es' if processes != 1 else ''}, "
-             f"{replicas} replica{'s' if replicas != 1 else ''} in sync"]
-    if result.epochs:
-        parts.append(result.epochs[-1].summary())
-    if result.test_accuracy is not None:
-        parts.append(f"test accuracy {result.test_accuracy:.3f}")
-    return "; ".join(parts)
