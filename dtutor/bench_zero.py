@@ -128,7 +128,7 @@ def offload_lines(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def format_zero(rows: list[dict[str, Any]], verdict: bool = True) -> str:
+def format_zero(rows: list[dict[str, Any]], verdict: bool = False) -> str:
     """The table: per part measured MB (largest rank; a range where ranks differ) and formula MB, the total's
     ratio, the device's share; the spread of every part's ratio, and (``verdict``, for the benchmark) whether
     every part is within ``TARGET`` of its formula."""

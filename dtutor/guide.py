@@ -60,7 +60,11 @@ def model_state_gb(parameters: float, shards: int = 1) -> float:
 
 
 def cpu_cores() -> int:
-    """This machine's CPU cores as the OS reports them (``os.cpu_count``; 1 if unknown)."""
+    """The cores this process may run on, as ``devices.inventory`` counts them: the affinity mask where the OS
+    has one (a container or ``taskset`` may allow fewer than the machine has), else ``os.cpu_count`` (1 if
+    unknown)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
 
 

@@ -70,8 +70,10 @@ def test_without_a_gpu_the_speed_up_is_bounded_by_the_cores(monkeypatch):
     assert "--nproc-per-node=8" in eight.command
     assert "up to 8x one worker's samples/s; workers beyond the 8 cores share them and add no speed" in \
         eight.reasons[1]
-    monkeypatch.setattr(guide.os, "cpu_count", lambda: 3)
+    monkeypatch.setattr(guide.os, "sched_getaffinity", lambda pid: {0, 2, 5}, raising=False)  # 3 of more cores
+    monkeypatch.setattr(guide.os, "cpu_count", lambda: 8)
     assert guide.cpu_cores() == 3 and "--nproc-per-node=3" in guide.recommend(1e8, 0, 1).command
+    monkeypatch.delattr(guide.os, "sched_getaffinity")  # macOS: no affinity mask
     monkeypatch.setattr(guide.os, "cpu_count", lambda: None)
     assert guide.cpu_cores() == 1
 

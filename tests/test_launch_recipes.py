@@ -200,5 +200,6 @@ def test_launcher_lines_are_the_part_after_the_shared_prologue():
     assert "#SBATCH" not in recipes.launcher_lines(script) and script.endswith(recipes.launcher_lines(script))
 
 
-def test_shell_join_leaves_variables_to_the_shell_and_quotes_the_rest():
-    assert recipes.shell_join(["--x=$A:$B", "$C", "a b", "lr=0.1"]) == "--x=\"$A:$B\" \"$C\" 'a b' lr=0.1"
+def test_shell_words_leave_variables_to_the_shell_and_quote_the_rest():
+    words = ["--x=$A:$B", "$C", "a b", "lr=0.1"]
+    assert [recipes._shell_word(word) for word in words] == ['--x="$A:$B"', '"$C"', "'a b'", "lr=0.1"]

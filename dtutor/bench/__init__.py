@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
         from dtutor import bench_zero
 
         result = bench_zero.bench_zero(quick=args.mode == "quick")
-        print(bench_zero.format_zero(result))
+        print(bench_zero.format_zero(result, verdict=True))
     elif args.what == "pipeline":
         result = bench_pipeline(args.repeats or 10)
         print(format_pipeline(result))

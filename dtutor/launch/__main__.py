@@ -2,8 +2,10 @@
 
 Once the rank has reported its result, a torch worker leaves without the interpreter's teardown: there,
 torch 2.13's gloo threads can abort the process ("terminate called without an active exception", SIGABRT)
-after the result is written, and the launcher then reports the whole launch as failed, now and then. Horovod
-workers exit normally (Horovod shuts down at exit, in step with the other ranks).
+after the result is written, and the launcher then reports the whole launch as failed, now and then
+(``process_group.leave_process_group`` makes it rarer, not impossible). Python's streams are flushed first;
+the result file is already written. Workers that imported Horovod exit normally (Horovod shuts down at exit,
+in step with the other ranks).
 """
 
 import os
@@ -12,7 +14,7 @@ import sys
 from dtutor.launch.worker import main
 
 main(sys.argv[1:])
-if "torch.distributed" in sys.modules and "HOROVOD_RANK" not in os.environ:
+if "torch" in sys.modules and not any(name.split(".")[0] == "horovod" for name in sys.modules):
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)

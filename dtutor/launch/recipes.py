@@ -59,11 +59,6 @@ def _shell_word(word: str) -> str:
     return shlex.quote(word)
 
 
-def shell_join(words: list[str]) -> str:
-    """Words as one shell line, ``$VARIABLES`` left for the shell to expand (see ``_shell_word``)."""
-    return " ".join(_shell_word(word) for word in words)
-
-
 def srun_command(words: list[str], quote: Callable[[str], str] = _shell_word) -> str:
     """``srun`` (one task per node, all ended when one fails) with ``words``, wrapped by ``shell_command``."""
     return shell_command([*SRUN.split(), *map(quote, words)], quote=str)

@@ -27,7 +27,7 @@ def _remote(host: str, setup: str, words: list[str]) -> str:
 
     ``words`` are shell words already quoted; inside the double quotes a `` \\`` at a line's end joins the lines.
     """
-    inner = shell_command([*setup.split(), "&&", *words], COMMAND_WIDTH - 4, quote=str)
+    inner = shell_command([setup, "&&", *words], COMMAND_WIDTH - 4, quote=str)  # setup whole: never cut inside it
     return shell_command(["ssh", host, '"' + inner.replace('"', '\\"') + '"', "&"], quote=str)
 
 

@@ -97,9 +97,10 @@ def placement(step: Any, *args: Any) -> dict[str, Any]:
     ``_Send``/``_Recv`` pair for every tensor that crosses between devices (``step`` must not have run yet:
     the partitions are recorded when the function is instantiated). Returns ``{"ops": {device: {phase:
     {op: count}}}, "crossings": [{"tensor", "from", "to", "phase", "shape", "bytes"}], "kernels": {kernel:
-    op}}``. Ops are counted by the framework op they implement (``framework_op``), so the counts are the same
-    on every CPU; ``kernels`` lists the rewritten kernels this machine ran instead. Op counts leave out
-    bookkeeping (arguments, constants, identities, sends, receives, variable reads).
+    op}}``. Ops are counted by the framework op they implement (``framework_op``), so the ops that carry the
+    arithmetic (``ARITHMETIC_OPS``) count the same on every CPU; the bias and activation ops a fused kernel
+    absorbs do not. ``kernels`` lists the rewritten kernels this machine ran. Op counts leave out bookkeeping
+    (arguments, constants, identities, sends, receives, variable reads).
     """
     from tensorflow.python.eager import context  # run metadata has no public TF2 API (tf.summary uses this)
 
@@ -121,9 +122,10 @@ def placement(step: Any, *args: Any) -> dict[str, Any]:
                 if node.op == "_Send" and "/ctrl/" not in node.input[0]:
                     crossings.append(_crossing(graph, node))
                 elif node.op not in DATA_FREE_OPS and node.op != "ReadVariableOp":
-                    ops.setdefault(device, {}).setdefault(_phase(node), Counter())[framework_op(node.op)] += 1
-                    if framework_op(node.op) != node.op:
-                        kernels[node.op] = framework_op(node.op)
+                    op = framework_op(node.op)
+                    ops.setdefault(device, {}).setdefault(_phase(node), Counter())[op] += 1
+                    if op != node.op:
+                        kernels[node.op] = op
     return {"ops": {device: {phase: dict(sorted(counts.items())) for phase, counts in sorted(phases.items())}
                     for device, phases in sorted(ops.items())}, "crossings": crossings,
             "kernels": dict(sorted(kernels.items()))}
