@@ -337,3 +337,12 @@ def test_cli_json_parses() -> None:
     assert list(sources) == GPU_SOURCES and "skipped" in sources["tensorflow"]["error"]
     assert doc["inventory"]["cpu_cores"] >= 1
     assert [r["notebook"] for r in doc["recommendations"]] == list(STRATEGIES)
+
+
+
+def test_a_failed_quiet_import_shows_what_it_printed(tmp_path, monkeypatch, capfd) -> None:
+    (tmp_path / "broken_banner.py").write_text("import os\nos.write(2, b'C++ start-up line\\n')\n1 / 0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ZeroDivisionError):
+        devices.import_quietly("broken_banner")
+    assert capfd.readouterr().err == "C++ start-up line\n"  # shown, not lost with the import

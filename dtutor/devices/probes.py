@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import sys
+import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import fields
@@ -43,6 +44,7 @@ def _quiet() -> Iterator[None]:
     """Hide what importing a framework prints: warnings, C++ banners on fd 2, DeepSpeed's info logs.
 
     DeepSpeed's logger keeps the ``sys.stdout`` it saw at import, so it is filtered rather than redirected.
+    If the import fails, what it printed is shown after all, above the error.
     """
     ds_logger = logging.getLogger("DeepSpeed")
     ds_logger.addFilter(_errors_only)
@@ -51,17 +53,30 @@ def _quiet() -> Iterator[None]:
         saved = os.dup(2)
     except OSError:  # no file descriptor 2 (pythonw)
         saved = None
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()), open(os.devnull, "w") as f:
-            warnings.simplefilter("ignore")
-            if saved is not None:
-                os.dup2(f.fileno(), 2)
-            yield
-    finally:
-        if saved is not None:
-            os.dup2(saved, 2)
-            os.close(saved)
-        ds_logger.removeFilter(_errors_only)
+    python_lines = io.StringIO()
+    with tempfile.TemporaryFile("w+") as native_lines:
+        try:
+            with warnings.catch_warnings(), contextlib.redirect_stderr(python_lines):
+                warnings.simplefilter("ignore")
+                if saved is not None:
+                    os.dup2(native_lines.fileno(), 2)
+                yield
+        except BaseException:
+            _restore_stderr(saved)
+            saved = None
+            native_lines.seek(0)
+            sys.stderr.write(native_lines.read() + python_lines.getvalue())
+            raise
+        finally:
+            _restore_stderr(saved)
+            ds_logger.removeFilter(_errors_only)
+
+
+def _restore_stderr(saved: int | None) -> None:
+    """Point file descriptor 2 back at ``saved`` (a ``dup`` of it), if any, and close the copy."""
+    if saved is not None:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def import_quietly(name: str):
