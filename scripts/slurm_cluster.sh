@@ -136,9 +136,10 @@ stop() {  # DIR
     [ -f "$dir/slurm.conf" ] || { rm -rf "$dir"; return 0; }
     export SLURM_CONF="$dir/slurm.conf"
     if [ -f "$dir/run/slurmctld.setsid.pid" ] && alive "$(cat "$dir/run/slurmctld.setsid.pid")"; then
-        scancel --full --quiet --partition=debug 2>/dev/null || true
-        for _ in $(seq 150); do  # at most 15 s for every job to leave the queue
-            [ -z "$(squeue -h -o %i 2>/dev/null)" ] && break
+        timeout 10 scancel --full --quiet --partition=debug 2>/dev/null || true
+        local deadline=$((SECONDS + 15)) queue  # at most 15 s of the clock for every job to leave the queue:
+        while (( SECONDS < deadline )); do  # counted in seconds, not tries (one squeue can take a second under load)
+            queue=$(timeout 5 squeue -h -o %i 2>/dev/null) && [ -z "$queue" ] && break
             sleep 0.1
         done
     fi
