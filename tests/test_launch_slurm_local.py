@@ -45,6 +45,12 @@ def test_the_cluster_script_runs_a_job_and_leaves_nothing_behind():
     assert not Path(conf).parent.exists() and slurm_local.leftovers(Path(conf).parent) == []
 
 
+def _default_interrupt() -> None:
+    """In the child: Ctrl-C's default action. A shell that runs the tests in the background hands its children
+    SIGINT ignored, and bash cannot trap a signal that was ignored when it started."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_an_interrupted_cluster_script_leaves_nothing_behind(tmp_path):
     require_local_cluster()
     log, mark = tmp_path / "cluster.log", uuid.uuid4().hex
@@ -52,7 +58,8 @@ def test_an_interrupted_cluster_script_leaves_nothing_behind(tmp_path):
     with log.open("w") as stderr:
         script = subprocess.Popen(["bash", str(slurm_local.CLUSTER_SCRIPT), "run", "--", "bash", "-c", command],
                                   stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True,
-                                  env={**os.environ, MARK: mark})
+                                  preexec_fn=_default_interrupt, env={**os.environ, MARK: mark})
+    folder = None
     try:
         conf = slurm_local._wait_ready(script, log, timeout=60)
         env = {**os.environ, "SLURM_CONF": str(conf)}
@@ -63,8 +70,15 @@ def test_an_interrupted_cluster_script_leaves_nothing_behind(tmp_path):
             assert time.monotonic() < deadline, "the job never ran"
             time.sleep(0.2)
         os.killpg(script.pid, signal.SIGINT)  # what Ctrl-C in its terminal does
-        assert script.wait(timeout=60) == 130
+        try:
+            status = script.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the script did not stop within 60 s of Ctrl-C; its log:\n{log.read_text()[-3000:]}")
+        assert status == 130
     finally:
         if script.poll() is None:
             os.killpg(script.pid, signal.SIGKILL)
+            if folder is not None:  # its daemons run in sessions of their own: stop them, or they outlive the test
+                subprocess.run(["bash", str(slurm_local.CLUSTER_SCRIPT), "stop", str(folder)], capture_output=True,
+                               timeout=120)
     assert_nothing_left(folder, ports, mark)
