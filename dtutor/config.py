@@ -3,7 +3,8 @@
 ``TrainConfig(**fields)`` checks every field's type and range when it is created; ``check_world`` checks the
 batch arithmetic for a world size. Both raise ``ConfigError`` (a ``ValueError``) whose message starts with the
 field's name, so a bad value is refused in the caller's process, never inside a worker. This module imports
-neither torch nor TensorFlow: the TensorFlow workers use the same rules.
+neither torch nor TensorFlow: the TensorFlow workers use the same rules (``choose_backend``, which resolves a
+torch backend for the caller and for every torch worker, imports torch when called).
 
 The batch arithmetic, the same for every strategy:
 
@@ -37,6 +38,36 @@ LEARNING_FIELDS = {"global_batch": 32, "samples": 1472, "epochs": 6, "lr": 0.01}
 
 class ConfigError(ValueError):
     """A configuration value that cannot work; the message starts with the field's name."""
+
+
+def gpu_count() -> int:
+    """Number of CUDA GPUs visible to this process (0 without CUDA); imports torch when called."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def choose_backend(backend: str, nprocs: int) -> str:
+    """Resolve ``backend`` (one of ``BACKENDS``): ``auto`` is nccl when there are at least ``nprocs`` GPUs, else gloo.
+
+    A backend this machine cannot give raises ``ConfigError`` naming the field and what to use instead: a
+    worker started by hand says it in one line. Imports torch when called (the caller's or the worker's).
+    """
+    import torch.distributed as dist
+
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend: unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "auto":
+        return "nccl" if gpu_count() >= nprocs and dist.is_nccl_available() else "gloo"
+    if backend == "nccl" and gpu_count() < nprocs:
+        raise ConfigError(
+            f"backend: 'nccl' needs one GPU per rank: {nprocs} ranks asked for, {gpu_count()} GPU(s) here. "
+            "Use backend=gloo (CPU, or several ranks sharing GPUs) or fewer processes."
+        )
+    available = {"gloo": dist.is_gloo_available(), "nccl": dist.is_nccl_available(), "mpi": dist.is_mpi_available()}
+    if not available[backend]:
+        raise ConfigError(f"backend: {backend!r} is not available in this PyTorch build; use backend=gloo")
+    return backend
 
 
 @dataclass(frozen=True)

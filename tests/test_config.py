@@ -1,7 +1,7 @@
 import pytest
 
 from dtutor import ConfigError, TrainConfig, learning_setup
-from dtutor.config import check_world
+from dtutor.config import check_world, choose_backend, gpu_count
 
 
 def test_defaults_are_valid_and_the_arithmetic_follows():
@@ -105,3 +105,14 @@ def test_the_learning_setup_is_checked_field_by_field():
         learning_setup(lr=0)
     with pytest.raises(ConfigError, match="epoch: not a TrainConfig field"):
         learning_setup(epoch=2)
+
+
+def test_auto_backend_is_gloo_without_gpus():
+    if gpu_count() >= 2:
+        pytest.skip("this machine has GPUs")
+    assert choose_backend("auto", 2) == "gloo"
+
+
+def test_an_unknown_backend_is_refused_naming_the_field():
+    with pytest.raises(ConfigError, match="backend: unknown backend 'carrier-pigeon'; choose one of auto, gloo"):
+        choose_backend("carrier-pigeon", 1)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from dtutor import launch
-from dtutor.config import ConfigError, TrainConfig
+from dtutor.config import ConfigError, TrainConfig, choose_backend
 from dtutor.launch import training
 from dtutor.result import RunResult
 from dtutor.strategies import STRATEGIES
@@ -104,7 +104,7 @@ def test_ddp_runs_the_torch_driver_through_torchrun_with_a_concrete_backend(reco
                            global_batch=128)
     args, kwargs = _only_call(recorders, "run")
     assert args == (TORCH_DRIVER, 2)
-    expected = TrainConfig(strategy="ddp", epochs=2, global_batch=128, backend=launch.choose_backend("auto", 2))
+    expected = TrainConfig(strategy="ddp", epochs=2, global_batch=128, backend=choose_backend("auto", 2))
     assert kwargs == {"nnodes": 2, "timeout": 60, "quiet": True, "threads_per_rank": 1, **expected.as_arguments()}
     assert kwargs["backend"] in ("gloo", "nccl") and [r.rank for r in results] == [0, 1]
 
@@ -115,7 +115,7 @@ def test_horovod_strategies_run_their_framework_driver_through_horovodrun(record
     launch.train(2, strategy=strategy, samples=256)
     args, kwargs = _only_call(recorders, "run_horovod")
     assert args == (entry, 2) and kwargs.pop("framework") == framework
-    backend = launch.choose_backend("auto", 2) if framework == "torch" else "auto"  # TF: torch not consulted
+    backend = choose_backend("auto", 2) if framework == "torch" else "auto"  # TF: torch not consulted
     expected = TrainConfig(strategy=strategy, samples=256, backend=backend).as_arguments()
     assert kwargs == {"timeout": 300.0, "quiet": False, "threads_per_rank": None, **expected}
 
@@ -132,7 +132,7 @@ def test_multiworker_runs_the_tf_driver_on_tf_workers(recorders):
 def test_in_process_torch_strategies_call_the_driver_here(recorders, strategy):
     (result,) = launch.train(strategy=strategy, lr=0.1)
     args, kwargs = _only_call(recorders, "torch")
-    expected = TrainConfig(strategy=strategy, lr=0.1, backend=launch.choose_backend("auto", 1))
+    expected = TrainConfig(strategy=strategy, lr=0.1, backend=choose_backend("auto", 1))
     assert args == () and kwargs == expected.as_dict() and result.config == kwargs
 
 

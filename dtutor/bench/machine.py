@@ -13,14 +13,9 @@ import os
 import platform
 from typing import Any
 
+from dtutor.config import gpu_count
+
 PACKAGES = ("torch", "tensorflow-cpu", "tensorflow", "horovod", "deepspeed")
-
-
-def gpu_count() -> int:
-    """GPUs visible here (0 without torch or CUDA)."""
-    from dtutor.launch import gpu_count as count
-
-    return count()
 
 
 def machine() -> dict[str, Any]:

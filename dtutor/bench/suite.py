@@ -26,7 +26,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from dtutor.bench.machine import gpu_count, machine
+from dtutor.bench.machine import machine
+from dtutor.config import gpu_count
 from dtutor.strategies import STRATEGIES
 
 

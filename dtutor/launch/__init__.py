@@ -18,7 +18,7 @@ Guarantees: bad input is refused before any process starts; every launch has a t
 fails or the timeout expires, every process of the launch is ended and ``LaunchError`` names the
 failing rank with its traceback.
 
-Modules: ``arguments`` (entry points, ``key=value`` words), ``commands`` (launcher commands, backends),
+Modules: ``arguments`` (entry points, ``key=value`` words), ``commands`` (launcher commands),
 ``supervisor`` (processes, output, timeout, results), ``runners`` (the launches), ``training`` (``train``),
 ``worker`` (what ``python -m dtutor.launch`` runs); for clusters, imported by name: ``recipes`` (Slurm batch
 scripts for every launcher), ``ssh`` (the same jobs on machines reached by ssh), ``slurm`` (submit, wait,
@@ -28,10 +28,7 @@ neither torch nor TensorFlow.
 
 from dtutor.launch.arguments import worker_arguments
 from dtutor.launch.commands import (
-    BACKENDS,
-    choose_backend,
     deepspeed_command,
-    gpu_count,
     horovodrun_command,
     shell_command,
     show_commands,
@@ -51,11 +48,8 @@ from dtutor.launch.training import train
 from dtutor.launch.worker import worker_rank
 
 __all__ = [
-    "BACKENDS",
     "LaunchError",
-    "choose_backend",
     "deepspeed_command",
-    "gpu_count",
     "horovodrun_command",
     "run",
     "run_deepspeed",

@@ -1,4 +1,4 @@
-"""The launcher commands, as you would type them in a terminal: torchrun and horovodrun, and the backend choice.
+"""The launcher commands, as you would type them in a terminal: torchrun, horovodrun and DeepSpeed's launcher.
 
 Nothing here starts a process; ``runners`` turns these commands into running launches. torch is imported
 only inside the functions that need it, so TensorFlow workers can import this package.
@@ -11,10 +11,8 @@ import shlex
 from collections.abc import Callable
 from typing import Any
 
-from dtutor.config import ConfigError
 from dtutor.launch.arguments import resolve_entry, worker_arguments
 
-BACKENDS = ("auto", "gloo", "nccl", "mpi")
 # Bounded waits of a multi-node rendezvous: the nodes wait up to join_timeout s for each other; a node that
 # cannot reach HOST stops after about 2 x read_timeout s (torchrun's defaults: 600 s and about 2 minutes).
 RENDEZVOUS_CONF = "join_timeout=120,read_timeout=30"
@@ -54,36 +52,6 @@ def shell_command(words: list[str], width: int = COMMAND_WIDTH, *,
             line = f"{line} {word}" if line else ("    " if lines else "") + word
         lines += [line] if line else []
     return " \\\n".join(lines)
-
-
-def gpu_count() -> int:
-    """Number of CUDA GPUs visible to this process (0 without CUDA)."""
-    import torch
-
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
-def choose_backend(backend: str, nprocs: int) -> str:
-    """Resolve ``backend``: ``auto`` is nccl when there are at least ``nprocs`` GPUs, else gloo.
-
-    A backend this machine cannot give raises ``ConfigError`` (a ``ValueError``) naming the field and what
-    to use instead: a worker started by hand says it in one line.
-    """
-    import torch.distributed as dist
-
-    if backend not in BACKENDS:
-        raise ConfigError(f"backend: unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if backend == "auto":
-        return "nccl" if gpu_count() >= nprocs and dist.is_nccl_available() else "gloo"
-    if backend == "nccl" and gpu_count() < nprocs:
-        raise ConfigError(
-            f"backend: 'nccl' needs one GPU per rank: {nprocs} ranks asked for, {gpu_count()} GPU(s) here. "
-            "Use backend=gloo (CPU, or several ranks sharing GPUs) or fewer processes."
-        )
-    available = {"gloo": dist.is_gloo_available(), "nccl": dist.is_nccl_available(), "mpi": dist.is_mpi_available()}
-    if not available[backend]:
-        raise ConfigError(f"backend: {backend!r} is not available in this PyTorch build; use backend=gloo")
-    return backend
 
 
 def torchrun_command(

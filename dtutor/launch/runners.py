@@ -16,10 +16,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from dtutor.config import choose_backend
 from dtutor.launch.arguments import worker_arguments
 from dtutor.launch.commands import (
     check_count,
-    choose_backend,
     deepspeed_command,
     horovodrun_command,
     host_slots,

@@ -14,7 +14,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from dtutor.launch import choose_backend
+from dtutor.config import choose_backend
 from dtutor.pytorch.strategy import Strategy
 
 OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}
