@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from dtutor import bench, bench_zero
+from dtutor import bench
+from dtutor.bench import zero
 
 PSI = 1_000_000
 
@@ -26,7 +27,7 @@ def zero2(rank: int, buffers: int) -> dict:
 
 
 def test_a_row_sets_each_part_beside_its_formula():
-    row = bench_zero.memory_row([zero2(0, 300), zero2(1, 100)])
+    row = zero.memory_row([zero2(0, 300), zero2(1, 100)])
     assert row["configuration"] == "ZeRO-2 bf16" and row["within_target"]
     assert row["formula"]["parameters"] == 2 * PSI and row["formula"]["optimizer"] == 6 * PSI
     assert row["ratio"] == {"parameters": 1.0, "gradients": 1.0, "optimizer": 1.0, "total": 1.0}
@@ -36,22 +37,22 @@ def test_a_row_sets_each_part_beside_its_formula():
 def test_the_worst_rank_decides_the_ratio_and_the_verdict():
     off = zero2(1, 0)
     off["bytes"]["gradients"] = int(1.2 * PSI)
-    row = bench_zero.memory_row([zero2(0, 0), off])
+    row = zero.memory_row([zero2(0, 0), off])
     assert row["ratio"]["gradients"] == pytest.approx(1.2) and not row["within_target"]
-    table = bench_zero.format_zero([row], verdict=True)
+    table = zero.format_zero([row], verdict=True)
     assert "within 10% of its formula: missed" in table and "1.0-1.2" in table  # the ranks' range
-    good = bench_zero.format_zero([bench_zero.memory_row([zero2(0, 0), zero2(1, 0)])], verdict=True)
+    good = zero.format_zero([zero.memory_row([zero2(0, 0), zero2(1, 0)])], verdict=True)
     assert "within 10% of its formula: met" in good
     assert "1,000 MB allocated, 2.0 MB resident" in good
 
 
 def test_labels_name_stage_precision_optimizer_and_offload():
-    assert bench_zero.label({"strategy": "fsdp"}) == "FSDP fp32"
-    assert bench_zero.label({**ZERO2, "offload": True, "optimizer": "sgd"}) == "ZeRO-2 bf16 sgd + offload"
+    assert zero.label({"strategy": "fsdp"}) == "FSDP fp32"
+    assert zero.label({**ZERO2, "offload": True, "optimizer": "sgd"}) == "ZeRO-2 bf16 sgd + offload"
 
 
 def test_the_plot_titles_the_measured_ratio():
-    figure = bench_zero.plot_memory([bench_zero.memory_row([zero2(0, 0), zero2(1, 0)])])
+    figure = zero.plot_memory([zero.memory_row([zero2(0, 0), zero2(1, 0)])])
     assert figure.axes[0].get_title().endswith("measured / formula 1.000 to 1.000")
     assert [t.get_text() for t in figure.axes[0].get_xticklabels()] == ["ZeRO-2 bf16"]
 
@@ -71,9 +72,9 @@ def test_gradients_waiting_in_the_bucket_are_reported_apart():
     for rank in ranks:
         end_of_backward = {**rank["bytes"], "gradients": 0, "reduce_bucket": 2 * PSI}
         rank["moments"] = {"end of backward, before the reduction": end_of_backward, "after backward": rank["bytes"]}
-    row = bench_zero.memory_row(ranks)
+    row = zero.memory_row(ranks)
     assert row["bucket_in_use"] == 2 * PSI and row["within_target"]  # not model state: the ratios do not see it
-    assert "reduce bucket at the end of backward (not counted): ZeRO-2 bf16 2.0 MB" in bench_zero.format_zero([row])
+    assert "reduce bucket at the end of backward (not counted): ZeRO-2 bf16 2.0 MB" in zero.format_zero([row])
 
 
 def test_offload_says_what_a_gpu_would_hold_and_why_its_total_matches_zero1():
@@ -83,9 +84,9 @@ def test_offload_says_what_a_gpu_would_hold_and_why_its_total_matches_zero1():
     zero1 = {"strategy": "deepspeed", "zero_stage": 1, "precision": "bf16"}
     plain = [fake_rank(rank, zero1, parameters=2 * PSI, gradients=2 * PSI, master_weights=2 * PSI,
                        optimizer_state=4 * PSI) for rank in (0, 1)]
-    rows = [bench_zero.memory_row(plain), bench_zero.memory_row(ranks)]
+    rows = [zero.memory_row(plain), zero.memory_row(ranks)]
     assert rows[1]["device"] == [2 * PSI] * 2 and rows[1]["host"] == [8 * PSI] * 2 and rows[0]["host"] == [0, 0]
-    table = bench_zero.format_zero(rows)  # a learner's table: no verdict unless the benchmark asks
+    table = zero.format_zero(rows)  # a learner's table: no verdict unless the benchmark asks
     assert "each GPU would hold 2.0 MB" in table and "host memory would hold 8.0 MB" in table
     assert "equals ZeRO-1 bf16's by coincidence" in table and "when N = 2" in table
     assert "met" not in table.split() and max(map(len, table.splitlines())) <= 150

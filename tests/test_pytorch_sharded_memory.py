@@ -6,9 +6,9 @@ import subprocess
 import pytest
 import torch
 
-from dtutor import bench_zero, zero
+from dtutor.bench import zero
 from dtutor.config import ConfigError
-from dtutor.pytorch.sharded import memory
+from dtutor.pytorch.sharded import formulas, memory
 
 RUNS = [{"strategy": "deepspeed", "zero_stage": 1, "precision": "fp32"},
         {"strategy": "deepspeed", "zero_stage": 2, "precision": "bf16", "offload": True},
@@ -68,7 +68,7 @@ def measured():
 
 def test_every_part_is_within_ten_percent_of_the_estimator(measured):
     for per_rank in measured:
-        row = bench_zero.memory_row(per_rank)
+        row = zero.memory_row(per_rank)
         assert row["within_target"], (row["configuration"], row["ratio"])
         assert [rank["rank"] for rank in per_rank] == [0, 1] and row["parameter_count"] == 1_195_018
 
@@ -86,5 +86,5 @@ def test_what_each_configuration_holds(measured):
     assert stage3[0]["bytes"]["optimizer_state"] == pytest.approx(4 * psi / 2, rel=1e-3)
     # FSDP: half of (4 + 4 + 8) bytes per parameter on each rank, no master copy
     steps = 10 * 4  # Adam's step count: one fp32 scalar per parameter tensor (10 here), on every rank
-    assert fsdp[0]["bytes"]["model_state"] == zero.fsdp_model_state(psi, 2).total + steps
+    assert fsdp[0]["bytes"]["model_state"] == formulas.fsdp_model_state(psi, 2).total + steps
     assert fsdp[0]["bytes"]["master_weights"] == 0

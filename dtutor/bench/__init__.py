@@ -14,7 +14,8 @@
 Modules: ``scaling`` (ddp, horovod, pipeline), ``suite`` (all: the plan and the launches), ``runner`` and
 ``tf_runner`` (inside the workers), ``probe`` (counting collectives, model state), ``rows`` (the table's
 rows), ``theory`` (what communication should cost), ``report`` (table, plots, README), ``allreduce``,
-``horovod_gap``, ``machine`` (where a result was measured).
+``horovod_gap``, ``zero`` (model-state memory against the ZeRO formulas), ``machine`` (where a result was
+measured).
 """
 
 import argparse
@@ -100,10 +101,10 @@ def main(argv: list[str] | None = None) -> None:
         result = bench_ddp(args.batch_per_rank, args.repeats or 5, args.rounds)
         print(format_ddp(result, verdict=True))
     elif args.what == "zero":
-        from dtutor import bench_zero
+        from dtutor.bench import zero
 
-        result = bench_zero.bench_zero(quick=args.mode == "quick")
-        print(bench_zero.format_zero(result, verdict=True))
+        result = zero.bench_zero(quick=args.mode == "quick")
+        print(zero.format_zero(result, verdict=True))
     elif args.what == "pipeline":
         result = bench_pipeline(args.repeats or 10)
         print(format_pipeline(result))

@@ -5,7 +5,7 @@ Targets on the course's 2-core CPU: DDP on 2 ranks reaches at least 90% of the m
 in the same run (two processes that train alone side by side, never communicating: on a 2-core virtual machine
 they reach only about 0.9 of twice one process's rate, since they share caches, memory and the host), and the
 training driver within 2% of a hand-written loop that computes the same metrics, on the same model and data;
-every part of the measured model-state memory within 10% of its ZeRO formula (``dtutor.bench_zero``).
+every part of the measured model-state memory within 10% of its ZeRO formula (``dtutor.bench.zero``).
 """
 
 from __future__ import annotations

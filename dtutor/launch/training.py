@@ -21,9 +21,9 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from dtutor.config import TrainConfig, check_world, choose_backend
-from dtutor.deepspeed_config import deepspeed_config
 from dtutor.launch.commands import check_count
 from dtutor.launch.runners import run, run_horovod, run_tf_workers
+from dtutor.pytorch.sharded.deepspeed_config import deepspeed_config
 from dtutor.strategies import STRATEGIES, StrategyInfo
 
 if TYPE_CHECKING:

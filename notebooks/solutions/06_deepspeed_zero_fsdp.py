@@ -3,7 +3,8 @@
 Run them (CI does, through the notebook's own check cells): ``python notebooks/solutions/06_deepspeed_zero_fsdp.py``.
 """
 
-from dtutor import exercises, launch, zero  # noqa: F401 - the check cells use them
+from dtutor import exercises, launch  # noqa: F401 - the check cells use them
+from dtutor.pytorch.sharded import formulas  # noqa: F401 - the check cells use it
 
 SETUP = dict(global_batch=64, samples=256, test_samples=64, optimizer="adam", lr=1e-3, quiet=True, timeout=300)
 

@@ -1,8 +1,14 @@
-"""Sharded data parallelism: DeepSpeed's ZeRO stages and PyTorch's FSDP2, each a strategy of the course.
+"""Sharded data parallelism: DeepSpeed's ZeRO stages and PyTorch's FSDP2, each a strategy of the course (notebook 06).
 
 Every rank still trains on its own share of the batch, as in DDP; what changes is how much of the model's
 state each rank keeps: ZeRO-1 partitions the optimizer state, ZeRO-2 the gradients too, ZeRO-3 and FSDP the
-parameters too (gathered layer by layer when needed). ``deepspeed_zero`` and ``fsdp`` are the strategies,
-``memory`` measures the model state a rank holds (``storage``: which bytes a view covers and which are
-resident), ``dtutor.zero`` gives the ZeRO paper's formulas.
+parameters too (gathered layer by layer when needed).
+
+- ``deepspeed_zero`` and ``fsdp``: the strategies; ``deepspeed_config``: DeepSpeed's JSON, checked early;
+- ``memory``: the model state a rank holds, measured (``storage``: which bytes a view covers and which are
+  resident); ``formulas``: the ZeRO paper's formulas and the estimator; ``widget``: the estimator in a notebook;
+- ``lessons``: the notebook's small demos, each an entry point for ``dtutor.launch.run``.
+
+``formulas``, ``widget`` and ``deepspeed_config`` import no framework (``python -m dtutor.bench zero`` measures
+``memory`` against ``formulas``).
 """

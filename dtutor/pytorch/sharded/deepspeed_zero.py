@@ -3,8 +3,8 @@
 What it changes (joining and collectives are ``process_group.ProcessGroupStrategy``'s):
 - join: DeepSpeed's CPU accelerator when there is no GPU (``DS_ACCELERATOR=cpu``), then the usual process
   group, which ``deepspeed.initialize`` finds and reuses;
-- wrap: the engine, configured by ``dtutor.deepspeed_config`` (ZeRO stage, offload, precision, batch sizes,
-  no clipping), around the driver's own optimizer, which ZeRO partitions;
+- wrap: the engine, configured by ``deepspeed_config`` (ZeRO stage, offload, precision, batch sizes, no
+  clipping), around the driver's own optimizer, which ZeRO partitions;
 - train_step: ``engine(x)``, ``engine.backward(loss)``, ``engine.step()`` for every micro-batch: the engine
   divides the loss by the accumulation steps itself and steps the optimizer at the group's last one;
 - full_state_dict: ZeRO-3 keeps 1/N of each parameter per rank; ``GatheredParameters`` gathers them;
@@ -40,9 +40,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from dtutor.deepspeed_config import deepspeed_config
 from dtutor.pytorch import checkpoint
 from dtutor.pytorch.process_group import ProcessGroupStrategy
+from dtutor.pytorch.sharded.deepspeed_config import deepspeed_config
 from dtutor.pytorch.strategy import Batch, LossFn, StepTotals, add, totals_of
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -103,7 +103,7 @@ class DeepSpeedZeRO(ProcessGroupStrategy):
         return DTYPES[self.config.precision]
 
     def wrap(self, model: nn.Module, optimizer: Any) -> tuple[nn.Module, Any]:
-        """``deepspeed.initialize`` with the configuration ``dtutor.deepspeed_config`` builds.
+        """``deepspeed.initialize`` with the configuration ``deepspeed_config`` builds.
 
         Kept off the screen: its "built successfully" line at every start, its warning that ZeRO partitions
         an optimizer DeepSpeed did not write (``torch.optim``'s: the point, here), and torch's deprecation

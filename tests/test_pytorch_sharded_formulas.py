@@ -5,26 +5,26 @@ import sys
 
 import pytest
 
-from dtutor import zero
+from dtutor.pytorch.sharded import formulas
 
 GB = 1e9
 
 
 @pytest.mark.parametrize(("stage", "gigabytes"), [(0, 120.0), (1, 31.4), (2, 16.6), (3, 1.9)])
 def test_the_papers_example_7_5_billion_parameters_on_64_gpus(stage, gigabytes):
-    paper = zero.paper_model_state(7.5e9, 64, stage)
+    paper = formulas.paper_model_state(7.5e9, 64, stage)
     assert round(paper.total / GB, 1) == gigabytes
-    assert zero.model_state(7.5e9, 64, stage, "bf16").total == paper.total  # DeepSpeed in bf16: the same bytes
+    assert formulas.model_state(7.5e9, 64, stage, "bf16").total == paper.total  # DeepSpeed in bf16: the same bytes
 
 
 def test_mixed_precision_adam_by_hand():
     psi, n = 1_000_000, 4
-    assert zero.optimizer_k("adam") == 12 and zero.optimizer_k("sgd") == 8
-    assert zero.optimizer_k("adam", master=False) == 8 and zero.optimizer_k("sgd", master=False) == 4
+    assert formulas.optimizer_k("adam") == 12 and formulas.optimizer_k("sgd") == 8
+    assert formulas.optimizer_k("adam", master=False) == 8 and formulas.optimizer_k("sgd", master=False) == 4
     expected = {0: 16 * psi, 1: 4 * psi + 12 * psi / n, 2: 2 * psi + 14 * psi / n, 3: 16 * psi / n}
     for stage, total in expected.items():
-        assert zero.paper_model_state(psi, n, stage).total == total
-    state = zero.model_state(psi, n, 2, "bf16")
+        assert formulas.paper_model_state(psi, n, stage).total == total
+    state = formulas.model_state(psi, n, 2, "bf16")
     assert (state.parameters, state.gradients, state.master_weights, state.optimizer_state) == \
         (2 * psi, 2 * psi / n, 4 * psi / n, 8 * psi / n)
     assert state.components() == {"parameters": 2 * psi, "gradients": 2 * psi / n, "optimizer": 12 * psi / n}
@@ -32,36 +32,37 @@ def test_mixed_precision_adam_by_hand():
 
 def test_deepspeed_keeps_an_fp32_master_copy_in_fp32_except_at_stage_0():
     psi, n = 1000, 2
-    assert zero.model_state(psi, n, 0, "fp32").total == (4 + 4 + 8) * psi  # the optimizer steps the parameters
-    assert zero.model_state(psi, n, 0, "fp32").master_weights == 0
-    assert zero.model_state(psi, n, 1, "fp32").total == 4 * psi + 4 * psi + 12 * psi / n
-    assert zero.model_state(psi, n, 2, "fp32").total == 4 * psi + (4 + 12) * psi / n
-    assert zero.model_state(psi, n, 3, "fp32").total == (4 + 4 + 12) * psi / n
-    assert zero.model_state(psi, n, 3, "fp32", master=False).total == (4 + 4 + 8) * psi / n
-    assert zero.model_state(psi, n, 0, "bf16").master_weights == 4 * psi  # 16 bits: a master copy, whole
+    assert formulas.model_state(psi, n, 0, "fp32").total == (4 + 4 + 8) * psi  # the optimizer steps the parameters
+    assert formulas.model_state(psi, n, 0, "fp32").master_weights == 0
+    assert formulas.model_state(psi, n, 1, "fp32").total == 4 * psi + 4 * psi + 12 * psi / n
+    assert formulas.model_state(psi, n, 2, "fp32").total == 4 * psi + (4 + 12) * psi / n
+    assert formulas.model_state(psi, n, 3, "fp32").total == (4 + 4 + 12) * psi / n
+    assert formulas.model_state(psi, n, 3, "fp32", master=False).total == (4 + 4 + 8) * psi / n
+    assert formulas.model_state(psi, n, 0, "bf16").master_weights == 4 * psi  # 16 bits: a master copy, whole
 
 
 def test_fsdp_shards_everything_and_keeps_no_master_copy():
-    state = zero.fsdp_model_state(1000, 4)
+    state = formulas.fsdp_model_state(1000, 4)
     assert (state.parameters, state.gradients, state.master_weights, state.optimizer_state) == (1000, 1000, 0, 2000)
-    assert zero.estimate(1000, 4, 0, "fp32", strategy="fsdp") == state
-    assert zero.fsdp_model_state(1000, 4, optimizer="sgd").optimizer_state == 1000
+    assert formulas.estimate(1000, 4, 0, "fp32", strategy="fsdp") == state
+    assert formulas.fsdp_model_state(1000, 4, optimizer="sgd").optimizer_state == 1000
 
 
 def test_sgd_with_momentum_keeps_one_fp32_value_per_parameter():
-    assert zero.model_state(1000, 2, 1, "bf16", optimizer="sgd").optimizer_state == 4 * 1000 / 2
-    assert zero.model_state(1000, 2, 1, "bf16", optimizer="sgd").optimizer == 8 * 1000 / 2
+    assert formulas.model_state(1000, 2, 1, "bf16", optimizer="sgd").optimizer_state == 4 * 1000 / 2
+    assert formulas.model_state(1000, 2, 1, "bf16", optimizer="sgd").optimizer == 8 * 1000 / 2
 
 
 def test_offload_moves_the_optimizer_to_the_host():
     psi, n = 1000, 2
-    plain, offloaded = zero.model_state(psi, n, 2, "bf16"), zero.model_state(psi, n, 2, "bf16", offload=True)
+    plain, offloaded = formulas.model_state(psi, n, 2, "bf16"), formulas.model_state(psi, n, 2, "bf16", offload=True)
     assert plain.host == 0 and plain.device == plain.total
     assert offloaded.host == (4 + 8 + 4) * psi / n  # master, Adam, the fp32 gradient partition
     assert offloaded.device == 2 * psi  # stage 2: the bf16 parameters; gradients go to the host
     assert offloaded.device + offloaded.host == offloaded.total
-    assert zero.model_state(psi, n, 1, "bf16", offload=True).device == 2 * psi + 2 * psi  # whole gradient in backward
-    assert zero.model_state(psi, n, 3, "bf16", offload=True).device == (2 + 2) * psi / n
+    whole_gradient_in_backward = 2 * psi + 2 * psi
+    assert formulas.model_state(psi, n, 1, "bf16", offload=True).device == whole_gradient_in_backward
+    assert formulas.model_state(psi, n, 3, "bf16", offload=True).device == (2 + 2) * psi / n
 
 
 @pytest.mark.parametrize(
@@ -77,16 +78,17 @@ def test_offload_moves_the_optimizer_to_the_host():
 )
 def test_bad_input_names_the_field(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        zero.model_state(**{"parameters": 1000, "ranks": 2, "stage": 1, **kwargs})
+        formulas.model_state(**{"parameters": 1000, "ranks": 2, "stage": 1, **kwargs})
 
 
 def test_estimate_refuses_what_it_does_not_know():
     with pytest.raises(ValueError, match="strategy: the estimator knows"):
-        zero.estimate(1000, 2, 1, strategy="ddp")
+        formulas.estimate(1000, 2, 1, strategy="ddp")
     with pytest.raises(ValueError, match="offload: the course's FSDP strategy does not offload"):
-        zero.estimate(1000, 2, 0, offload=True, strategy="fsdp")
+        formulas.estimate(1000, 2, 0, offload=True, strategy="fsdp")
 
 
 def test_the_formulas_import_no_framework():
-    code = "import sys, dtutor.zero, dtutor.zero_widget, dtutor.bench_zero; print('torch' in sys.modules)"
+    code = ("import sys, dtutor.pytorch.sharded.formulas, dtutor.pytorch.sharded.widget, "
+            "dtutor.pytorch.sharded.deepspeed_config, dtutor.bench.zero; print('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"

@@ -1,8 +1,8 @@
 """The memory estimator as a notebook widget: parameters, ranks, ZeRO stage (or FSDP), precision, offload.
 
 ``estimate_text`` is what the widget shows (a test checks it); ``memory_widget`` wires it to ipywidgets.
-The numbers are ``dtutor.zero.estimate``'s, DeepSpeed's convention, which ``python -m dtutor.bench zero``
-measures (within 10%); the paper's mixed-precision count is bf16 with a master copy (the same bytes at stages
+The numbers are ``formulas.estimate``'s, DeepSpeed's convention, which ``python -m dtutor.bench zero`` measures
+(within 10%); the paper's mixed-precision count is bf16 with a master copy (the same bytes at stages
 1-3; at stage 0 DeepSpeed keeps no master copy in fp32). Torch is not needed.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import html
 
-from dtutor import zero
+from dtutor.pytorch.sharded import formulas
 
 LAYOUTS = {"ZeRO-0 (DDP)": 0, "ZeRO-1": 1, "ZeRO-2": 2, "ZeRO-3": 3, "FSDP": "fsdp"}
 
@@ -27,7 +27,7 @@ def estimate_text(parameters: float, ranks: int, stage: int | str, precision: st
     """The estimate for one setting as lines of text (``stage`` 0-3 or "fsdp"); a refused setting says why."""
     strategy = "fsdp" if stage == "fsdp" else "deepspeed"
     try:
-        state = zero.estimate(parameters, ranks, 0 if stage == "fsdp" else stage, precision, offload, optimizer,
+        state = formulas.estimate(parameters, ranks, 0 if stage == "fsdp" else stage, precision, offload, optimizer,
                               strategy)
     except ValueError as error:
         return f"not possible: {error}"
@@ -53,9 +53,10 @@ def memory_widget(parameters: float = 7.5e9, ranks: int = 64, stage: int | str =
                                              description="parameters", readout_format=".3g"),
         "ranks": widgets.BoundedIntText(value=ranks, min=1, max=100_000, description="ranks"),
         "stage": widgets.Dropdown(options=list(LAYOUTS.items()), value=stage, description="layout"),
-        "precision": widgets.ToggleButtons(options=list(zero.BYTES), value=precision, description="precision"),
+        "precision": widgets.ToggleButtons(options=list(formulas.BYTES), value=precision, description="precision"),
         "offload": widgets.Checkbox(value=offload, description="offload optimizer to CPU"),
-        "optimizer": widgets.ToggleButtons(options=list(zero.STATE_BYTES), value=optimizer, description="optimizer"),
+        "optimizer": widgets.ToggleButtons(options=list(formulas.STATE_BYTES), value=optimizer,
+                                           description="optimizer"),
     }
     output = widgets.HTML()
 

@@ -7,7 +7,7 @@ from conftest import marked_processes
 
 from dtutor import launch
 from dtutor.config import ConfigError, TrainConfig
-from dtutor.deepspeed_config import check_batch_arithmetic, deepspeed_config, write_deepspeed_config
+from dtutor.pytorch.sharded.deepspeed_config import check_batch_arithmetic, deepspeed_config, write_deepspeed_config
 
 
 def config(**fields) -> TrainConfig:

@@ -1,11 +1,11 @@
 """``python -m dtutor.bench zero``: model-state memory per rank, measured against the ZeRO formulas.
 
-Each configuration (ZeRO stages 0-3 in fp32 and bf16, ZeRO-2 with offload, FSDP; Adam, a 14.2 M-parameter MLP,
-2 ranks) is measured tensor by tensor (``dtutor.pytorch.sharded.memory``) and set beside ``dtutor.zero``'s
-formula under DeepSpeed's convention, split into the paper's three parts: parameters, gradients (device and
-host) and optimizer (fp32 master copy + state); "device" is the part a GPU would hold (offload moves the rest
-to host memory). The benchmark's target: every measured part within 10% of its formula. "Other" is what a rank
-holds beyond the model state (partition buffers' slack, offload transfer buffers).
+Each configuration (ZeRO stages 0-3 in fp32 and bf16, ZeRO-2 with offload, FSDP; Adam, a 14.2 M-parameter MLP, 2
+ranks) is measured tensor by tensor (``dtutor.pytorch.sharded.memory``) and set beside its formula
+(``dtutor.pytorch.sharded.formulas``) under DeepSpeed's convention, split into the paper's three parts: parameters,
+gradients (device and host) and optimizer (fp32 master copy + state); "device" is the part a GPU would hold
+(offload moves the rest to host memory). The benchmark's target: every measured part within 10% of its formula.
+"Other" is what a rank holds beyond the model state (partition buffers' slack, offload transfer buffers).
 The rows are JSON-friendly; ``plot_memory`` draws them. Nothing here imports torch: the measurement runs in
 the launched processes.
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 import textwrap
 from typing import Any
 
-from dtutor import zero
+from dtutor.pytorch.sharded import formulas
 
 TARGET = 0.10  # every measured part within 10% of its formula
 MB = 1e6
@@ -36,14 +36,14 @@ def label(run: dict[str, Any]) -> str:
     return " ".join([name, precision, *extras]) + (" + offload" if run.get("offload") else "")
 
 
-def formula(run: dict[str, Any], parameters: int, ranks: int) -> zero.ModelState:
+def formula(run: dict[str, Any], parameters: int, ranks: int) -> formulas.ModelState:
     """The estimator's bytes per rank for one measured configuration (Adam unless it names an optimizer)."""
-    return zero.estimate(parameters, ranks, run.get("zero_stage", 0), run.get("precision", "fp32"),
+    return formulas.estimate(parameters, ranks, run.get("zero_stage", 0), run.get("precision", "fp32"),
                          run.get("offload", False), run.get("optimizer", "adam"), run["strategy"])
 
 
 def measured_parts(measured: dict[str, int]) -> dict[str, int]:
-    """One rank's measured bytes as the formula's parts (``zero.COMPONENTS``) and the rest it holds."""
+    """One rank's measured bytes as the formula's parts (``formulas.COMPONENTS``) and the rest it holds."""
     return {"parameters": measured["parameters"],
             "gradients": measured["gradients"] + measured["host_gradients"],
             "optimizer": measured["master_weights"] + measured["optimizer_state"],
@@ -71,13 +71,13 @@ def memory_row(per_rank: list[dict[str, Any]]) -> dict[str, Any]:
                            "parameter_count": first["parameter_count"], "ranks": first["ranks"],
                            "moment": first["moment"], "formula": {**expected.components(), "total": expected.total,
                                                                   "device": expected.device, "host": expected.host}}
-    for name in (*zero.COMPONENTS, "other"):
+    for name in (*formulas.COMPONENTS, "other"):
         row[name] = [part[name] for part in parts]
-    row["total"] = [sum(part[name] for name in zero.COMPONENTS) for part in parts]
+    row["total"] = [sum(part[name] for name in formulas.COMPONENTS) for part in parts]
     row["host"] = [host_bytes(rank["bytes"], bool(first["run"].get("offload"))) for rank in per_rank]
     row["device"] = [total - host for total, host in zip(row["total"], row["host"], strict=True)]
     row["ratio"] = {name: max((_ratio(value, row["formula"][name]) for value in row[name]),
-                              key=lambda r: abs(r - 1)) for name in (*zero.COMPONENTS, "total")}
+                              key=lambda r: abs(r - 1)) for name in (*formulas.COMPONENTS, "total")}
     row["bucket_capacity"] = max(rank["bytes"]["bucket_capacity"] for rank in per_rank)
     row["bucket_resident"] = max(rank["bytes"]["bucket_resident"] for rank in per_rank)
     row["bucket_in_use"] = max(moment["reduce_bucket"] for rank in per_rank
@@ -109,7 +109,7 @@ def offload_lines(rows: list[dict[str, Any]]) -> list[str]:
     lines = []
     for row in (row for row in rows if row["run"].get("offload")):
         run, psi, ranks = row["run"], row["parameter_count"], row["ranks"]
-        plain = zero.estimate(psi, ranks, run.get("zero_stage", 0), run.get("precision", "fp32"), False,
+        plain = formulas.estimate(psi, ranks, run.get("zero_stage", 0), run.get("precision", "fp32"), False,
                               run.get("optimizer", "adam"), run["strategy"])
         lines += _wrapped(
             f"{row['configuration']}: its gradients are the fp32 partition the CPU optimizer reads (4Ψ/N = "
@@ -132,7 +132,7 @@ def format_zero(rows: list[dict[str, Any]], verdict: bool = False) -> str:
     """The table: per part measured MB (largest rank; a range where ranks differ) and formula MB, the total's
     ratio, the device's share; the spread of every part's ratio, and (``verdict``, for the benchmark) whether
     every part is within ``TARGET`` of its formula."""
-    parts = (*zero.COMPONENTS, "total")
+    parts = (*formulas.COMPONENTS, "total")
     head = f"{'':<22}" + "".join(f"{name + ' MB':>18}" for name in parts) + f"{'total':>7}{'device':>9}{'other MB':>14}"
     lines = [head, f"{'configuration':<22}" + f"{'measured':>10}{'formula':>8}" * 4
              + f"{'ratio':>7}{'MB':>9}{'per rank':>14}"]
@@ -172,11 +172,11 @@ def plot_memory(rows: list[dict[str, Any]]):
     parameters, gradients and optimizer state; the title states the measured ratio range."""
     import matplotlib.pyplot as plt
 
-    colors = dict(zip(zero.COMPONENTS, ("tab:blue", "tab:orange", "tab:green"), strict=True))
+    colors = dict(zip(formulas.COMPONENTS, ("tab:blue", "tab:orange", "tab:green"), strict=True))
     figure, axes = plt.subplots(figsize=(max(6.0, 0.9 * len(rows) + 2), 3.8))
     for index, row in enumerate(rows):
         measured_bottom = formula_bottom = 0.0
-        for name in zero.COMPONENTS:
+        for name in formulas.COMPONENTS:
             measured, expected = max(row[name]) / MB, row["formula"][name] / MB
             axes.bar(index - 0.2, measured, 0.38, bottom=measured_bottom, color=colors[name],
                      label=LEGEND[name] if index == 0 else None)
