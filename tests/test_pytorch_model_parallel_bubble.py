@@ -5,7 +5,7 @@ import json
 import pytest
 
 from dtutor import bench
-from dtutor.pytorch.model_parallel import bubble, demos, memory
+from dtutor.pytorch.model_parallel import bubble, demos, memory_and_speed
 
 
 def _row(schedule, sends, m, measured, replayed, peaks=(1, 1), communication_ms=5.0):
@@ -104,7 +104,7 @@ def test_memory_table_for_people():
              "samples_per_s": 1234.0},
             {"layout": "article's split (part1 | part2)", "strategy": "-", "bytes_per_rank": [1024, 3072],
              "largest_share": 0.75, "samples_per_s": None}]
-    lines = memory.format_memory(rows).splitlines()
+    lines = memory_and_speed.format_memory(rows).splitlines()
     assert lines[1].split() == ["unsplit", "single", "4.0", "|", "4.0", "100%", "1,234"]
     assert lines[2].split()[-4:] == ["|", "3.0", "75%", "-"]
 

@@ -270,15 +270,16 @@ def bench_pipeline(repeats: int = 10, speed: bool = True) -> dict[str, Any]:
     """The bubble rows (p = 2, m = 1, 2, 4, 8: GPipe blocking and overlapped, 1F1B), the memory/speed rows of
     the CNN's splits, and the machine they ran on (``machine.machine``)."""
     from dtutor.bench.machine import machine
-    from dtutor.pytorch.model_parallel import bubble, memory
+    from dtutor.pytorch.model_parallel import bubble, memory_and_speed
 
     where = machine()
     rows = [{k: v for k, v in row.items() if k != "events"} for row in bubble.measure_bubble(2, repeats=repeats)]
-    return {"bubble": rows, "memory": memory.measured_table("cnn", speed=speed), "machine": where}
+    return {"bubble": rows, "memory": memory_and_speed.measured_table("cnn", speed=speed), "machine": where}
 
 
 def format_pipeline(result: dict[str, Any]) -> str:
     """The two tables ``python -m dtutor.bench pipeline`` prints."""
-    from dtutor.pytorch.model_parallel import bubble, memory
+    from dtutor.pytorch.model_parallel import bubble, memory_and_speed
 
-    return f"{bubble.format_bubble(result['bubble'], verdict=True)}\n\n{memory.format_memory(result['memory'])}"
+    memory = memory_and_speed.format_memory(result["memory"])
+    return f"{bubble.format_bubble(result['bubble'], verdict=True)}\n\n{memory}"

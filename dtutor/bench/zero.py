@@ -1,7 +1,7 @@
 """``python -m dtutor.bench zero``: model-state memory per rank, measured against the ZeRO formulas.
 
 Each configuration (ZeRO stages 0-3 in fp32 and bf16, ZeRO-2 with offload, FSDP; Adam, a 14.2 M-parameter MLP, 2
-ranks) is measured tensor by tensor (``dtutor.pytorch.sharded.memory``) and set beside its formula
+ranks) is measured tensor by tensor (``dtutor.pytorch.sharded.model_state``) and set beside its formula
 (``dtutor.pytorch.sharded.formulas``) under DeepSpeed's convention, split into the paper's three parts: parameters,
 gradients (device and host) and optimizer (fp32 master copy + state); "device" is the part a GPU would hold
 (offload moves the rest to host memory). The benchmark's target: every measured part within 10% of its formula.
@@ -88,10 +88,10 @@ def memory_row(per_rank: list[dict[str, Any]]) -> dict[str, Any]:
 
 def bench_zero(quick: bool = False, nprocs: int = 2, timeout: float = 900.0) -> list[dict[str, Any]]:
     """Measure every configuration (``quick``: two, on a 1.2 M-parameter model) and return the table's rows."""
-    from dtutor.pytorch.sharded import memory
+    from dtutor.pytorch.sharded import model_state
 
-    runs, width = (QUICK_RUNS, QUICK_WIDTH) if quick else (memory.RUNS, memory.WIDTH)
-    return [memory_row(per_rank) for per_rank in memory.measure(list(runs), nprocs, width=width, timeout=timeout)]
+    runs, width = (QUICK_RUNS, QUICK_WIDTH) if quick else (model_state.RUNS, model_state.WIDTH)
+    return [memory_row(per_rank) for per_rank in model_state.measure(list(runs), nprocs, width=width, timeout=timeout)]
 
 
 def _cell(values: list[float]) -> str:

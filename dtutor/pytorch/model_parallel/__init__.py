@@ -14,7 +14,7 @@ Modules, in the order of notebook 05:
 - ``tensor_parallel``: the strategy ``tensor_parallel`` (``parallelize_module``, column- then row-wise) and
   its proof on one MLP block;
 - ``bubble``: the bubble measured against theory (balanced stages), 1F1B against GPipe;
-- ``memory``: parameter memory per rank under each split, and samples/s through the driver;
+- ``memory_and_speed``: parameter memory per rank under each split, and samples/s through the driver;
 - ``demos``: one call per demo for a notebook (each launches its entry point and returns plain values).
 
 Every demo is an entry point for ``dtutor.launch.run(entry, 2, ...)`` returning plain Python values.

@@ -63,6 +63,6 @@ def bubble_rows(nprocs: int = 2, **kwargs: Any) -> list[dict[str, Any]]:
 
 def memory_rows(model: str = "cnn", nprocs: int = 2, speed: bool = True) -> list[dict[str, Any]]:
     """Parameter memory per rank and samples/s of each split (``memory.measured_table``)."""
-    from dtutor.pytorch.model_parallel import memory
+    from dtutor.pytorch.model_parallel import memory_and_speed as memory
 
     return memory.measured_table(model, nprocs, speed)

@@ -5,10 +5,10 @@ state each rank keeps: ZeRO-1 partitions the optimizer state, ZeRO-2 the gradien
 parameters too (gathered layer by layer when needed).
 
 - ``deepspeed_zero`` and ``fsdp``: the strategies; ``deepspeed_config``: DeepSpeed's JSON, checked early;
-- ``memory``: the model state a rank holds, measured (``storage``: which bytes a view covers and which are
+- ``model_state``: the model state a rank holds, measured (``storage``: which bytes a view covers and which are
   resident); ``formulas``: the ZeRO paper's formulas and the estimator; ``widget``: the estimator in a notebook;
 - ``lessons``: the notebook's small demos, each an entry point for ``dtutor.launch.run``.
 
 ``formulas``, ``widget`` and ``deepspeed_config`` import no framework (``python -m dtutor.bench zero`` measures
-``memory`` against ``formulas``).
+``model_state`` against ``formulas``).
 """

@@ -11,7 +11,7 @@ master copy 4, momentum 4, variance 4)::
 
 The fp32 variant has 4-byte parameters and gradients; an fp32 master copy is then redundant, and whether it is
 kept depends on the implementation. What DeepSpeed 0.19.8 holds, measured tensor by tensor
-(``dtutor.pytorch.sharded.memory``), which ``model_state`` follows by default:
+(``dtutor.pytorch.sharded.model_state``), which ``model_state`` follows by default:
 
 - parameters and gradients in the compute precision (fp32: 4 bytes, bf16/fp16: 2), whole or 1/N as above;
   stage 1 holds the whole gradient during backward and keeps only its partition once the gradients are reduced;

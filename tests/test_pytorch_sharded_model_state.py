@@ -8,7 +8,7 @@ import torch
 
 from dtutor.bench import zero
 from dtutor.config import ConfigError
-from dtutor.pytorch.sharded import formulas, memory
+from dtutor.pytorch.sharded import formulas, model_state
 
 RUNS = [{"strategy": "deepspeed", "zero_stage": 1, "precision": "fp32"},
         {"strategy": "deepspeed", "zero_stage": 2, "precision": "bf16", "offload": True},
@@ -18,7 +18,7 @@ RUNS = [{"strategy": "deepspeed", "zero_stage": 1, "precision": "fp32"},
 
 def test_a_storage_counts_once_by_the_first_role_that_views_it():
     flat = torch.zeros(100)
-    ledger = memory.Ledger()
+    ledger = model_state.Ledger()
     ledger.add("parameters", flat[:60])
     ledger.add("master_weights", flat[40:])  # overlaps: only the 40 values nobody claimed yet are master weights
     ledger.add("buffers", flat)
@@ -28,7 +28,7 @@ def test_a_storage_counts_once_by_the_first_role_that_views_it():
 
 def test_what_no_role_views_is_a_buffer_and_meta_tensors_hold_nothing():
     held = torch.zeros(100)
-    ledger = memory.Ledger()
+    ledger = model_state.Ledger()
     ledger.add("gradients", held[10:60])  # a partition inside a larger buffer: the rest is slack
     ledger.add("parameters", torch.empty(1000, device="meta"))
     ledger.add("gradients", None)
@@ -38,7 +38,7 @@ def test_what_no_role_views_is_a_buffer_and_meta_tensors_hold_nothing():
 
 def test_a_reduce_bucket_counts_only_what_gradients_view():
     bucket = torch.empty(10_000_000)  # 40 MB, never written: virtual
-    ledger = memory.Ledger()
+    ledger = model_state.Ledger()
     ledger.add("reduce_bucket", bucket, bucket=True)
     ledger.add("gradients", bucket[:1000].view(10, 100))  # a p.grad waiting in the bucket
     ledger.add("buffers", bucket)  # the same bucket reached another way does not count either
@@ -51,19 +51,19 @@ def test_a_reduce_bucket_counts_only_what_gradients_view():
 def test_held_tensors_finds_tensors_in_attributes_containers_and_gradients():
     layer = torch.nn.Linear(3, 2)
     layer(torch.ones(1, 3)).sum().backward()
-    found = {path: tensor for path, tensor in memory.held_tensors({"model": layer, "extra": [torch.ones(5)]})}
+    found = {path: tensor for path, tensor in model_state.held_tensors({"model": layer, "extra": [torch.ones(5)]})}
     assert ("model", "_parameters", "weight", "grad") in found and ("extra", "0") in found
 
 
 def test_a_bad_run_is_refused_before_any_process_starts(monkeypatch):
     monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: pytest.fail("a process was started"))
     with pytest.raises(ConfigError, match="zero_stage"):
-        memory.measure([{"strategy": "deepspeed", "zero_stage": 4}])
+        model_state.measure([{"strategy": "deepspeed", "zero_stage": 4}])
 
 
 @pytest.fixture(scope="module")
 def measured():
-    return memory.measure(RUNS, width=512, timeout=300)  # 1.2 M parameters: every ZeRO-3 layer is partitioned
+    return model_state.measure(RUNS, width=512, timeout=300)  # 1.2 M parameters: every ZeRO-3 layer is partitioned
 
 
 def test_every_part_is_within_ten_percent_of_the_estimator(measured):
@@ -77,7 +77,7 @@ def test_what_each_configuration_holds(measured):
     stage1, offload, stage3, fsdp = ({rank["rank"]: rank for rank in per_rank} for per_rank in measured)
     psi = stage1[0]["parameter_count"]
     # ZeRO-1 holds the whole fp32 gradient until the end of backward, and a master copy even in fp32
-    assert stage1[0]["moment"] == memory.BEFORE_REDUCE and stage1[0]["bytes"]["gradients"] == 4 * psi
+    assert stage1[0]["moment"] == model_state.BEFORE_REDUCE and stage1[0]["bytes"]["gradients"] == 4 * psi
     assert stage1[0]["bytes"]["master_weights"] == pytest.approx(4 * psi / 2, rel=1e-3)
     # offload: the fp32 gradient partition for the CPU optimizer; no gradient partition kept on the device
     assert offload[1]["bytes"]["host_gradients"] == pytest.approx(4 * psi / 2, rel=1e-3)

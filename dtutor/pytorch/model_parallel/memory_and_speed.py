@@ -12,8 +12,8 @@ that does not fit one device fits p of them.
 
 Launch recipes::
 
-    dtutor.launch.run("dtutor.pytorch.model_parallel.memory:parameter_memory", 2, model="cnn")
-    dtutor.pytorch.model_parallel.memory.measured_table("cnn")     # both, as table rows
+    dtutor.launch.run("dtutor.pytorch.model_parallel.memory_and_speed:parameter_memory", 2, model="cnn")
+    dtutor.pytorch.model_parallel.memory_and_speed.measured_table("cnn")     # both, as table rows
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def measured_table(model: str = "cnn", nprocs: int = 2, speed: bool = True,
 
     say = log or (lambda text: None)
     say(f"parameter bytes per rank of every layout, {nprocs} ranks ...")
-    memory = launch.run("dtutor.pytorch.model_parallel.memory:parameter_memory", nprocs, quiet=True, model=model)[0]
+    memory = launch.run(f"{__name__}:parameter_memory", nprocs, quiet=True, model=model)[0]
     whole = memory["unsplit"][0]
     rows = []
     for layout, per_rank in memory.items():

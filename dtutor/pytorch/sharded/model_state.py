@@ -38,10 +38,10 @@ that slack is ``buffers``. ZeRO-3 keeps parameters of at most 1e5 values whole o
 
 Launch recipes::
 
-    dtutor.pytorch.sharded.memory.measure([{"strategy": "deepspeed", "zero_stage": 2}, {"strategy": "fsdp"}])
-    dtutor.launch.run("dtutor.pytorch.sharded.memory:measure_model_state", 2,
+    dtutor.pytorch.sharded.model_state.measure([{"strategy": "deepspeed", "zero_stage": 2}, {"strategy": "fsdp"}])
+    dtutor.launch.run("dtutor.pytorch.sharded.model_state:measure_model_state", 2,
                       runs=[{"strategy": "deepspeed", "zero_stage": 3, "precision": "bf16"}])
-    torchrun --standalone --nproc-per-node=2 -m dtutor.launch dtutor.pytorch.sharded.memory:measure_model_state \\
+    torchrun --standalone --nproc-per-node=2 -m dtutor.launch dtutor.pytorch.sharded.model_state:measure_model_state \\
         "runs=[{'strategy': 'deepspeed', 'zero_stage': 1}]"
 """
 
@@ -284,5 +284,5 @@ def measure(runs: list[dict[str, Any]] | None = None, nprocs: int = 2, width: in
     runs = list(RUNS if runs is None else runs)
     for run in runs:  # a bad field is refused here, before any process starts
         TrainConfig.from_kwargs(**{"optimizer": "adam", **run})
-    return launch.run("dtutor.pytorch.sharded.memory:measure_model_state", nprocs, timeout=timeout, quiet=quiet,
+    return launch.run("dtutor.pytorch.sharded.model_state:measure_model_state", nprocs, timeout=timeout, quiet=quiet,
                       runs=runs, width=width, depth=depth)[0]
