@@ -9,7 +9,8 @@ torch backend for the caller and for every torch worker, imports torch when call
 The batch arithmetic, the same for every strategy:
 
     global_batch = micro-batch per rank x accumulation x data-parallel ranks
-    a pipeline's step: data-parallel ranks = 1 (every stage reads the batch), cut into micro_batches pieces
+    data-parallel ranks = the data dimension of the strategy's layout (dtutor.layout): every rank for DDP,
+    1 for a pipeline (every stage reads the batch, cut into micro_batches pieces) or tensor parallelism
     an epoch     = samples // global_batch optimizer steps (the remainder of the samples is not used)
 """
 
@@ -20,6 +21,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from dtutor.layout import Layout, LayoutError, Mesh
 from dtutor.models import MODEL_SHAPES, MODELS
 from dtutor.strategies import STRATEGIES
 
@@ -106,7 +108,7 @@ class TrainConfig:
             if self.checkpoint is not None:
                 raise ConfigError(f"checkpoint: the Keras driver keeps no checkpoints ({self.strategy!r}); "
                                   "use checkpoint=None")
-        _check_model_parallel_fields(self, info.parallelism)
+        _check_model_parallel_fields(self, info.layout)
         _check_deepspeed_fields(self)
 
     @classmethod
@@ -208,15 +210,15 @@ def _check_field(name: str, value: Any) -> None:
         raise AssertionError(f"no validation rule for TrainConfig.{name}")
 
 
-def _check_model_parallel_fields(config: TrainConfig, parallelism: str) -> None:
-    """Fields only some kinds of parallelism use: micro-batches (pipelines); no checkpoints for model parallelism."""
-    if parallelism != "pipeline" and config.micro_batches != 1:
+def _check_model_parallel_fields(config: TrainConfig, layout: Layout) -> None:
+    """Fields only some layouts use: micro-batches (pipelines); no checkpoints when the model is split."""
+    if not layout.splits("pipeline") and config.micro_batches != 1:
         raise ConfigError(f"micro_batches: only pipeline strategies cut a batch into micro-batches "
                           f"({config.strategy!r} does not); use micro_batches=1 (or accumulation)")
-    if parallelism == "pipeline" and config.accumulation != 1:
+    if layout.splits("pipeline") and config.accumulation != 1:
         raise ConfigError(f"accumulation: a pipeline accumulates over its micro-batches ({config.strategy!r}); "
                           f"use accumulation=1 and micro_batches={config.accumulation * config.micro_batches}")
-    if parallelism != "data" and config.checkpoint is not None:
+    if not layout.splits_data_only and config.checkpoint is not None:
         raise ConfigError(f"checkpoint: {config.strategy!r} keeps no checkpoints (its state is split over the "
                           "ranks); use checkpoint=None")
 
@@ -235,31 +237,36 @@ def _check_deepspeed_fields(config: TrainConfig) -> None:
         raise ConfigError(f"optimizer: the Keras driver trains with SGD ({config.strategy!r}); use optimizer='sgd'")
 
 
-def _check_model_split(config: TrainConfig, world_size: int) -> None:
-    """The world-dependent rules of pipelines (stages, 1F1B) and tensor parallelism (widths)."""
+def _check_model_split(config: TrainConfig, mesh: Mesh) -> None:
+    """The mesh-dependent rules of pipelines (stages, 1F1B) and tensor parallelism (widths)."""
     info, shape = STRATEGIES[config.strategy], MODEL_SHAPES[config.model]
-    if info.parallelism == "pipeline" and world_size > shape.layers:
-        raise ConfigError(f"world size: {world_size} pipeline stages (one per rank) is more than the "
-                          f"{shape.layers} layers of model {config.model!r}; use at most {shape.layers} ranks")
-    if info.schedule == "1f1b" and config.micro_batches < world_size:
+    if mesh.pipeline > shape.layers:
+        raise ConfigError(f"world size: {mesh.pipeline} pipeline stages (one per rank) is more than the "
+                          f"{shape.layers} layers of model {config.model!r}; use at most {shape.layers} stages")
+    if info.schedule == "1f1b" and config.micro_batches < mesh.pipeline:
         raise ConfigError(f"micro_batches: 1F1B needs at least one micro-batch per stage, so micro_batches >= "
-                          f"{world_size} stages, got {config.micro_batches}")
-    if info.parallelism == "tensor" and any(width % world_size for width in shape.split_widths):
-        raise ConfigError(f"world size: tensor parallelism over {world_size} ranks must divide the split layer "
+                          f"{mesh.pipeline} stages, got {config.micro_batches}")
+    if any(width % mesh.tensor for width in shape.split_widths):
+        raise ConfigError(f"world size: tensor parallelism over {mesh.tensor} ranks must divide the split layer "
                           f"widths of model {config.model!r}, {', '.join(map(str, shape.split_widths))}")
 
 
-def check_world(config: TrainConfig, world_size: int, data_ranks: int | None = None) -> int:
-    """Check the batch arithmetic for ``world_size`` ranks; return the micro-batch per rank.
+def check_world(config: TrainConfig, world_size: int, layout: Layout | None = None) -> int:
+    """Check the batch arithmetic for ``world_size`` ranks; return the micro-batch per data-parallel rank.
 
-    ``data_ranks`` is how many ranks split the data (default: what the strategy's registry entry says: all
-    of them for data parallelism, one for pipelines and tensor parallelism). Every rank must get the same
-    whole micro-batch, a pipeline's micro-batches must cut it evenly, and an epoch must hold at least one
-    optimizer step; pipelines and tensor parallelism must be able to cut the model over ``world_size``.
+    ``layout`` is how the strategy lays the ranks out (default: its registry entry's; a strategy instance
+    passes its class's). Its mesh says how many ranks split the data: all of them for data parallelism, one
+    for pipelines and tensor parallelism, the replicas of a 2-D grid. Every data rank must get the same whole
+    micro-batch, a pipeline's micro-batches must cut it evenly, and an epoch must hold at least one optimizer
+    step; pipelines and tensor parallelism must be able to cut the model over their dimension of the mesh.
     """
     _need(_is_int(world_size) and world_size >= 1, "world size", world_size, "a whole number >= 1")
-    if data_ranks is None:
-        data_ranks = STRATEGIES[config.strategy].data_ranks(world_size)
+    layout = layout or STRATEGIES[config.strategy].layout
+    try:
+        mesh = layout.mesh(world_size)
+    except LayoutError as error:
+        raise ConfigError(str(error)) from None
+    data_ranks = mesh.data
     if config.global_batch % (data_ranks * config.accumulation):
         raise ConfigError(
             f"global_batch: {config.global_batch} must be a multiple of data-parallel ranks x accumulation = "
@@ -271,5 +278,5 @@ def check_world(config: TrainConfig, world_size: int, data_ranks: int | None = N
                           f"{per_step}, so every micro-batch has the same size")
     if config.samples < config.global_batch:
         raise ConfigError(f"samples: {config.samples} cannot fill one global batch of {config.global_batch}")
-    _check_model_split(config, world_size)
+    _check_model_split(config, mesh)
     return config.micro_batch(data_ranks)

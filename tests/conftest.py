@@ -4,6 +4,7 @@ os.environ.setdefault("DTUTOR_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 import uuid  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import psutil  # noqa: E402
 import pytest  # noqa: E402
@@ -42,3 +43,10 @@ def marked_processes(value: str) -> list[psutil.Process]:
         except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
             pass
     return found
+
+
+@pytest.fixture
+def own_code_importable(monkeypatch) -> None:
+    """Launched ranks can import ``tests/own_code.py`` (a learner's own module) as ``own_code``."""
+    folder = str(Path(__file__).parent)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([folder, os.environ.get("PYTHONPATH", "")]))

@@ -39,3 +39,19 @@ def main(strategy: str = "ddp", epochs: int = 2, backend: str = "auto"):
     """The learner's entry point: ``torchrun ... -m dtutor.launch own_code:main strategy=ddp``."""
     config = TrainConfig(strategy=strategy, epochs=epochs, global_batch=32, samples=192, lr=0.2, backend=backend)
     return fit(config, model=TinyNet, train_data=blobs(), test_data=blobs(60), loss_fn=smoothed_loss)
+
+
+def own_strategy(backend: str = "auto"):
+    """A learner's own strategy class under a new name: ``own_code:own_strategy`` on 2 ranks (one stage each).
+
+    ``MyPipeline`` is not in the registry; it inherits the pipeline's layout (``PIPELINE``), so both stages
+    read the whole batch, as ``pipeline_gpipe`` does.
+    """
+    from dtutor.pytorch.model_parallel.pipeline import PipelineGPipe
+
+    class MyPipeline(PipelineGPipe):
+        name = "my_pipeline"
+
+    config = TrainConfig(strategy="pipeline_gpipe", micro_batches=2, global_batch=32, samples=128,
+                         test_samples=64, backend=backend)
+    return fit(config, strategy=MyPipeline(config))

@@ -123,25 +123,11 @@ def test_cpu_per_step_separates_the_main_thread_from_the_others(table):
     assert table["horovod"]["other_threads_cpu_per_step"] == pytest.approx(0.015)
 
 
-def test_the_tolerances_are_the_tests_own():
-    import test_pytorch_ddp
-    import test_pytorch_horovod
-    import test_pytorch_model_parallel_strategies
-    import test_pytorch_sharded_deepspeed_zero
-    import test_pytorch_sharded_fsdp
-    import test_tf_driver
-
-    from dtutor.strategies import STRATEGIES
-
-    assert set(rows.PROOFS) == set(STRATEGIES)  # every registered strategy has a proof
-    assert rows.PROOFS["ddp"][1] == test_pytorch_ddp.TOLERANCE
-    assert rows.PROOFS["horovod"][1] == test_pytorch_horovod.TOLERANCE
-    assert rows.PROOFS["deepspeed"][1] == test_pytorch_sharded_deepspeed_zero.TOLERANCE
-    assert rows.PROOFS["fsdp"][1] == test_pytorch_sharded_fsdp.TOLERANCE
-    for name in ("pipeline_gpipe", "pipeline_1f1b", "tensor_parallel"):
-        assert rows.PROOFS[name][1] == test_pytorch_model_parallel_strategies.TOLERANCE
-    for name in ("mirrored", "multiworker", "horovod_keras"):
-        assert rows.PROOFS[name][1] == test_tf_driver.TOLERANCE
+def test_every_proof_is_compared_with_its_registry_entrys_reference_and_tolerance():
+    assert rows.proof_reference("single") == ("ceiling", 0.0)
+    assert rows.proof_reference("fsdp") == ("proof:ddp", 1e-6)
+    assert rows.proof_reference("mirrored") == ("proof:tf_reference", 1e-5)
+    assert rows.proof_reference("pipeline_1f1b") == ("proof:reference", 1e-5)
 
 
 def test_model_facts_are_the_cnns_cut_and_linear_pair():

@@ -40,7 +40,9 @@ def test_every_row_has_a_proof_run_with_its_tests_set_up():
     planned = suite.plan(suite.MODES["tiny"], gpus=0)
     proofs = {case["name"]: (key, case) for key, found in planned["launches"].items() for case in found
               if case["name"].startswith("proof:")}
-    assert set(proofs) == {f"proof:{row.key}" for row in planned["rows"] if row.key != "single"} | {
+    runnable = [row.key for row in planned["rows"] if len(planned["skipped"].get(row.key, {})) < 2]
+    assert "data_tensor" not in runnable  # a 2-D grid: 4 workers, in its test
+    assert set(proofs) == {f"proof:{key}" for key in runnable if key != "single"} | {
         "proof:reference", "proof:tf_reference"}
     for name, (_, case) in proofs.items():
         assert case["probe"] and case["global_batch"] == 64 and case["fields"]["samples"] == 256

@@ -1,6 +1,5 @@
 """DDP on 2 gloo ranks, launched through torchrun, proven equal to one device (fp32, max |diff| < 1e-5)."""
 
-import os
 import subprocess
 from pathlib import Path
 
@@ -64,11 +63,9 @@ def test_stop_and_resume_is_bitwise_equal_to_an_unbroken_run(tmp_path):
     assert identical(unbroken, resumed[0])
 
 
-def test_a_learners_own_code_on_two_ranks_equals_one_device(monkeypatch):
+def test_a_learners_own_code_on_two_ranks_equals_one_device(own_code_importable):
     import own_code
 
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(own_code.__file__).parent),
-                                                      os.environ.get("PYTHONPATH", "")]))
     results = launch.run("own_code:main", 2, timeout=240, quiet=True, strategy="ddp", backend="gloo")
     alone = own_code.main(strategy="single")
     assert max_difference(results[0], alone) < TOLERANCE and identical(results[0], results[1])

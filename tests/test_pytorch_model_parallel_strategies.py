@@ -30,6 +30,15 @@ def test_two_ranks_equal_one_device(strategy, reference):
     assert {r.details["micro_batch"] for r in results} == {64}  # one data rank: the whole batch per step
 
 
+def test_a_data_by_tensor_grid_on_four_ranks_equals_one_device(reference):
+    results = launch.train(4, strategy="data_tensor", timeout=300, quiet=True, **SETUP)
+    assert max_difference(results[0], reference) < TOLERANCE
+    assert all(identical(results[0], other) for other in results[1:])
+    stats = results[0].epochs[0]
+    assert stats.samples == 256 and stats.loss == pytest.approx(reference.epochs[0].loss, rel=1e-5)
+    assert {r.details["micro_batch"] for r in results} == {32}  # two replicas, each half the batch
+
+
 @pytest.mark.parametrize(
     ("nprocs", "fields", "message"),
     [
@@ -42,6 +51,7 @@ def test_two_ranks_equal_one_device(strategy, reference):
         (2, {"strategy": "ddp", "micro_batches": 4}, "micro_batches: only pipeline strategies cut a batch"),
         (2, {"strategy": "pipeline_1f1b", "micro_batches": 2, "accumulation": 2}, "accumulation: a pipeline"),
         (2, {"strategy": "pipeline_gpipe", "checkpoint": "p.pt"}, "checkpoint: 'pipeline_gpipe' keeps no"),
+        (3, {"strategy": "data_tensor"}, "world size: 3 ranks cannot be cut into tensor 2 x data .*multiple of 2"),
     ],
 )
 def test_bad_input_is_refused_before_any_process_starts(monkeypatch, nprocs, fields, message):

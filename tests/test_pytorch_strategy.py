@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from dtutor import TrainConfig, max_difference
+from dtutor import TrainConfig, launch, max_difference, strategies
+from dtutor.layout import PIPELINE, Layout
 from dtutor.pytorch import StepTotals, Strategy, fit
 from dtutor.pytorch.strategy import totals_of
 
@@ -69,3 +70,28 @@ def test_the_default_step_uses_no_sync_for_all_but_the_last_micro_batch():
 def test_step_totals_stack_as_float64():
     totals = StepTotals(torch.tensor(2.5), torch.tensor(3), torch.tensor(4))
     assert totals.stacked().dtype == torch.float64 and totals.stacked().tolist() == [2.5, 3.0, 4.0]
+
+
+def test_a_strategy_takes_its_layout_from_its_class_not_its_name():
+    class Mine(Strategy):
+        name = "a_name_no_registry_knows"
+        layout = PIPELINE
+
+    mine = Mine(TrainConfig(**SETUP))
+    mine.rank, mine.world_size = 1, 4
+    assert (mine.data_ranks, mine.data_rank) == (1, 0)  # every stage reads the whole batch
+    grid = type("Grid", (Strategy,), {"layout": Layout(tensor=2)})(TrainConfig(**SETUP))
+    grid.rank, grid.world_size = 3, 4
+    assert (grid.data_ranks, grid.data_rank, grid.coordinates.tensor) == (2, 1, 1)
+
+
+def test_every_registered_class_declares_the_layout_its_registry_entry_states():
+    for name in strategies.names("torch"):
+        assert strategies.load(name).layout == strategies.STRATEGIES[name].layout, name
+
+
+def test_a_learners_strategy_with_a_new_name_shards_its_data_as_its_layout_says(own_code_importable):
+    results = launch.run("own_code:own_strategy", 2, timeout=240, quiet=True, backend="gloo")
+    alone = launch.train(1, strategy="single", global_batch=32, samples=128, test_samples=64, quiet=True)[0]
+    assert results[0].epochs[0].samples == alone.epochs[0].samples == 128  # each sample counted once
+    assert max_difference(results[0], alone) < strategies.STRATEGIES["pipeline_gpipe"].tolerance

@@ -14,22 +14,17 @@ from typing import Any
 
 from dtutor.bench import theory
 from dtutor.result import max_difference
+from dtutor.strategies import STRATEGIES
 
-# strategy -> (the proof run its parameters are compared with, the tolerance of its test in tests/)
-PROOFS = {
-    "single": ("ceiling", 0.0),  # the ceiling's runs repeat the 1-worker run bit for bit
-    "dataparallel": ("proof:reference", 1e-6),  # test_pytorch_dataparallel.py
-    "ddp": ("proof:reference", 1e-5),  # test_pytorch_ddp.py
-    "horovod": ("proof:reference", 1e-5),  # test_pytorch_horovod.py
-    "deepspeed": ("proof:ddp", 1e-6),  # test_pytorch_sharded_deepspeed_zero.py
-    "fsdp": ("proof:ddp", 1e-6),  # test_pytorch_sharded_fsdp.py
-    "pipeline_gpipe": ("proof:reference", 1e-5),  # test_pytorch_model_parallel_strategies.py
-    "pipeline_1f1b": ("proof:reference", 1e-5),
-    "tensor_parallel": ("proof:reference", 1e-5),
-    "mirrored": ("proof:tf_reference", 1e-5),  # test_tf_driver.py (TOLERANCE, shared by the TF tests)
-    "multiworker": ("proof:tf_reference", 1e-5),
-    "horovod_keras": ("proof:tf_reference", 1e-5),
-}
+PROOF_RUNS = {"single": "proof:reference", "ddp": "proof:ddp", "tf_single": "proof:tf_reference"}
+
+
+def proof_reference(strategy: str) -> tuple[str, float]:
+    """The run ``strategy``'s proof is compared with, and the tolerance: its registry entry's (the tests' too).
+
+    ``single`` is compared with the ceiling's runs, which repeat the 1-worker run bit for bit."""
+    info = STRATEGIES[strategy]
+    return ("ceiling" if strategy == "single" else PROOF_RUNS[info.reference]), info.tolerance
 
 
 def model_facts(model: str = "cnn", stages: int = 2) -> dict[str, Any]:
@@ -112,9 +107,9 @@ def _median(values: list[float]) -> float | None:
 
 
 def proof(key: str, strategy: str, runs: dict) -> dict[str, Any]:
-    """The row's proof run (first round) against its reference (``PROOFS``); ``single``: the ceiling's two
+    """The row's proof run (first round) against its reference (``proof_reference``); ``single``: the ceiling's two
     runs against the 1-worker run, bit for bit."""
-    reference_name, tolerance = PROOFS[strategy]
+    reference_name, tolerance = proof_reference(strategy)
     if strategy == "single":
         ranks, reference = runs.get("ceiling", {}).get(0), runs.get("single@1", {}).get(0)
     else:

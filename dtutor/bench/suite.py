@@ -59,7 +59,7 @@ class Row:
     label: str
     framework: str
     launcher: str
-    parallelism: str
+    parallelism: str  # the layout's kind: "data", "pipeline", "tensor" (a 2-D grid: "data x tensor")
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -69,7 +69,7 @@ def registry_rows() -> list[Row]:
     for name, info in STRATEGIES.items():
         variants = [(f"{name}_zero{s}", f"deepspeed ZeRO-{s}", {"zero_stage": s}) for s in (1, 2, 3)] \
             if name == "deepspeed" else [(name, name, {})]
-        rows += [Row(key, name, label, info.framework, info.launcher, info.parallelism, extra)
+        rows += [Row(key, name, label, info.framework, info.launcher, info.layout.kind, extra)
                  for key, label, extra in variants]
     return rows
 
@@ -84,6 +84,8 @@ def unavailable(row: Row, workers: int, gpus: int) -> str | None:
         return "DeepSpeed is not installed"
     if row.launcher == "horovodrun" and row.framework not in (horovod_frameworks() or []):
         return f"Horovod built for {row.framework} is not installed"
+    if " x " in row.parallelism:
+        return f"a 2-D grid ({row.parallelism}) needs 4 workers; its test trains it on 4"
     if row.strategy == "single" and workers > 1:
         return "one device by definition (the ceiling row runs 2 of it at once)"
     if row.strategy == "dataparallel" and workers > 1 and gpus < workers:

@@ -64,7 +64,7 @@ def prepare(nprocs: int, nnodes: int, fields: dict[str, Any]) -> TrainConfig:
     info = STRATEGIES[config.strategy]
     _check_placement(info, nprocs, nnodes)
     world_size = nprocs * nnodes
-    check_world(config, world_size, info.data_ranks(world_size))  # pipelines, tensor parallel: 1 data rank
+    check_world(config, world_size, info.layout)
     if info.framework == "torch":  # TensorFlow strategies do not use it: keep torch out of their callers
         config = config.replace(backend=choose_backend(config.backend, nprocs))
     if info.name == "deepspeed":  # e.g. fp16 without GPUs: refused here, not inside the workers

@@ -106,7 +106,7 @@ def fit(
 
 def _run(config: TrainConfig, strategy: Strategy, model: ModelSpec, train_data: Dataset | None,
          test_data: Dataset | None, loss_fn: LossFn, optimizer_factory: Callable) -> RunResult:
-    micro_batch = check_world(config, strategy.world_size, strategy.data_ranks)
+    micro_batch = check_world(config, strategy.world_size, strategy.layout)
     seed_everything(config.seed)
     if train_data is None:
         train_data = data.torch_dataset(data.load_mnist("train", limit=config.samples, verbose=strategy.is_logger))

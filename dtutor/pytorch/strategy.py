@@ -8,9 +8,10 @@ strategy is a small class that overrides only what it changes:
 hook                        default (one device)                  e.g.
 ==========================  ====================================  ==========================================
 ``join``                    rank 0 of 1, GPU 0 if there is one    DDP: ``init_process_group``, its own GPU
-``data_rank/data_ranks``    rank, world size                      a pipeline: all stages read the same data
+``layout``                  data parallelism on every rank        a pipeline: ``PIPELINE``, one stage per rank
 ``wrap``                    model and optimizer unchanged         DDP: ``DistributedDataParallel(model)``
 ``no_sync``                 nothing                               DDP: skip the all-reduce while accumulating
+``sync_gradients``          nothing                               data x tensor: average over the replicas
 ``train_step``              forward, backward, ``step``           DeepSpeed: ``engine.backward``/``step``
 ``eval_step``               forward without gradients             a pipeline: the schedule's forward
 ``reduce``                  nothing to reduce                     ``dist.all_reduce``, ``hvd.allreduce``
@@ -32,8 +33,8 @@ import torch
 from torch import nn
 
 from dtutor.config import TrainConfig
+from dtutor.layout import DATA, Coordinates, Layout, Mesh
 from dtutor.pytorch import checkpoint
-from dtutor.strategies import STRATEGIES
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -70,6 +71,7 @@ class Strategy:
     """One device, no communication: the defaults every strategy starts from (see the module docstring)."""
 
     name = "single"
+    layout: Layout = DATA  # what the ranks split (``dtutor.layout``); a subclass inherits its parent's
 
     def __init__(self, config: TrainConfig):
         self.config = config
@@ -85,19 +87,28 @@ class Strategy:
             torch.cuda.set_device(self.device)
 
     @property
+    def mesh(self) -> Mesh:
+        """The sizes of the layout's dimensions for this job's world size."""
+        return self.layout.mesh(self.world_size)
+
+    @property
+    def coordinates(self) -> Coordinates:
+        """This rank's pipeline stage, data replica and tensor shard."""
+        return self.mesh.coordinates(self.rank)
+
+    @property
     def data_ranks(self) -> int:
         """How many ranks split the data (the batch arithmetic divides the global batch by this).
 
-        The registry says it (``StrategyInfo.parallelism``): every rank for data parallelism, one for
-        pipelines and tensor parallelism, whose ranks all read the same batches.
+        The layout's data dimension: every rank for data parallelism, one for a pipeline or tensor
+        parallelism (their ranks all read the same batches), the replicas of a 2-D grid.
         """
-        info = STRATEGIES.get(self.name)
-        return info.data_ranks(self.world_size) if info else self.world_size
+        return self.mesh.data
 
     @property
     def data_rank(self) -> int:
-        """Which shard of the data this rank reads (0 when the ranks do not split the data)."""
-        return self.rank if self.data_ranks == self.world_size else 0
+        """Which shard of the data this rank reads: its data replica (0 when the ranks do not split the data)."""
+        return self.coordinates.data
 
     @property
     def is_logger(self) -> bool:
@@ -132,9 +143,13 @@ class Strategy:
                 loss = loss_fn(outputs, targets)
                 (loss / len(micro_batches)).backward()
             totals = add(totals, totals_of(outputs, targets, loss))
+        self.sync_gradients(model)
         optimizer.step()
         optimizer.zero_grad()  # set_to_none by default; Horovod's optimizer takes no arguments
         return totals
+
+    def sync_gradients(self, model: nn.Module) -> None:
+        """Make the gradients the same on every rank that holds the same parameters (default: one rank)."""
 
     @torch.no_grad()
     def eval_step(self, model: nn.Module, batch: Batch, loss_fn: LossFn) -> StepTotals:

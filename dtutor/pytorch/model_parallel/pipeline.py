@@ -34,6 +34,7 @@ from torch import nn
 from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
 
 from dtutor import models
+from dtutor.layout import PIPELINE
 from dtutor.pytorch.model_parallel import stages as st
 from dtutor.pytorch.model_parallel.gpipe import full_batch_gradients, max_gradient_difference
 from dtutor.pytorch.process_group import ProcessGroupStrategy
@@ -52,6 +53,7 @@ class Pipeline(ProcessGroupStrategy):
     """One pipeline stage per rank, stepped by a ``torch.distributed.pipelining`` schedule (module docs)."""
 
     name = "pipeline"
+    layout = PIPELINE
     schedule_name = "gpipe"
     stage: PipelineStage | None = None
     schedule: Any = None

@@ -33,6 +33,7 @@ from torch.distributed.tensor import DTensor
 from torch.distributed.tensor.debug import CommDebugMode
 from torch.distributed.tensor.parallel import ColwiseParallel, ParallelStyle, RowwiseParallel, parallelize_module
 
+from dtutor.layout import DATA_X_TENSOR, TENSOR
 from dtutor.pytorch.model_parallel import stages as st
 from dtutor.pytorch.model_parallel.pipeline import zero_totals
 from dtutor.pytorch.process_group import ProcessGroupStrategy
@@ -63,32 +64,58 @@ class TensorParallel(ProcessGroupStrategy):
     """Every linear pair split over all ranks (module docs)."""
 
     name = "tensor_parallel"
-    mesh: DeviceMesh | None = None
+    layout = TENSOR
+    device_mesh: DeviceMesh | None = None
 
     def wrap(self, model: nn.Module, optimizer: Any) -> tuple[nn.Module, Any]:
-        """``parallelize_module`` with ``tensor_parallel_plan``; the optimizer rebuilt over the shards."""
-        self.mesh = init_device_mesh(self.device.type, (self.world_size,))
-        parallelize_module(model, self.mesh, tensor_parallel_plan(model))
+        """``parallelize_module`` over the tensor dimension; the optimizer rebuilt over the shards."""
+        mesh = self.mesh
+        self.device_mesh = init_device_mesh(self.device.type, (mesh.data, mesh.tensor),
+                                            mesh_dim_names=("data", "tensor"))
+        parallelize_module(model, self.device_mesh["tensor"], tensor_parallel_plan(model))
         return model, st.optimizer_for(optimizer, model.parameters())
+
+    def _reported(self, totals: StepTotals) -> StepTotals:
+        """The first shard of each replica reports (its tensor group computed the same outputs)."""
+        return totals if self.coordinates.tensor == 0 else zero_totals(self.device)
 
     def train_step(self, model: nn.Module, optimizer: Any, micro_batches: list[Batch],
                    loss_fn: LossFn) -> StepTotals:
-        """The default step; only rank 0 reports the totals (every rank computed the same outputs)."""
-        totals = super().train_step(model, optimizer, micro_batches, loss_fn)
-        return totals if self.rank == 0 else zero_totals(self.device)
+        """The default step; one rank of each tensor group reports the totals."""
+        return self._reported(super().train_step(model, optimizer, micro_batches, loss_fn))
 
     def eval_step(self, model: nn.Module, batch: Batch, loss_fn: LossFn) -> StepTotals:
-        """The default evaluation (every rank takes part in the all-reduces); rank 0 reports."""
-        totals = super().eval_step(model, batch, loss_fn)
-        return totals if self.rank == 0 else zero_totals(self.device)
+        """The default evaluation (every rank takes part in the all-reduces); one rank per group reports."""
+        return self._reported(super().eval_step(model, batch, loss_fn))
 
     def full_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """Every parameter whole (``full_tensor()`` gathers the shards), on every rank."""
         return {name: full_tensor(value).detach() for name, value in model.state_dict().items()}
 
     def release(self) -> None:
-        """Release the device mesh: it holds the process group."""
-        self.mesh = None
+        """Release the device mesh: it holds the process groups."""
+        self.device_mesh = None
+
+
+class DataTensorParallel(TensorParallel):
+    """A 2-D grid: tensor-parallel pairs of ranks, each pair a data-parallel replica reading its own shard.
+
+    On 4 ranks: ranks (0, 1) and (2, 3) each split every linear pair; ranks 0 and 2 hold the same shards, so
+    after backward each gradient shard is averaged over the replicas (``dist.all_reduce`` over the mesh's
+    data dimension, as DDP does for whole gradients) before the optimizer steps.
+    """
+
+    name = "data_tensor"
+    layout = DATA_X_TENSOR
+
+    def sync_gradients(self, model: nn.Module) -> None:
+        """Average each gradient shard over the data replicas that hold the same shard."""
+        group = self.device_mesh["data"].get_group()
+        for parameter in model.parameters():
+            if parameter.grad is not None:
+                local = parameter.grad.to_local() if isinstance(parameter.grad, DTensor) else parameter.grad
+                dist.all_reduce(local, group=group)
+                local /= self.mesh.data
 
 
 def mlp_block(width: int = 64, hidden: int = 256) -> nn.Sequential:
