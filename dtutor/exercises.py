@@ -163,8 +163,8 @@ def check_same_training(answer: Any, *, expect: Mapping[str, Any], tolerance: fl
 def check_plan_without_nccl(answer: Any, node: Any) -> Verdict:
     """Notebook 00: notebook 02's plan, ``(mode, workers, backend)``, on ``node`` once its torch lacks NCCL.
 
-    The course's answer is ``dtutor.devices.recommend`` on a copy of ``node`` whose ``nccl`` backend is not
-    usable (a torch built without NCCL).
+    The course's answer is ``dtutor.devices.recommend_notebook_runs`` on a copy of ``node`` whose ``nccl``
+    backend is not usable (a torch built without NCCL).
     """
     import dataclasses
 
@@ -172,7 +172,7 @@ def check_plan_without_nccl(answer: Any, node: Any) -> Verdict:
 
     without = dataclasses.replace(node, backends={**node.backends,
                                                   "nccl": devices.Backend("nccl", False, "not built into torch")})
-    plan = next(r for r in devices.recommend(without) if r.notebook == "02")
+    plan = next(r for r in devices.recommend_notebook_runs(without) if r.notebook == "02")
     return check_answer(answer, (plan.mode, plan.workers, plan.backend),
                         what=f"notebook 02 on {len(node.gpus)} GPUs without NCCL",
                         why="DDP's all-reduce between GPUs is NCCL's; without it the course falls back to gloo "

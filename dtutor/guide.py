@@ -1,6 +1,6 @@
 """Which strategy to use, from the model's size and the machines: the rules notebook 07's guide and widget apply.
 
-``recommend(parameters, gpus_per_node, nodes, framework, gpu_memory_gb)`` returns a ``Choice``: the
+``recommend_strategy(parameters, gpus_per_node, nodes, framework, gpu_memory_gb)`` returns a ``Choice``: the
 strategy (a ``dtutor.strategies`` name), the ``TrainConfig`` fields it needs, the command that launches it
 and the reasons, each stated with the figure it rests on. The rules, in order:
 
@@ -81,8 +81,8 @@ def _check(parameters: float, gpus_per_node: int, nodes: int, framework: str, gp
         raise ValueError(f"gpu_memory_gb: must be > 0, got {gpu_memory_gb!r}")
 
 
-def recommend(parameters: float, gpus_per_node: int = 1, nodes: int = 1, framework: str = "pytorch",
-              gpu_memory_gb: float = 80.0, cores: int | None = None) -> Choice:
+def recommend_strategy(parameters: float, gpus_per_node: int = 1, nodes: int = 1, framework: str = "pytorch",
+                       gpu_memory_gb: float = 80.0, cores: int | None = None) -> Choice:
     """The strategy for a model of ``parameters`` parameters on ``nodes`` machines of ``gpus_per_node`` GPUs
     (0: CPUs only, ``cores`` each, this machine's by default) of ``gpu_memory_gb`` each, in ``framework``
     (rules in the module docstring)."""

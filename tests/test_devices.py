@@ -15,14 +15,14 @@ import torch
 
 from dtutor import devices
 from dtutor.devices import (
-    STRATEGIES,
+    NOTEBOOK_TOPICS,
     Accelerator,
     Backend,
     Inventory,
     SourceReport,
     inventory,
     merge_devices,
-    recommend,
+    recommend_notebook_runs,
 )
 
 GPU_SOURCES = ["gputil", "nvml", "torch", "tensorflow"]
@@ -259,8 +259,8 @@ def _by_notebook(recs) -> dict:
 
 
 def test_recommendations_cover_every_notebook(inv: Inventory) -> None:
-    recs = recommend(inv)
-    assert [r.notebook for r in recs] == list(STRATEGIES)
+    recs = recommend_notebook_runs(inv)
+    assert [r.notebook for r in recs] == list(NOTEBOOK_TOPICS)
     for r in recs:
         assert r.mode in ("gpu", "simulated", "unavailable") and r.how
         assert (r.workers == 0) == (r.mode == "unavailable")
@@ -268,7 +268,7 @@ def test_recommendations_cover_every_notebook(inv: Inventory) -> None:
 
 @cpu_only
 def test_cpu_recommendation_is_simulated_gloo(inv: Inventory) -> None:
-    recs = _by_notebook(recommend(inv))
+    recs = _by_notebook(recommend_notebook_runs(inv))
     assert (recs["02"].mode, recs["02"].backend) == ("simulated", "gloo")
     assert recs["02"].workers >= 2 and "gloo" in recs["02"].how
     assert recs["04"].mode == "simulated" and "logical CPU devices" in recs["04"].how
@@ -277,7 +277,7 @@ def test_cpu_recommendation_is_simulated_gloo(inv: Inventory) -> None:
     assert recs["08"].mode == "simulated" and "batch scripts" in recs["08"].how
     assert recs["01"].mode == recs["05"].mode == recs["07"].mode == "simulated"
     assert recs["01"].workers == 1 and "calls the module" in recs["01"].how  # DataParallel's CPU pass-through
-    assert recommend(inv, simulated_workers=3)[1].workers == 3
+    assert recommend_notebook_runs(inv, simulated_workers=3)[1].workers == 3
 
 
 def test_four_gpus_recommend_nccl_with_four_ranks() -> None:
@@ -289,7 +289,7 @@ def test_four_gpus_recommend_nccl_with_four_ranks() -> None:
                   "horovod": Backend("horovod", True, "frameworks: torch; built with: gloo, nccl"),
                   "deepspeed": Backend("deepspeed", True, "0.19.8: accelerator cuda, communication nccl")},
     )
-    recs = _by_notebook(recommend(fake))
+    recs = _by_notebook(recommend_notebook_runs(fake))
     for nb in ("02", "03", "06"):
         assert (recs[nb].mode, recs[nb].workers, recs[nb].backend) == ("gpu", 4, "nccl"), recs[nb]
     assert recs["01"].mode == recs["04"].mode == recs["05"].mode == recs["07"].mode == "gpu"
@@ -306,7 +306,7 @@ def test_missing_horovod_says_how_to_get_it(inv: Inventory, monkeypatch: pytest.
     assert not backend.usable and "./course setup" in backend.detail
     no_hvd = Inventory(inv.sources, inv.gpus, inv.cpu_logical, inv.cpu_affinity,
                        {**inv.backends, "horovod": backend})
-    rec = _by_notebook(recommend(no_hvd))["03"]
+    rec = _by_notebook(recommend_notebook_runs(no_hvd))["03"]
     assert rec.mode == "unavailable" and "./course setup" in rec.how
 
 
@@ -336,7 +336,7 @@ def test_cli_json_parses() -> None:
     sources = {s["name"]: s for s in doc["inventory"]["sources"]}
     assert list(sources) == GPU_SOURCES and "skipped" in sources["tensorflow"]["error"]
     assert doc["inventory"]["cpu_cores"] >= 1
-    assert [r["notebook"] for r in doc["recommendations"]] == list(STRATEGIES)
+    assert [r["notebook"] for r in doc["recommendations"]] == list(NOTEBOOK_TOPICS)
 
 
 

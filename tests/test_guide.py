@@ -33,7 +33,7 @@ def test_importing_the_guide_imports_no_framework():
     ],
 )
 def test_the_rules_pick_a_registered_strategy(parameters, gpus, nodes, framework, strategy):
-    choice = guide.recommend(parameters, gpus, nodes, framework)
+    choice = guide.recommend_strategy(parameters, gpus, nodes, framework)
     assert choice.strategy == strategy and choice.strategy in STRATEGIES
     assert choice.reasons and choice.command
 
@@ -41,45 +41,45 @@ def test_the_rules_pick_a_registered_strategy(parameters, gpus, nodes, framework
 def test_the_memory_boundary_is_the_headroom_of_a_gpu():
     # 16 bytes per parameter must fit in 70% of 80 GB = 56 GB: 3.5e9 parameters exactly
     limit = guide.HEADROOM * 80 * guide.GB / guide.BYTES_PER_PARAMETER
-    assert guide.recommend(limit, 2, 1).strategy == "ddp"
-    assert guide.recommend(limit * 1.01, 2, 1).strategy == "fsdp"
-    assert guide.recommend(limit * 1.01, 2, 1, gpu_memory_gb=160).strategy == "ddp"  # a bigger GPU: fits again
-    assert guide.recommend(limit * 2.01, 2, 1).strategy == "deepspeed"  # sharded over 2 no longer fits
+    assert guide.recommend_strategy(limit, 2, 1).strategy == "ddp"
+    assert guide.recommend_strategy(limit * 1.01, 2, 1).strategy == "fsdp"
+    assert guide.recommend_strategy(limit * 1.01, 2, 1, gpu_memory_gb=160).strategy == "ddp"  # a bigger GPU: fits again
+    assert guide.recommend_strategy(limit * 2.01, 2, 1).strategy == "deepspeed"  # sharded over 2 no longer fits
 
 
 def test_reasons_state_the_numbers_they_rest_on():
-    choice = guide.recommend(7.5 * BILLION, 8, 1)
+    choice = guide.recommend_strategy(7.5 * BILLION, 8, 1)
     assert "120.0 GB per whole copy" in choice.reasons[0] and "56.0 GB usable per GPU" in choice.reasons[0]
     assert "15.0 GB each" in choice.reasons[1]
 
 
 def test_commands_launch_the_course_driver_with_the_right_launcher():
-    assert guide.recommend(1e8, 8, 1).command == ("torchrun --standalone --nproc-per-node=8 -m dtutor.launch "
+    assert guide.recommend_strategy(1e8, 8, 1).command == ("torchrun --standalone --nproc-per-node=8 -m dtutor.launch "
                                                   "dtutor.pytorch.driver:train strategy=ddp")
-    assert "--nnodes=4 --nproc-per-node=8" in guide.recommend(1e8, 8, 4).command
-    offload = guide.recommend(100 * BILLION, 8, 2).command
+    assert "--nnodes=4 --nproc-per-node=8" in guide.recommend_strategy(1e8, 8, 4).command
+    offload = guide.recommend_strategy(100 * BILLION, 8, 2).command
     assert offload.startswith("deepspeed --num_gpus=8 --hostfile=hostfile --num_nodes=2")
     assert "zero_stage=3 offload=True" in offload
-    assert "replicas=4" in guide.recommend(1e8, 4, 1, "tensorflow").command
-    assert guide.recommend(1e8, 4, 2, "tensorflow").command.count("TF_CONFIG=") == 2
-    assert "--nproc-per-node=2" in guide.recommend(1e8, 0, 1, cores=2).command  # CPU: one process per core
+    assert "replicas=4" in guide.recommend_strategy(1e8, 4, 1, "tensorflow").command
+    assert guide.recommend_strategy(1e8, 4, 2, "tensorflow").command.count("TF_CONFIG=") == 2
+    assert "--nproc-per-node=2" in guide.recommend_strategy(1e8, 0, 1, cores=2).command  # CPU: one process per core
 
 
 def test_without_a_gpu_the_speed_up_is_bounded_by_the_cores(monkeypatch):
-    eight = guide.recommend(1e8, 0, 1, cores=8)
+    eight = guide.recommend_strategy(1e8, 0, 1, cores=8)
     assert "--nproc-per-node=8" in eight.command
     assert "up to 8x one worker's samples/s; workers beyond the 8 cores share them and add no speed" in \
         eight.reasons[1]
     monkeypatch.setattr(guide.os, "sched_getaffinity", lambda pid: {0, 2, 5}, raising=False)  # 3 of more cores
     monkeypatch.setattr(guide.os, "cpu_count", lambda: 8)
-    assert guide.cpu_cores() == 3 and "--nproc-per-node=3" in guide.recommend(1e8, 0, 1).command
+    assert guide.cpu_cores() == 3 and "--nproc-per-node=3" in guide.recommend_strategy(1e8, 0, 1).command
     monkeypatch.delattr(guide.os, "sched_getaffinity")  # macOS: no affinity mask
     monkeypatch.setattr(guide.os, "cpu_count", lambda: None)
     assert guide.cpu_cores() == 1
 
 
 def test_tensorflow_sharding_is_described_as_it_is():
-    reason = guide.recommend(7.5 * BILLION, 8, 1, "tensorflow").reasons[1]
+    reason = guide.recommend_strategy(7.5 * BILLION, 8, 1, "tensorflow").reasons[1]
     assert "keep a whole copy of the model on every replica and shard no optimizer state" in reason
     assert "DTensor" in reason and "keras.distribution" in reason
 
@@ -96,4 +96,4 @@ def test_tensorflow_sharding_is_described_as_it_is():
 )
 def test_bad_input_is_refused_naming_the_field(arguments, message):
     with pytest.raises(ValueError, match=message):
-        guide.recommend(*arguments)
+        guide.recommend_strategy(*arguments)

@@ -4,7 +4,8 @@ Four sources describe the GPUs, each the way the course shows them: GPUtil (wrap
 (``nvidia-ml-py``, imported as ``pynvml``), ``torch.cuda`` and TensorFlow's ``list_physical_devices``.
 Each answer is kept as a ``SourceReport``: no GPU, no driver or no package is a result that is recorded,
 never raised. The devices are merged by UUID (or by index where a source has no UUID), the backends
-(gloo, NCCL, MPI, Horovod, DeepSpeed) are checked, and ``recommend`` says how each notebook runs here:
+(gloo, NCCL, MPI, Horovod, DeepSpeed) are checked, and ``recommend_notebook_runs`` says how each notebook runs
+here:
 on real GPUs, on simulated CPU workers, or not at all (and how to fix that).
 
 Command line: ``python -m dtutor.devices [--json] [--no-tf] [--no-deepspeed]``.
@@ -28,12 +29,18 @@ from dtutor.devices.probes import (
     probe_torch,
 )
 from dtutor.devices.records import MIB, Accelerator, Backend, Inventory, SourceReport
-from dtutor.devices.report import STRATEGIES, Recommendation, format_inventory, format_recommendations, recommend
+from dtutor.devices.report import (
+    NOTEBOOK_TOPICS,
+    Recommendation,
+    format_inventory,
+    format_recommendations,
+    recommend_notebook_runs,
+)
 
 __all__ = [
-    "MIB", "STRATEGIES", "Accelerator", "Backend", "Inventory", "Recommendation", "SourceReport",
+    "MIB", "NOTEBOOK_TOPICS", "Accelerator", "Backend", "Inventory", "Recommendation", "SourceReport",
     "format_inventory", "format_recommendations", "horovod_frameworks", "import_quietly", "inventory", "main",
-    "merge_devices", "probe_gputil", "probe_nvml", "probe_tensorflow", "probe_torch", "recommend",
+    "merge_devices", "probe_gputil", "probe_nvml", "probe_tensorflow", "probe_torch", "recommend_notebook_runs",
 ]
 
 

@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-deepspeed", action="store_true", help="do not import DeepSpeed")
     args = parser.parse_args(argv)
     inv = devices.inventory(include_tf=not args.no_tf, include_deepspeed=not args.no_deepspeed)
-    recs = devices.recommend(inv)
+    recs = devices.recommend_notebook_runs(inv)
     if args.json:
         doc = {"inventory": inv.to_dict(), "recommendations": [asdict(r) for r in recs]}
         print(json.dumps(doc, indent=2))

@@ -20,11 +20,11 @@ class Recommendation:
     how: str
 
 
-STRATEGIES = {"01": "DataParallel", "02": "DDP", "03": "Horovod", "04": "TF MirroredStrategy",
+NOTEBOOK_TOPICS = {"01": "DataParallel", "02": "DDP", "03": "Horovod", "04": "TF MirroredStrategy",
               "05": "Model/pipeline parallel", "06": "DeepSpeed, FSDP", "07": "Comparison", "08": "Slurm and ssh"}
 
 
-def recommend(inv: Inventory, simulated_workers: int | None = None) -> list[Recommendation]:
+def recommend_notebook_runs(inv: Inventory, simulated_workers: int | None = None) -> list[Recommendation]:
     """For notebooks 01-08: run on the GPUs, on simulated CPU workers, or not here (and what to do).
 
     Simulated runs use ``simulated_workers`` workers (default: the usable cores, clamped to 2..4).
@@ -33,7 +33,7 @@ def recommend(inv: Inventory, simulated_workers: int | None = None) -> list[Reco
     sim = simulated_workers or max(2, min(4, inv.cpu_cores))
 
     def add(nb: str, mode: str, workers: int, backend: str, how: str) -> None:
-        recs.append(Recommendation(nb, STRATEGIES[nb], mode, workers, backend, how))
+        recs.append(Recommendation(nb, NOTEBOOK_TOPICS[nb], mode, workers, backend, how))
 
     if n:
         add("01", "gpu", n, "one process", f"nn.DataParallel replicates the model on {n} GPU(s) in threads")

@@ -25,9 +25,9 @@ node = devices.Inventory(
 
 
 def answers() -> dict:
-    """``my_plan``: ask ``recommend`` about the same node with an unusable NCCL."""
+    """``my_plan``: ask ``recommend_notebook_runs`` about the same node with an unusable NCCL."""
     without_nccl = dataclasses.replace(node, backends={**node.backends, "nccl": devices.Backend("nccl", False)})
-    plan = next(r for r in devices.recommend(without_nccl) if r.notebook == "02")
+    plan = next(r for r in devices.recommend_notebook_runs(without_nccl) if r.notebook == "02")
     return {"my_plan": (plan.mode, plan.workers, plan.backend)}  # ("simulated", 4, "gloo")
 
 
