@@ -46,52 +46,53 @@ def probe(tmp_path, monkeypatch) -> str:
 
 
 def test_results_come_back_from_every_rank_in_rank_order():
-    results = launch.run("dtutor.diagnostics:hello", nprocs=2, timeout=120, quiet=True)
+    results = launch.run("dtutor.pytorch.ddp_lessons:hello", nprocs=2, timeout=120, quiet=True)
     assert [r["rank"] for r in results] == [0, 1]
     assert all(r["world_size"] == 2 and r["sum_of_ranks"] == 1 for r in results)
 
 
 def test_output_is_streamed_with_rank_prefixes(capsys):
-    launch.run("dtutor.diagnostics:hello", nprocs=2, timeout=120)
+    launch.run("dtutor.pytorch.ddp_lessons:hello", nprocs=2, timeout=120)
     out = capsys.readouterr().out
-    assert out.startswith("$ torchrun --standalone --nproc-per-node=2 -m dtutor.launch dtutor.diagnostics:hello")
+    assert out.startswith("$ torchrun --standalone --nproc-per-node=2 -m dtutor.launch "
+                          "dtutor.pytorch.ddp_lessons:hello")
     assert "[rank 0] hello from rank 0 of 2" in out and "[rank 1] hello from rank 1 of 2" in out
 
 
 def test_two_nodes_on_localhost_agree():
-    results = launch.run("dtutor.diagnostics:hello", nprocs=1, nnodes=2, timeout=180, quiet=True)
+    results = launch.run("dtutor.pytorch.ddp_lessons:hello", nprocs=1, nnodes=2, timeout=180, quiet=True)
     assert sorted(r["rank"] for r in results) == [0, 1]
     assert {r["sum_of_ranks"] for r in results} == {1} and {r["world_size"] for r in results} == {2}
 
 
 def test_a_crashing_rank_is_named_with_its_traceback_and_nothing_survives(process_marker):
     with pytest.raises(launch.LaunchError) as caught:
-        launch.run("dtutor.diagnostics:fail_on_rank", nprocs=2, timeout=120, quiet=True, failing_rank=1)
+        launch.run("dtutor.pytorch.ddp_lessons:fail_on_rank", nprocs=2, timeout=120, quiet=True, failing_rank=1)
     assert caught.value.rank == 1
     assert "RuntimeError: rank 1 failed on purpose" in caught.value.remote_traceback
-    assert "rank 1 of dtutor.diagnostics:fail_on_rank failed" in str(caught.value)
+    assert "rank 1 of dtutor.pytorch.ddp_lessons:fail_on_rank failed" in str(caught.value)
     assert marked_processes(process_marker) == []
 
 
 def test_a_timeout_ends_every_process(process_marker):
     with pytest.raises(launch.LaunchError, match="did not finish within 4 s"):
-        launch.run("dtutor.diagnostics:sleep", nprocs=2, timeout=4, quiet=True, seconds=300)
+        launch.run("dtutor.pytorch.ddp_lessons:sleep", nprocs=2, timeout=4, quiet=True, seconds=300)
     assert marked_processes(process_marker) == []
 
 
 @pytest.mark.parametrize(
     ("entry", "options", "message"),
     [
-        ("dtutor.diagnostics:hello", {"nprocs": 0}, "nprocs must be a whole number >= 1"),
-        ("dtutor.diagnostics:hello", {"nnodes": 0}, "nnodes must be"),
-        ("dtutor.diagnostics:hello", {"backend": "carrier-pigeon"}, "unknown backend 'carrier-pigeon'"),
-        ("dtutor.diagnostics:hello", {"backend": "nccl", "nprocs": 64}, "'nccl' needs one GPU per rank"),
+        ("dtutor.pytorch.ddp_lessons:hello", {"nprocs": 0}, "nprocs must be a whole number >= 1"),
+        ("dtutor.pytorch.ddp_lessons:hello", {"nnodes": 0}, "nnodes must be"),
+        ("dtutor.pytorch.ddp_lessons:hello", {"backend": "carrier-pigeon"}, "unknown backend 'carrier-pigeon'"),
+        ("dtutor.pytorch.ddp_lessons:hello", {"backend": "nccl", "nprocs": 64}, "'nccl' needs one GPU per rank"),
         ("dtutor.nowhere:hello", {}, "cannot import the entry point's module 'dtutor.nowhere'"),
-        ("dtutor.diagnostics:nothing", {}, "has no function 'nothing'"),
-        ("dtutor.diagnostics", {}, "must look like 'package.module:function'"),
-        ("dtutor.diagnostics:sleep", {"seconds": object()}, "cannot be sent to the workers"),
-        ("dtutor.diagnostics:sleep", {"minutes": 3}, "cannot take these arguments"),
-        ("dtutor.diagnostics:sleep", {"timeout": 0}, "timeout must be positive"),
+        ("dtutor.pytorch.ddp_lessons:nothing", {}, "has no function 'nothing'"),
+        ("dtutor.pytorch.ddp_lessons", {}, "must look like 'package.module:function'"),
+        ("dtutor.pytorch.ddp_lessons:sleep", {"seconds": object()}, "cannot be sent to the workers"),
+        ("dtutor.pytorch.ddp_lessons:sleep", {"minutes": 3}, "cannot take these arguments"),
+        ("dtutor.pytorch.ddp_lessons:sleep", {"timeout": 0}, "timeout must be positive"),
     ],
 )
 def test_bad_input_is_refused_before_any_process_starts(monkeypatch, entry, options, message):
@@ -104,9 +105,10 @@ def test_bad_input_is_refused_before_any_process_starts(monkeypatch, entry, opti
 
 
 def test_commands_shown_for_one_and_two_nodes():
-    text = launch.show_commands("dtutor.diagnostics:sleep", 4, seconds=2.5)
+    text = launch.show_commands("dtutor.pytorch.ddp_lessons:sleep", 4, seconds=2.5)
     quoted = launch.show_commands("dtutor.pytorch.driver:train", 4, checkpoint="two words.pt")
-    assert "torchrun --standalone --nproc-per-node=4 -m dtutor.launch dtutor.diagnostics:sleep seconds=2.5" in text
+    assert ("torchrun --standalone --nproc-per-node=4 -m dtutor.launch dtutor.pytorch.ddp_lessons:sleep "
+            "seconds=2.5") in text
     assert "--nnodes=2 --nproc-per-node=4 --rdzv-backend=c10d --rdzv-endpoint=HOST:29400" in text
     assert "--rdzv-conf=join_timeout=120,read_timeout=30" in text and "HOST = 127.0.0.1" in text
     training = launch.show_commands("dtutor.pytorch.driver:train", 2, strategy="ddp")
@@ -116,7 +118,7 @@ def test_commands_shown_for_one_and_two_nodes():
 
 
 def test_long_commands_wrap_with_continuations_short_ones_stay_whole():
-    short = ["torchrun", "--standalone", "-m", "dtutor.launch", "dtutor.diagnostics:hello"]
+    short = ["torchrun", "--standalone", "-m", "dtutor.launch", "dtutor.pytorch.ddp_lessons:hello"]
     assert launch.shell_command(short) == shlex.join(short)
     words = launch.torchrun_command("dtutor.pytorch.driver:train", 2, {"strategy": "ddp", "checkpoint": "a b.pt"},
                                     nnodes=2)
@@ -173,14 +175,14 @@ def test_tf_workers_print_their_commands(probe, capsys):
 
 
 def test_tf_worker_commands_by_hand():
-    wrapped = launch.show_tf_worker_commands("dtutor.diagnostics:sleep", 2, seconds=2.5)
+    wrapped = launch.show_tf_worker_commands("dtutor.pytorch.ddp_lessons:sleep", 2, seconds=2.5)
     assert " \\\n    " in wrapped and max(map(len, wrapped.splitlines())) <= 150
     lines = wrapped.replace(" \\\n    ", " ").splitlines()  # each worker's command on one line
     assert lines[0].startswith("# worker 0") and lines[2].startswith("# worker 1")
     for index, line in ((0, lines[1]), (1, lines[3])):
         config = launch.tf_config(["127.0.0.1:12345", "127.0.0.1:12346"], index)
         assert line.startswith(f"TF_CONFIG='{config}' TF_USE_LEGACY_KERAS=1")
-        assert line.endswith("python -m dtutor.launch dtutor.diagnostics:sleep seconds=2.5")
+        assert line.endswith("python -m dtutor.launch dtutor.pytorch.ddp_lessons:sleep seconds=2.5")
 
 
 @pytest.mark.parametrize(
@@ -191,7 +193,7 @@ def test_tf_worker_commands_by_hand():
 def test_bad_tf_worker_input_is_refused_before_any_process_starts(monkeypatch, options, message):
     monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: pytest.fail("a process was started"))
     with pytest.raises(ValueError, match=message):
-        launch.run_tf_workers("dtutor.diagnostics:sleep", **{"num_workers": 2, "quiet": True, **options})
+        launch.run_tf_workers("dtutor.pytorch.ddp_lessons:sleep", **{"num_workers": 2, "quiet": True, **options})
 
 
 def test_free_ports_differ():

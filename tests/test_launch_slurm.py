@@ -45,7 +45,7 @@ def assert_nothing_left(folder: Path, ports: list[int], mark: str) -> None:
 OUTPUT = """[2026-11-23 22:48:11,780] [INFO] [runner.py:618:main] cmd = ...
 [rank 0] epoch 0: loss 2.3000
 [rank 1] Traceback (most recent call last):
-[rank 1]   File "dtutor/diagnostics.py", line 38, in fail_on_rank
+[rank 1]   File "dtutor/pytorch/ddp_lessons.py", line 38, in fail_on_rank
 [rank 1] RuntimeError: rank 1 failed on purpose
 [1]<stderr>:[rank 0] Traceback (most recent call last):
 [1]<stderr>:[rank 0] ValueError: afterwards
@@ -56,7 +56,7 @@ def test_failed_ranks_and_their_tracebacks_are_read_from_the_output_in_order():
     failures = slurm.rank_failures(OUTPUT)
     assert list(failures) == [1, 0]
     assert failures[1].splitlines() == ["Traceback (most recent call last):",
-                                        '  File "dtutor/diagnostics.py", line 38, in fail_on_rank',
+                                        '  File "dtutor/pytorch/ddp_lessons.py", line 38, in fail_on_rank',
                                         "RuntimeError: rank 1 failed on purpose"]
     assert failures[0].splitlines()[-1] == "ValueError: afterwards"
 
@@ -144,7 +144,7 @@ def cluster(tmp_path_factory):
     try:
         with slurm_local.local_cluster(3) as local:
             folder, ports = local.folder, local.ports()
-            sleeper = recipes.sbatch_script("dtutor.diagnostics:sleep", nodes=1, time="00:01:00",
+            sleeper = recipes.sbatch_script("dtutor.pytorch.ddp_lessons:sleep", nodes=1, time="00:01:00",
                                             setup=slurm.this_environment(), seconds=600)
             yield SimpleNamespace(local=local, workdir=workdir, overtime=slurm.submit(sleeper, workdir))
     finally:

@@ -1,11 +1,11 @@
-"""The bubble table, the memory table and ``python -m dtutor.bench pipeline``."""
+"""The bubble table and ``python -m dtutor.bench pipeline``."""
 
 import json
 
 import pytest
 
 from dtutor import bench
-from dtutor.pytorch.model_parallel import bubble, demos, memory_and_speed
+from dtutor.pytorch.model_parallel import bubble
 
 
 def _row(schedule, sends, m, measured, replayed, peaks=(1, 1), communication_ms=5.0):
@@ -69,7 +69,7 @@ def test_a_variant_that_cannot_run_is_refused_before_any_process_starts(monkeypa
 
 
 def test_a_small_measurement_has_the_table_s_shape_and_the_schedules_activations():
-    rows = demos.bubble_rows(2, micro_batches=(1, 2), width=64, layers_per_stage=1, micro_batch_size=8, repeats=1)
+    rows = bubble.measure_bubble(2, micro_batches=(1, 2), width=64, layers_per_stage=1, micro_batch_size=8, repeats=1)
     assert [(r["schedule"], r["sends"], r["micro_batches"]) for r in rows] == [
         ("gpipe", "blocking", 1), ("gpipe", "blocking", 2), ("gpipe", "overlapped", 1), ("gpipe", "overlapped", 2),
         ("1f1b", "overlapped", 2)]
@@ -81,32 +81,6 @@ def test_a_small_measurement_has_the_table_s_shape_and_the_schedules_activations
         assert row["replayed"] <= row["measured"] + 1e-12  # free communication never makes the step longer
     assert [(e.stage, e.kind) for e in rows[0]["events"]] == [(0, "forward"), (1, "forward"), (1, "backward"),
                                                               (0, "backward")]
-
-
-def test_parameter_memory_per_rank_of_each_split():
-    rows = demos.memory_rows("cnn", speed=False)
-    assert [(r["layout"], r["strategy"]) for r in rows] == [
-        ("unsplit", "single"), ("article's split (part1 | part2)", "-"), ("pipeline stages", "pipeline_gpipe"),
-        ("pipeline stages", "pipeline_1f1b"), ("tensor parallel shards", "tensor_parallel")]
-    assert all(r["samples_per_s"] is None for r in rows)
-    assert rows[1]["largest_share"] == pytest.approx(1 - 320 / 121_930)
-    found = {r["layout"]: r["bytes_per_rank"] for r in rows}
-    whole = 121_930 * 4
-    assert found["unsplit"] == [whole, whole]
-    assert found["article's split (part1 | part2)"] == [320 * 4, whole - 320 * 4]
-    assert sum(found["pipeline stages"]) == whole and min(found["pipeline stages"]) > 0
-    shards = found["tensor parallel shards"]  # 1600 x 64 and 64 x 10 halved, the rest whole
-    assert shards[0] == shards[1] == whole - (1600 * 64 + 64 + 64 * 10) * 4 // 2
-
-
-def test_memory_table_for_people():
-    rows = [{"layout": "unsplit", "strategy": "single", "bytes_per_rank": [4096, 4096], "largest_share": 1.0,
-             "samples_per_s": 1234.0},
-            {"layout": "article's split (part1 | part2)", "strategy": "-", "bytes_per_rank": [1024, 3072],
-             "largest_share": 0.75, "samples_per_s": None}]
-    lines = memory_and_speed.format_memory(rows).splitlines()
-    assert lines[1].split() == ["unsplit", "single", "4.0", "|", "4.0", "100%", "1,234"]
-    assert lines[2].split()[-4:] == ["|", "3.0", "75%", "-"]
 
 
 def test_bench_pipeline_prints_both_tables_and_writes_json(monkeypatch, tmp_path, capsys):

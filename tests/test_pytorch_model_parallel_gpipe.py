@@ -2,9 +2,10 @@
 
 import pytest
 
-from dtutor.pytorch.model_parallel import demos
+from dtutor import launch
 from dtutor.pytorch.model_parallel.gpipe import gpipe_actions, one_f_one_b_actions, split_batch
 
+GPIPE = "dtutor.pytorch.model_parallel.gpipe"  # the hand-written schedules, launched on 2 ranks
 TOLERANCE = 1e-6  # fp32; measured ~6e-9 (the micro-batch sums are added in another order)
 
 
@@ -42,7 +43,7 @@ def test_a_batch_must_cut_into_equal_micro_batches():
 
 
 def test_by_hand_m_micro_batches_give_the_full_batch_gradients():
-    result = demos.pipeline_by_hand(4)
+    result = launch.run(f"{GPIPE}:gpipe_by_hand", 2, timeout=300, quiet=True, micro_batches=4)[0]
     assert result["gradient_difference"]["gpipe"] < TOLERANCE and result["gradient_difference"]["1f1b"] < TOLERANCE
     assert result["peak_held"] == {"gpipe": [4, 4], "1f1b": [2, 1]}
     events = result["events"]["gpipe"]
@@ -50,11 +51,13 @@ def test_by_hand_m_micro_batches_give_the_full_batch_gradients():
 
 
 def test_overlapped_gpipe_by_hand_gives_the_same_gradients():
-    result = demos.pipeline_by_hand(4, schedules=("gpipe",), blocking_gpipe=False)
+    result = launch.run(f"{GPIPE}:gpipe_by_hand", 2, timeout=300, quiet=True, micro_batches=4, schedules=("gpipe",),
+                        blocking_gpipe=False)[0]
     assert result["gradient_difference"]["gpipe"] < TOLERANCE and result["peak_held"] == {"gpipe": [4, 4]}
 
 
 def test_the_library_schedules_give_the_full_batch_gradients_and_scale_by_m_themselves():
-    result = demos.pipeline_library(4)
+    result = launch.run("dtutor.pytorch.model_parallel.pipeline:library_gradients", 2, timeout=300, quiet=True,
+                        micro_batches=4)[0]
     assert result["gradient_difference"]["gpipe"] < TOLERANCE and result["gradient_difference"]["1f1b"] < TOLERANCE
     assert result["pitfall_ratio"] == pytest.approx(4.0, rel=1e-4)  # dividing the loss by m again: m x too small

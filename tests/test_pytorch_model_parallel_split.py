@@ -3,7 +3,7 @@
 import pytest
 
 from dtutor import launch, models
-from dtutor.pytorch.model_parallel import demos, split
+from dtutor.pytorch.model_parallel import split
 from dtutor.pytorch.model_parallel.timeline import idle_fractions
 
 
@@ -20,7 +20,7 @@ def test_part1_is_conv32_and_maxpool_and_part2_the_rest():
 
 
 def test_two_devices_in_one_process_equal_the_unsplit_model():
-    result = demos.split_two_devices()
+    result = split.two_device_demo()
     assert result["forward_difference"] == 0.0 and result["step_difference"] == 0.0
     assert result["activation_shape"] == (32, 32, 13, 13)
 

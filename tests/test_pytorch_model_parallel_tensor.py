@@ -2,7 +2,7 @@
 
 import pytest
 
-from dtutor.pytorch.model_parallel import demos
+from dtutor import launch
 from dtutor.pytorch.model_parallel.tensor_parallel import mlp_block, tensor_parallel_plan
 
 
@@ -16,7 +16,8 @@ def test_the_plan_pairs_linear_layers_columns_then_rows_and_leaves_an_odd_one_wh
 
 @pytest.fixture(scope="module")
 def demo():
-    return demos.tensor_parallel(width=64, hidden=256, batch=8)  # rank 0's result; facts gathered from both
+    entry = "dtutor.pytorch.model_parallel.tensor_parallel:tensor_parallel_demo"
+    return launch.run(entry, 2, timeout=300, quiet=True, width=64, hidden=256, batch=8)[0]  # facts from both ranks
 
 
 def test_output_and_gradients_equal_the_unsplit_block(demo):

@@ -48,7 +48,7 @@ def single_device_reference(tmp_path_factory) -> RunResult:
 
 def test_importing_the_tensorflow_package_imports_neither_framework():
     code = ("import sys, dtutor.tf.driver, dtutor.tf.mirrored, dtutor.tf.multiworker, dtutor.tf.horovod_keras, "
-            "dtutor.tf.lessons, dtutor.tf.horovod_lessons, dtutor.tf.diagnostics, dtutor.launch; "
+            "dtutor.tf.mirrored_lessons, dtutor.tf.horovod_keras_lessons, dtutor.launch; "
             "print(sorted(m for m in ('tensorflow', 'torch', 'horovod') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"

@@ -1,4 +1,4 @@
-"""Horovod for Keras (dtutor.tf.horovod_keras, dtutor.tf.horovod_lessons), 2 workers through horovodrun.
+"""Horovod for Keras (dtutor.tf.horovod_keras, dtutor.tf.horovod_keras_lessons), 2 workers through horovodrun.
 
 Proof: both workers end bitwise equal and within 1e-5 of one device with the same global batch, learning
 rate and momentum. The late-broadcast demonstration (workers built from different seeds, the callback's
@@ -40,7 +40,7 @@ def test_metric_average_and_step_losses_are_global(two_workers, tmp_path_factory
 
 def test_the_callback_alone_broadcasts_too_late_for_an_exact_first_step(tmp_path_factory):
     require_horovod("tensorflow")
-    late = launch.run_horovod("dtutor.tf.horovod_lessons:late_broadcast", 2, framework="tensorflow", timeout=300,
+    late = launch.run_horovod("dtutor.tf.horovod_keras_lessons:late_broadcast", 2, framework="tensorflow", timeout=300,
                               quiet=True, early_broadcast=False, **SETUP)
     reference = single_device_reference(tmp_path_factory)
     assert [r.details["broadcast_before_fit"] for r in late] == [False, False]

@@ -1,4 +1,4 @@
-"""MirroredStrategy (dtutor.tf.mirrored, dtutor.tf.lessons): 2 logical-CPU replicas equal one device.
+"""MirroredStrategy (dtutor.tf.mirrored, dtutor.tf.mirrored_lessons): 2 logical-CPU replicas equal one device.
 
 One child process with 2 logical CPU devices runs every in-process check (TensorFlow starts once). Every
 comparison is against the single-device run (``mirrored``, replicas=1) of the same config, and training
@@ -17,7 +17,7 @@ from dtutor.result import identical, max_difference
 PROOF = """
     import pickle, sys
     from dtutor.config import TrainConfig
-    from dtutor.tf import driver, lessons, setup
+    from dtutor.tf import driver, mirrored_lessons, setup
     from dtutor import launch
 
     def error_of(call):
@@ -36,8 +36,8 @@ PROOF = """
         "one": driver.train(replicas=1, strategy="mirrored", **setup_),
         "one_again": driver.train(replicas=1, strategy="mirrored", **setup_),
         "start": driver.initial_parameters(config),
-        "custom": lessons.train_with_custom_loop(config, replicas=2),
-        "mistake": lessons.scope_mistake(2),
+        "custom": mirrored_lessons.train_with_custom_loop(config, replicas=2),
+        "mistake": mirrored_lessons.scope_mistake(2),
         "same_setup_again": error_of(lambda: setup.setup_tensorflow(cpu_replicas=2)),
         "late_setup": error_of(lambda: setup.setup_tensorflow(cpu_replicas=4)),
         "too_many_replicas": error_of(lambda: driver.train(replicas=4, strategy="mirrored", **setup_)),
@@ -110,7 +110,7 @@ def test_bad_input_in_tensorflow_gets_clear_errors(proof):
 
 
 def test_the_speed_title_states_what_was_measured():
-    from dtutor.tf import lessons
+    from dtutor.tf import mirrored_lessons
 
-    title = lessons.speed_title({1: 27.6, 2: 32.4}, "logical CPU devices")
+    title = mirrored_lessons.speed_title({1: 27.6, 2: 32.4}, "logical CPU devices")
     assert title == "logical CPU devices: 2 replicas ran 1.17x the steps/s of 1 (32.4 against 27.6)"

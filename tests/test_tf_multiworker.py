@@ -55,7 +55,7 @@ def test_a_failing_worker_is_named_with_its_traceback_and_no_worker_survives(pro
 
     def target():
         try:
-            launch.run_tf_workers("dtutor.tf.diagnostics:fail_on_worker", 2, timeout=120, quiet=True,
+            launch.run_tf_workers("dtutor.tf.mirrored_lessons:fail_on_worker", 2, timeout=120, quiet=True,
                                   failing_rank=1)
         except BaseException as error:  # handed to the test
             outcome[0] = error
@@ -70,7 +70,7 @@ def test_a_failing_worker_is_named_with_its_traceback_and_no_worker_survives(pro
     assert isinstance(error, launch.LaunchError), error
     assert error.rank == 1
     assert "RuntimeError: worker 1 failed on purpose" in error.remote_traceback
-    assert "rank 1 of dtutor.tf.diagnostics:fail_on_worker failed" in str(error)
+    assert "rank 1 of dtutor.tf.mirrored_lessons:fail_on_worker failed" in str(error)
     assert most >= 1  # the watch saw the workers by their marker, so "none left" looks at the right processes
     assert marked_processes(process_marker) == []
     assert psutil.Process().children(recursive=True) == []

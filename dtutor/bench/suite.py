@@ -248,12 +248,12 @@ def run_rounds(mode: Mode, planned: dict[str, Any], progress: Any = print) -> li
 
 def dataparallel_memory(gpus: int, timeout: float) -> list[int] | None:
     """Notebook 01's measurement, where there are 2 GPUs or more: DataParallel's peak memory on each GPU
-    (``dataparallel_phases.peak_memory_per_gpu``, in a fresh process); None otherwise."""
+    (``dataparallel_lessons.peak_memory_per_gpu``, in a fresh process); None otherwise."""
     if gpus < 2:
         return None
     from dtutor import launch
 
-    return launch.run_single("dtutor.pytorch.dataparallel_phases:peak_memory_per_gpu", timeout=timeout)
+    return launch.run_single("dtutor.pytorch.dataparallel_lessons:peak_memory_per_gpu", timeout=timeout)
 
 
 def strip(records: list[dict[str, Any]]) -> list[dict[str, Any]]:

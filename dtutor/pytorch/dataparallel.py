@@ -2,7 +2,7 @@
 
 What it changes: the model is wrapped in ``nn.DataParallel`` on the first GPU, which scatters each batch,
 replicates the module, runs the replicas in threads and gathers the outputs there (notebook 01 takes
-those four phases apart: ``dtutor.pytorch.dataparallel_phases``). One process, so no rank, no reduce, no
+those four phases apart: ``dtutor.pytorch.dataparallel_lessons``). One process, so no rank, no reduce, no
 process group: the world size is 1 and the whole global batch goes through it. Without GPUs DataParallel
 simply calls the module.
 

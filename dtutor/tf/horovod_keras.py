@@ -12,7 +12,7 @@ optimizer's variables, created by the first step, exist). Workers that start fro
 therefore take their first step from different models, and the average of their gradients is not the
 big-batch gradient. ``after_compile`` broadcasts the model's variables once more BEFORE ``fit``
 (``horovod.tensorflow.broadcast_variables``); the callback still synchronises the optimizer's state.
-``dtutor.tf.horovod_lessons.late_broadcast`` shows the difference.
+``dtutor.tf.horovod_keras_lessons.late_broadcast`` shows the difference.
 
 Learning rate: ``config.lr`` is the learning rate of the global batch, as for every strategy; it is not
 multiplied by ``hvd.size()``. The Alibaba Cloud article's ``lr * hvd.size()`` is the same rule seen from the

@@ -14,8 +14,9 @@ Modules, in the order of notebook 05:
 - ``tensor_parallel``: the strategy ``tensor_parallel`` (``parallelize_module``, column- then row-wise) and
   its proof on one MLP block;
 - ``bubble``: the bubble measured against theory (balanced stages), 1F1B against GPipe;
-- ``memory_and_speed``: parameter memory per rank under each split, and samples/s through the driver;
-- ``demos``: one call per demo for a notebook (each launches its entry point and returns plain values).
+- ``memory_and_speed``: parameter memory per rank under each split, and samples/s through the driver.
 
-Every demo is an entry point for ``dtutor.launch.run(entry, 2, ...)`` returning plain Python values.
+Each module's demos for the notebook sit beside the code they demonstrate, as entry points for
+``dtutor.launch.run(entry, 2, ...)`` returning plain Python values (e.g. ``split:split_demo``,
+``gpipe:gpipe_by_hand``, ``tensor_parallel:tensor_parallel_demo``).
 """

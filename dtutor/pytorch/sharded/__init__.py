@@ -7,7 +7,7 @@ parameters too (gathered layer by layer when needed).
 - ``deepspeed_zero`` and ``fsdp``: the strategies; ``deepspeed_config``: DeepSpeed's JSON, checked early;
 - ``model_state``: the model state a rank holds, measured (``storage``: which bytes a view covers and which are
   resident); ``formulas``: the ZeRO paper's formulas and the estimator; ``widget``: the estimator in a notebook;
-- ``lessons``: the notebook's small demos, each an entry point for ``dtutor.launch.run``.
+- ``deepspeed_zero_lessons``: the notebook's small DeepSpeed demos, each an entry point for ``dtutor.launch.run``.
 
 ``formulas``, ``widget`` and ``deepspeed_config`` import no framework (``python -m dtutor.bench zero`` measures
 ``model_state`` against ``formulas``).

@@ -8,10 +8,10 @@ Horovod strategy broadcasts once more before ``fit``, which puts every worker on
 Launch recipes (each worker returns its ``RunResult``; compare with the single-device reference,
 ``dtutor.tf.driver.train(replicas=1, strategy="mirrored", ...)`` of the same fields)::
 
-    dtutor.launch.run_horovod("dtutor.tf.horovod_lessons:late_broadcast", 2, framework="tensorflow",
+    dtutor.launch.run_horovod("dtutor.tf.horovod_keras_lessons:late_broadcast", 2, framework="tensorflow",
                               early_broadcast=False, global_batch=64)
     TF_USE_LEGACY_KERAS=1 horovodrun -np 2 --gloo -H localhost:2 \\
-        python -m dtutor.launch dtutor.tf.horovod_lessons:late_broadcast early_broadcast=False
+        python -m dtutor.launch dtutor.tf.horovod_keras_lessons:late_broadcast early_broadcast=False
 """
 
 from __future__ import annotations

@@ -1,11 +1,17 @@
-"""Notebook 04's lessons beyond ``fit``: a custom loop, the model-parallel primer's scope mistake, a speed measurement.
+"""Notebook 04's lessons beyond ``fit``: a custom loop, the model-parallel primer's scope mistake, a speed measurement,
+a worker that fails on purpose.
 
-Each runs in the process that called ``setup_tensorflow`` (see ``dtutor.tf.setup``) and reuses the driver's
+The first three run in the process that called ``setup_tensorflow`` (see ``dtutor.tf.setup``) and reuse the driver's
 model, data and parameter names, so its results compare with ``dtutor.tf.driver.train``'s::
 
     tf = setup_tensorflow(cpu_replicas=2)
     loop = train_with_custom_loop(TrainConfig(strategy="mirrored"), replicas=2)
     max_difference(loop, driver.train(replicas=1, strategy="mirrored"))   # <= 1e-5
+
+``fail_on_worker`` shows what a launch does when a worker dies: the failed worker is named with its traceback
+and every other worker is ended (they wait, as they would for a dead worker in an all-reduce)::
+
+    dtutor.launch.run_tf_workers("dtutor.tf.mirrored_lessons:fail_on_worker", 2, failing_rank=1)
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from dtutor.config import TrainConfig, check_world
 from dtutor.result import RunResult
 from dtutor.tf.driver import build_model, parameters_of
 from dtutor.tf.mirrored import Mirrored
+from dtutor.tf.multiworker import cluster_place
 from dtutor.tf.strategy import distributed_dataset
 
 
@@ -121,3 +128,12 @@ def speed_title(rates: dict[int, float], devices: str) -> str:
     ratio = rates[most] / rates[counts[0]]
     return (f"{devices}: {most} replicas ran {ratio:.2f}x the steps/s of {counts[0]} "
             f"({rates[most]:.1f} against {rates[counts[0]]:.1f})")
+
+
+def fail_on_worker(failing_rank: int = 1, wait_seconds: float = 3600.0) -> int:
+    """Worker ``failing_rank`` (its ``TF_CONFIG`` task index) raises; the others wait ``wait_seconds``."""
+    rank, _ = cluster_place()
+    if rank == failing_rank:
+        raise RuntimeError(f"worker {rank} failed on purpose")
+    time.sleep(wait_seconds)
+    return rank

@@ -2,7 +2,8 @@
 
 ``adam_step_counts``: why bf16 at ZeRO stage 0 ends one Adam step ahead of DDP.
 
-    dtutor.launch.run("dtutor.pytorch.sharded.lessons:adam_step_counts", 2, precision="bf16", zero_stage=0)
+    dtutor.launch.run("dtutor.pytorch.sharded.deepspeed_zero_lessons:adam_step_counts", 2, precision="bf16",
+                      zero_stage=0)
 """
 
 from __future__ import annotations

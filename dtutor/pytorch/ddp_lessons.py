@@ -1,8 +1,8 @@
-"""Tiny entry points for trying out a launch: a collective that works, a rank that crashes, a hang.
+"""Tiny entry points for trying out a launch (notebooks 02, 08): a collective that works, a rank that crashes, a hang.
 
 Each takes the ``backend`` the launcher chooses. Run one in a terminal::
 
-    torchrun --standalone --nproc-per-node 2 -m dtutor.launch dtutor.diagnostics:hello
+    torchrun --standalone --nproc-per-node 2 -m dtutor.launch dtutor.pytorch.ddp_lessons:hello
 """
 
 from __future__ import annotations
