@@ -2,28 +2,36 @@
 
 import json
 
+import pandas as pd
 import pytest
 from test_bench_rows import fake_result
 
+from dtutor import tables
 from dtutor.bench import report
 
 
 def test_the_table_has_one_row_per_strategy_and_its_heading_says_where_and_when():
-    text = report.format_all(fake_result())
-    head, table, notes = text.split("\n\n")
+    table = report.table_all(fake_result())
+    head = table.attrs["title"]
     assert head.startswith("quick mode on 2 CPU(s), no GPU, 2026-11-23T23:00:00+00:00, load average 0.5 before")
-    assert "Ceiling (2 single runs at once, no communication): 0.85 of 2x one run." in " ".join(head.split())
-    lines = table.splitlines()
-    assert lines[0].split()[:2] == ["strategy", "framework"]
-    body = {line.split()[0]: line for line in lines[1:]}
-    assert set(body) == {"single", "ddp", "horovod", "deepspeed", "mirrored"}
-    assert "x1.00 matches" in body["ddp"] and "passed 1e-08 vs reference (tol 1e-05)" in body["ddp"]
-    assert "x0.86 differs" in body["deepspeed"] and "none: 1 process" in body["mirrored"]
-    assert "FAILED" in body["mirrored"]  # a failed proof is shown, not hidden
-    notes = " ".join(notes.split())
+    assert "Ceiling (2 single runs at once, no communication): 0.85 of 2x one run." in head
+    assert list(table.columns[:2]) == ["strategy", "framework"] and "state kB" in table.columns
+    body = table.set_index("strategy")
+    assert list(body.index) == ["single", "ddp", "horovod", "deepspeed ZeRO-3", "mirrored"]
+    ddp = body.loc["ddp"]
+    assert (ddp["1 w /s"], ddp["2 w /s"], ddp["T2/(2T1)"], ddp["/ceiling"]) == (100, 178, 0.89, 1.05)
+    assert (ddp["state kB"], ddp["sent kB"], ddp["theory kB"]) == (1463, 488, 488)  # 1,000 bytes each
+    assert ddp["sent / theory"] == "x1.00 matches"
+    assert ddp["proof (difference, tolerance)"] == "passed 1e-08 vs reference (tol 1e-05)"
+    assert body.loc["deepspeed ZeRO-3", "sent / theory"] == "x0.86 differs"
+    assert pd.isna(body.loc["deepspeed ZeRO-3", "1 w /s"])  # not run: missing, not zero
+    assert body.loc["mirrored", "sent / theory"] == "none: 1 process"
+    assert body.loc["mirrored", "proof (difference, tolerance)"].startswith("FAILED")  # shown, not hidden
+    notes = " ".join(table.attrs["notes"])
     assert "single at 2 worker(s): skipped, one device by definition" in notes
     assert "deepspeed ZeRO-3: failed, RuntimeError: boom" in notes
-    assert max(len(line) for line in text.splitlines()) <= 150
+    text = tables.text(table)
+    assert text.startswith("quick mode on 2 CPU(s)") and max(len(line) for line in text.splitlines()) <= 150
 
 
 def test_the_readme_table_keeps_the_long_cells():

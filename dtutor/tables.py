@@ -1,0 +1,67 @@
+"""The course's tables are pandas DataFrames: JupyterLab renders them, a terminal prints ``text(frame)``.
+
+A table may carry a title (printed above it) and notes (sentences printed below it, each computed from the
+numbers) in ``frame.attrs``; ``titled`` puts them there. Numbers are rounded in the frame itself and each
+column's name carries its unit ("time ms", "busbw GB/s"), so what a learner sees is what a test reads.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Iterable
+from typing import Any
+
+import pandas as pd
+
+WIDTH = 150  # no printed line is longer
+
+
+def titled(rows: list[dict[str, Any]] | pd.DataFrame, title: str = "", notes: Iterable[str] = ()) -> pd.DataFrame:
+    """A DataFrame of ``rows`` (dicts with the same keys, in column order) with its title and notes in attrs."""
+    frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows)
+    frame.attrs.update(title=title, notes=list(notes))
+    return frame
+
+
+def whole(value: float | None) -> int | None:
+    """``value`` rounded to a whole number, None kept (for an Int64 column)."""
+    return None if value is None else round(value)
+
+
+def _wrapped(line: str) -> list[str]:
+    return textwrap.wrap(line, WIDTH, subsequent_indent="  ", break_on_hyphens=False) or [""]
+
+
+def text(frame: pd.DataFrame) -> str:
+    """The table for a terminal: its title, ``to_string`` without the index ("-" where a value is missing)
+    and its notes, a blank line between them; the title and notes wrap at ``WIDTH`` characters."""
+    shown = frame.copy()
+    for name in shown.columns:
+        if not pd.api.types.is_float_dtype(shown[name]):
+            shown[name] = shown[name].astype(object).where(shown[name].notna(), "-")
+    title, notes = frame.attrs.get("title", ""), frame.attrs.get("notes", [])
+    sections = [_wrapped(title) if title else [], shown.to_string(index=False, na_rep="-").splitlines(),
+                [line for note in notes for line in _wrapped(note)]]
+    return "\n\n".join("\n".join(lines) for lines in sections if lines)
+
+
+def show(*frames: pd.DataFrame) -> None:
+    """Show each table: in a notebook its title, the rendered DataFrame and its notes; elsewhere ``text``."""
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+    except ImportError:  # a terminal without IPython
+        get_ipython = display = None
+    in_notebook = get_ipython is not None and get_ipython() is not None
+    for index, frame in enumerate(frames):
+        if index:
+            print()
+        if not in_notebook:
+            print(text(frame))
+            continue
+        if frame.attrs.get("title"):
+            print("\n".join(_wrapped(frame.attrs["title"])))
+        display(frame)
+        notes = [line for note in frame.attrs.get("notes", []) for line in _wrapped(note)]
+        if notes:
+            print("\n".join(notes))
