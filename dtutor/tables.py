@@ -16,9 +16,11 @@ import pandas as pd
 WIDTH = 150  # no printed line is longer
 
 
-def titled(rows: list[dict[str, Any]] | pd.DataFrame, title: str = "", notes: Iterable[str] = ()) -> pd.DataFrame:
-    """A DataFrame of ``rows`` (dicts with the same keys, in column order) with its title and notes in attrs."""
-    frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows)
+def titled(rows: list[dict[str, Any]], title: str = "", notes: Iterable[str] = (),
+           integers: Iterable[str] = ()) -> pd.DataFrame:
+    """A DataFrame of ``rows`` (dicts with the same keys, in column order) with its title and notes in attrs;
+    the ``integers`` columns hold whole numbers or None (pandas' nullable Int64)."""
+    frame = pd.DataFrame(rows).astype({name: "Int64" for name in integers})
     frame.attrs.update(title=title, notes=list(notes))
     return frame
 

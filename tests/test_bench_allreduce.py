@@ -27,8 +27,14 @@ def test_the_summary_reads_latency_peak_and_where_half_the_bandwidth_is_reached(
 
 
 def test_the_table_and_its_sentences_follow_the_numbers():
-    text = allreduce.format_allreduce(RESULT)
-    assert "25 MiB    14.000ms       1.900       1.900  <- DDP bucket (25 MiB)" in text
+    table = allreduce.table_allreduce(RESULT)
+    assert table.attrs["title"] == "all-reduce on 2 ranks (gloo), float32; busbw = algbw x 2(n-1)/n"
+    assert list(table["size"]) == ["4 KiB", "476.3 KiB", "4 MiB", "25 MiB", "64 MiB"]
+    bucket = table.set_index("size").loc["25 MiB"]
+    assert list(bucket) == [14.0, 1.9, 1.9, "DDP bucket (25 MiB)"]  # time ms, algbw GB/s, busbw GB/s, marks
+    assert table.set_index("size").loc["476.3 KiB", "marks"] == "the CNN's gradient"
+    assert table["time ms"].tolist() == [1.0, 2.0, 4.0, 14.0, 34.0] and table["busbw GB/s"].iloc[0] == 0.004
+    text = " ".join(table.attrs["notes"])
     assert "latency (fastest message up to 64 KiB): 1.00 ms; peak busbw 2.00 GB/s; half of it from 4 MiB on" in text
     assert "DDP's 25 MiB bucket reaches 95% of the peak busbw" in text and "476.3 KiB) 12%, in 2.00 ms" in text
     figure = allreduce.plot_allreduce(RESULT)
@@ -45,16 +51,15 @@ def test_a_run_without_the_marked_sizes_says_nothing_about_them():
     small = [row for row in ROWS if row["bytes"] <= 4 * allreduce.MIB and row["bytes"] != allreduce.CNN_GRADIENT_BYTES]
     result = {"rows": small, "ranks": 4, "backend": "gloo", **allreduce.summary(small)}
     assert result["bucket_fraction_of_peak"] is None and result["cnn_seconds"] is None
-    assert "bucket" not in allreduce.format_allreduce(result).split("\n\n")[1]
+    assert not any("bucket" in note for note in allreduce.table_allreduce(result).attrs["notes"])
 
 
 def test_four_ranks_show_what_busbw_adds_to_algbw():
     four = [dict(row, busbw=row["algbw"] * 1.5) for row in ROWS[:3]]
     results = [RESULT, {"rows": four, "ranks": 4, "backend": "gloo", **allreduce.summary(four)}]
-    lines = allreduce.format_ranks(results).splitlines()
-    assert lines[0].split()[:3] == ["ranks", "2(n-1)/n", "at"] and "4 MiB" in lines[0]
-    assert lines[1].split()[:2] == ["2", "1.00"] and lines[2].split()[:2] == ["4", "1.50"]
-    assert lines[2].split()[3:5] == ["1.000", "1.500"]  # algbw, busbw at 4 MiB
+    table = allreduce.table_ranks(results)
+    assert list(table.columns) == ["ranks", "2(n-1)/n", "ms at 4 MiB", "algbw GB/s", "busbw GB/s", "latency ms"]
+    assert table.values.tolist() == [[2, 1.0, 4.0, 1.0, 1.0, 1.0], [4, 1.5, 4.0, 1.0, 1.5, 1.0]]
     figure = allreduce.plot_allreduce(results)
     labels = [t.get_text() for t in figure.axes[1].get_legend().texts]
     assert "2 ranks: busbw = 1.00 x algbw" in labels and "4 ranks: busbw = 1.50 x algbw" in labels

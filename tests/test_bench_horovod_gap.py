@@ -29,7 +29,11 @@ def test_each_variant_is_compared_with_ddp_in_the_same_round():
 
 
 def test_the_conclusions_are_computed_from_the_numbers():
-    text = horovod_gap.format_gap(result())
+    table = horovod_gap.table_gap(result())
+    rows = table.set_index("variant")
+    assert rows.loc["horovod", "vs DDP"] == 0.78 and rows.loc["ddp", "vs DDP"] == 1.0
+    assert (rows.loc["horovod", "main CPU ms/step"], rows.loc["horovod", "other CPU ms/step"]) == (110.0, 20.0)
+    text = " ".join(table.attrs["notes"])
     assert "idle, per rank: horovod 20.0% of a core, torch.distributed 0.0% of a core" in text
     assert "Horovod runs at 0.78 of DDP's samples/s; its main thread uses 110.0 ms of CPU per step against " \
            "DDP's 90.0, its other threads 20.0 against 10.0." in text
@@ -37,7 +41,8 @@ def test_the_conclusions_are_computed_from_the_numbers():
     assert "takes the main thread from 110.0 to 90.0 ms of CPU per step (DDP: 90.0)" in text
     assert "Best variant: horovod, sleeping wait, at 0.98 of DDP: closes the gap (within 5% of DDP)." in text
     worse = {name: runs for name, runs in RUNS.items() if name != "horovod, sleeping wait"}
-    assert "does not close the gap" in horovod_gap.format_gap({**result(), "rows": horovod_gap.summarize(worse)})
+    notes = horovod_gap.table_gap({**result(), "rows": horovod_gap.summarize(worse)}).attrs["notes"]
+    assert "does not close the gap" in notes[-1]
 
 
 def test_the_variants_are_horovod_beside_ddp():

@@ -26,10 +26,13 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dtutor.bench.theory import BYTES_FP32, bus_bandwidth, wire_factor
 from dtutor.models import MNIST_CNN_PARAMETERS
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 MIB = 1024 * 1024
 DDP_BUCKET_BYTES = 25 * MIB  # torch.nn.parallel.DistributedDataParallel(bucket_cap_mb=25)
@@ -150,36 +153,39 @@ def _size(value: float) -> str:
     return f"{value:g} B"
 
 
-def format_allreduce(result: dict[str, Any]) -> str:
-    """The table (size, time, algbw, busbw) and what it says, every sentence computed from the numbers."""
-    lines = [f"all-reduce on {result['ranks']} ranks ({result['backend']}), float32; "
-             f"busbw = algbw x 2(n-1)/n", f"{'size':>12}{'time':>12}{'algbw GB/s':>12}{'busbw GB/s':>12}"]
-    for row in result["rows"]:
-        mark = "  <- DDP bucket (25 MiB)" if row["bytes"] == DDP_BUCKET_BYTES else (
-            "  <- the CNN's gradient" if row["bytes"] == CNN_GRADIENT_BYTES else "")
-        lines.append(f"{_size(row['bytes']):>12}{row['seconds'] * 1e3:>10.3f}ms{row['algbw'] / 1e9:>12.3f}"
-                     f"{row['busbw'] / 1e9:>12.3f}{mark}")
+def table_allreduce(result: dict[str, Any]) -> pd.DataFrame:
+    """The table (size, time, algbw, busbw) and, as its notes, what it says, every sentence computed from the
+    numbers."""
+    from dtutor.tables import titled
+
+    rows = [{"size": _size(row["bytes"]), "time ms": round(row["seconds"] * 1e3, 3),
+             "algbw GB/s": round(row["algbw"] / 1e9, 3), "busbw GB/s": round(row["busbw"] / 1e9, 3),
+             "marks": "DDP bucket (25 MiB)" if row["bytes"] == DDP_BUCKET_BYTES else
+             "the CNN's gradient" if row["bytes"] == CNN_GRADIENT_BYTES else ""} for row in result["rows"]]
     half = result["half_bandwidth_size"]
-    lines += ["", f"latency (fastest message up to {_size(LATENCY_SIZES)}): {result['latency_s'] * 1e3:.2f} ms; "
-              f"peak busbw {result['peak_busbw'] / 1e9:.2f} GB/s; half of it from {_size(half) if half else '-'} on"]
+    notes = [f"latency (fastest message up to {_size(LATENCY_SIZES)}): {result['latency_s'] * 1e3:.2f} ms; "
+             f"peak busbw {result['peak_busbw'] / 1e9:.2f} GB/s; half of it from {_size(half) if half else '-'} on"]
     if result["bucket_fraction_of_peak"] is not None and result["cnn_fraction_of_peak"] is not None:
-        lines.append(f"DDP's 25 MiB bucket reaches {result['bucket_fraction_of_peak']:.0%} of the peak busbw; the "
+        notes.append(f"DDP's 25 MiB bucket reaches {result['bucket_fraction_of_peak']:.0%} of the peak busbw; the "
                      f"CNN's whole gradient ({_size(CNN_GRADIENT_BYTES)}) {result['cnn_fraction_of_peak']:.0%}, in "
                      f"{result['cnn_seconds'] * 1e3:.2f} ms")
-    return "\n".join(lines)
+    title = f"all-reduce on {result['ranks']} ranks ({result['backend']}), float32; busbw = algbw x 2(n-1)/n"
+    return titled(rows, title, notes)
 
 
-def format_ranks(results: list[dict[str, Any]]) -> str:
+def table_ranks(results: list[dict[str, Any]]) -> pd.DataFrame:
     """Each rank count's factor busbw / algbw, and the two bandwidths at the largest size they share."""
+    from dtutor.tables import titled
+
     shared = max(set.intersection(*({row["bytes"] for row in r["rows"]} for r in results)))
-    lines = [f"{'ranks':>5}{'2(n-1)/n':>10}{'at ' + _size(shared):>14}{'algbw GB/s':>12}{'busbw GB/s':>12}"
-             f"{'latency':>11}"]
+    rows = []
     for result in results:
         row = _nearest(result["rows"], shared)
-        lines.append(f"{result['ranks']:>5}{wire_factor('all_reduce', result['ranks']):>10.2f}"
-                     f"{row['seconds'] * 1e3:>12.3f}ms{row['algbw'] / 1e9:>12.3f}{row['busbw'] / 1e9:>12.3f}"
-                     f"{result['latency_s'] * 1e3:>9.3f}ms")
-    return "\n".join(lines)
+        rows.append({"ranks": result["ranks"], "2(n-1)/n": round(wire_factor("all_reduce", result["ranks"]), 2),
+                     f"ms at {_size(shared)}": round(row["seconds"] * 1e3, 3),
+                     "algbw GB/s": round(row["algbw"] / 1e9, 3), "busbw GB/s": round(row["busbw"] / 1e9, 3),
+                     "latency ms": round(result["latency_s"] * 1e3, 3)})
+    return titled(rows)
 
 
 def plot_allreduce(results: dict[str, Any] | list[dict[str, Any]]):

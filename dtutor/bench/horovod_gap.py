@@ -26,9 +26,12 @@ from __future__ import annotations
 import os
 import statistics
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dtutor.pytorch.horovod import Horovod
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 POLL_SECONDS = 2e-4
 
@@ -180,18 +183,22 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value * 1e3:.1f}"
 
 
-def format_gap(result: dict[str, Any]) -> str:
-    """The variants' table and what it shows, every sentence computed from the numbers."""
-    lines = [f"{'variant':<26}{'samples/s':>10}{'vs DDP':>8}{'ms/step':>9}{'main CPU':>10}{'other CPU':>10}",
-             f"{'':<26}{'':>10}{'':>8}{'(wall)':>9}{'ms/step':>10}{'ms/step':>10}"]
-    for row in result["rows"]:
-        rate = "-" if row["samples_per_s"] is None else f"{row['samples_per_s']:,.0f}"
-        ratio = "-" if row["vs_ddp"] is None else f"{row['vs_ddp']:.2f}"
-        lines.append(f"{row['variant']:<26}{rate:>10}{ratio:>8}{_ms(row['wall_per_step']):>9}"
-                     f"{_ms(row['main_thread_cpu_per_step']):>10}{_ms(row['other_threads_cpu_per_step']):>10}")
+def _rounded_ms(value: float | None) -> float | None:
+    return None if value is None else round(value * 1e3, 1)
+
+
+def table_gap(result: dict[str, Any]) -> pd.DataFrame:
+    """The variants' table; its notes say what it shows, every sentence computed from the numbers."""
+    from dtutor.tables import titled, whole
+
+    rows = [{"variant": row["variant"], "samples/s": whole(row["samples_per_s"]),
+             "vs DDP": None if row["vs_ddp"] is None else round(row["vs_ddp"], 2),
+             "ms/step (wall)": _rounded_ms(row["wall_per_step"]),
+             "main CPU ms/step": _rounded_ms(row["main_thread_cpu_per_step"]),
+             "other CPU ms/step": _rounded_ms(row["other_threads_cpu_per_step"])} for row in result["rows"]]
     idle = result["idle_cpu_per_second"]
-    lines += ["", "idle, per rank: " + ", ".join(f"{k} {v:.1%} of a core" for k, v in idle.items())]
-    return "\n".join(lines + conclusions(result))
+    notes = ["idle, per rank: " + ", ".join(f"{k} {v:.1%} of a core" for k, v in idle.items()), *conclusions(result)]
+    return titled(rows, notes=notes, integers=["samples/s"])
 
 
 def conclusions(result: dict[str, Any]) -> list[str]:
