@@ -3,6 +3,10 @@ import os
 os.environ.setdefault("DTUTOR_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
+import pickle  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import textwrap  # noqa: E402
 import uuid  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -50,3 +54,143 @@ def own_code_importable(monkeypatch) -> None:
     """Launched ranks can import ``tests/own_code.py`` (a learner's own module) as ``own_code``."""
     folder = str(Path(__file__).parent)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([folder, os.environ.get("PYTHONPATH", "")]))
+
+
+# --- TensorFlow: every test that runs TensorFlow does it in a fresh child process (its devices are fixed for the
+# whole process when it initialises); this pytest process never imports TensorFlow.
+
+TF_SETUP = {"samples": 256, "global_batch": 64, "epochs": 1, "test_samples": 128}  # 4 steps, lr 0.05, momentum 0.9
+
+
+def run_child(code: str, *args: str, timeout: float = 300) -> dict:
+    """Run ``code`` (``args`` in ``sys.argv``) in a fresh Python; it pickles a dict to ``sys.argv[1]``."""
+    environ = {**os.environ, "DTUTOR_OFFLINE": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "TQDM_DISABLE": "1"}
+    environ.pop("TF_USE_LEGACY_KERAS", None)  # the code under test must set it itself
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], capture_output=True, text=True,
+                          timeout=timeout, env=environ)
+    if done.returncode != 0:
+        pytest.fail(f"child failed with exit code {done.returncode}:\n{done.stderr[-3000:]}")
+    with open(args[0], "rb") as file:
+        return pickle.load(file)
+
+
+@pytest.fixture(scope="session")
+def tf_reference():
+    """``mirrored`` with replicas=1 (one Keras device) on ``TF_SETUP``, in a fresh process, once per session:
+    the reference the TensorFlow strategies are proven against (``reference="tf_single"`` in the registry)."""
+    from dtutor import launch
+
+    return launch.run_single("dtutor.tf.driver:train", timeout=300, replicas=1, strategy="mirrored", **TF_SETUP)
+
+
+@pytest.fixture
+def no_process_may_start(monkeypatch):
+    """Any attempt to start a process, or to import TensorFlow (even if an earlier test did), fails the test."""
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"a process was started: {args[:1]}")
+
+    monkeypatch.setattr(subprocess, "Popen", refuse)
+    for name in [m for m in sys.modules if m == "tensorflow" or m.startswith(("tensorflow.", "tf_keras"))]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "tensorflow", None)  # `import tensorflow` now raises ImportError
+    yield
+    assert psutil.Process().children(recursive=True) == []
+
+
+# --- Slurm: the throwaway cluster's leftovers
+
+SLURM_MARK = "DTUTOR_SLURM_TEST"  # its value, carried by every job's processes, is how a cluster's leftovers are found
+
+
+def listening(ports: list[int]) -> list[int]:
+    """The ``ports`` some process still listens on."""
+    return sorted({c.laddr.port for c in psutil.net_connections("tcp")
+                   if c.status == psutil.CONN_LISTEN and c.laddr.port in ports})
+
+
+def assert_nothing_left(folder: Path, ports: list[int], mark: str) -> None:
+    """No process of the cluster or of its jobs (marked ``mark``), no listening port, no folder."""
+    from dtutor.launch import slurm_local
+
+    assert slurm_local.leftovers(folder, (SLURM_MARK, mark)) == []
+    assert listening(ports) == []
+    assert not folder.exists()
+
+
+# --- Launchers replaced by recorders (Slurm's and ssh's generated commands run against these)
+
+def launcher_recorder(task_variable: str, task_default: str) -> str:
+    """A stand-in launcher (a Python script): writes what it was given (arguments, TF_CONFIG, the hostfile) to
+    ``$RECORDS/<its name>-<task>.json``, the task read from ``task_variable`` (``task_default`` where unset)."""
+    return f"""#!{sys.executable}
+import json, os, pathlib, sys
+name, task = pathlib.Path(sys.argv[0]).name, os.environ.get("{task_variable}", "{task_default}")
+seen = {{"argv": sys.argv[1:], "TF_CONFIG": os.environ.get("TF_CONFIG")}}
+hostfile = os.environ.get("HOSTFILE")
+if hostfile:
+    seen["hostfile"] = pathlib.Path(hostfile).read_text()
+(pathlib.Path(os.environ["RECORDS"]) / f"{{name}}-{{task}}.json").write_text(json.dumps(seen))
+"""
+
+
+# --- ``python -m dtutor.bench all``: a whole result from invented runs (no process starts)
+
+CNN_BYTES = 487_720  # the course's CNN: 121,930 parameters in fp32, so also its gradient bytes
+
+
+def _fake_rank(rate, parameters=None, sent=None, state=3 * CNN_BYTES, cpu=(0.1, 0.09), **more) -> dict:
+    return {"samples_per_s": rate, "parameters": parameters, "bytes_per_step": sent, "model_state_bytes": state,
+            "model_state": {"parameters": CNN_BYTES, "gradients": CNN_BYTES, "optimizer": state - 2 * CNN_BYTES},
+            "wall_per_step": 0.12, "cpu_per_step": cpu[0], "main_thread_cpu_per_step": cpu[1], **more}
+
+
+def _fake_record(name, round_, *ranks, workers=2, batch=64) -> dict:
+    return {"round": round_, "case": {"name": name, "workers": workers, "global_batch": batch}, "ranks": list(ranks)}
+
+
+def fake_bench_records() -> list[dict]:
+    """Two rounds of invented runs: single, the ceiling, ddp, horovod, ZeRO-3 (failing at 1 worker), mirrored,
+    and the proof runs (DDP, Horovod, ZeRO-3 within every tolerance but the bitwise one; mirrored 1e-3 off)."""
+    import numpy as np
+
+    rank, record = _fake_rank, _fake_record
+    alike = {"w": np.zeros(CNN_BYTES // 4)}  # the reference's parameters: CNN_BYTES in fp32
+    near = {"w": np.full(CNN_BYTES // 4, 1e-8)}
+    far = {"w": np.full(CNN_BYTES // 4, 1e-3)}
+    g, found = CNN_BYTES, []
+    for r, (alone, ceiling, ddp2, hvd2) in enumerate([(100, (90, 80), 180, 150), (110, (99, 88), 176, 143)]):
+        found += [record("single@1", r, rank(alone, alike), workers=1),
+                  record("ceiling", r, rank(ceiling[0], alike), rank(ceiling[1], alike)),
+                  record("ddp@1", r, rank(100), workers=1), record("ddp@2", r, rank(ddp2), rank(ddp2)),
+                  record("horovod@1", r, rank(100), workers=1),
+                  record("horovod@2", r, rank(hvd2, cpu=(0.12, 0.1)), rank(hvd2)),
+                  record("deepspeed_zero3@1", r, {"name": "deepspeed_zero3@1", "error": "RuntimeError: boom"}),
+                  record("deepspeed_zero3@2", r, rank(60), rank(60)),
+                  record("mirrored@1", r, rank(50), workers=1), record("mirrored@2", r, rank(80)),
+                  # the proof runs: parameters, bytes, model state
+                  record("proof:reference", r, rank(None, alike, 0.0), workers=1),
+                  record("proof:ddp", r, rank(None, near, g), rank(None, None, g)),
+                  record("proof:horovod", r, rank(None, near, g), rank(None, None, g)),
+                  record("proof:deepspeed_zero3", r, rank(None, near, 0.86 * 1.5 * g, state=g),
+                         rank(None, None, 0.5 * g, state=g)),
+                  record("proof:tf_reference", r, rank(None, alike), workers=1),
+                  record("proof:mirrored", r, rank(None, far))]
+    return found
+
+
+def fake_bench_result() -> dict:
+    """What ``bench all`` returns for ``fake_bench_records`` (five rows; single at 2 workers skipped)."""
+    from dtutor.bench import rows, suite
+
+    planned = {"rows": [suite.Row("single", "single", "single", "torch", "inprocess", "data"),
+                        suite.Row("ddp", "ddp", "ddp", "torch", "torchrun", "data"),
+                        suite.Row("horovod", "horovod", "horovod", "torch", "horovodrun", "data"),
+                        suite.Row("deepspeed_zero3", "deepspeed", "deepspeed ZeRO-3", "torch", "torchrun", "data",
+                                  {"zero_stage": 3}),
+                        suite.Row("mirrored", "mirrored", "mirrored", "tensorflow", "inprocess", "data")],
+               "skipped": {"single": {2: "one device by definition"}}}
+    table = rows.build_rows(planned, fake_bench_records())
+    machine = {"date": "2026-11-23T23:00:00+00:00", "cpus": 2, "gpu_text": ", no GPU", "gpus": [],
+               "load_before": 0.5, "load_after": 0.7, "versions": {"torch": "2.13.0"}}
+    return {"mode": "quick", "batch_per_worker": 64, "steps": 4, "epochs": 2, "repeats": 2, "machine": machine,
+            "proof_setup": suite.PROOF, **table, "records": suite.strip(fake_bench_records())}

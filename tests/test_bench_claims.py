@@ -3,7 +3,7 @@ result, and a timing verdict carries its spread over the rounds and is undecided
 
 import copy
 
-from test_bench_rows import fake_result
+from conftest import fake_bench_result
 
 from dtutor.bench import claims
 
@@ -13,7 +13,7 @@ def verdicts(result, gpu_results=None):
 
 
 def test_each_row_of_the_article_gets_a_verdict_from_the_numbers():
-    found = {c["method"]: c for c in claims.claims(fake_result())}
+    found = {c["method"]: c for c in claims.claims(fake_bench_result())}
     assert list(found) == [row["method"] for row in claims.ARTICLE_TABLE]
     assert found["DataParallel"]["verdict"] == "unmeasured"
     assert "results/gpu/ is empty" in found["DataParallel"]["measured"]
@@ -38,7 +38,7 @@ def _rescale(result, name, factor, rounds=(0, 1)):
 
 
 def test_verdicts_change_when_the_rounds_do():
-    result = fake_result()
+    result = fake_bench_result()
     assert verdicts(_rescale(result, "horovod@2", 1.3))["Horovod"] == "confirms"  # 1.08 and 1.06 of DDP's
     assert verdicts(_rescale(result, "ddp@2", 0.8))["DDP"] == "limits"  # 0.85 and 0.83 of the ceiling
     assert verdicts(_rescale(result, "deepspeed_zero3@2", 4))["DeepSpeed"] == "confirms"  # faster than DDP
@@ -48,10 +48,10 @@ def test_verdicts_change_when_the_rounds_do():
 
 
 def test_rounds_on_both_sides_of_the_threshold_leave_the_verdict_undecided():
-    split = _rescale(fake_result(), "horovod@2", 1.3, rounds=(0,))  # round 0: 1.08 of DDP's; round 1: 0.81
+    split = _rescale(fake_bench_result(), "horovod@2", 1.3, rounds=(0,))  # round 0: 1.08 of DDP's; round 1: 0.81
     found = {c["method"]: c for c in claims.claims(split)}
     assert found["Horovod"]["verdict"] == "undecided" and "0.81 to 1.08 over 2 rounds" in found["Horovod"]["measured"]
-    one_round = fake_result()
+    one_round = fake_bench_result()
     one_round["records"] = [entry for entry in one_round["records"] if entry["round"] == 0]
     found = {c["method"]: c for c in claims.claims(one_round)}
     assert {found[m]["verdict"] for m in ("DDP", "Horovod", "DeepSpeed")} == {"undecided"}
@@ -67,24 +67,24 @@ def test_judge_and_spread():
 
 
 def test_a_strategy_that_did_not_run_is_unmeasured_not_guessed():
-    result = fake_result()
+    result = fake_bench_result()
     result["rows"] = [row for row in result["rows"] if row["key"] != "horovod"]
     assert verdicts(result)["Horovod"] == "unmeasured"
 
 
 def test_the_markdown_table_has_the_articles_columns_and_two_more():
-    text = claims.claims_markdown(fake_result())
+    text = claims.claims_markdown(fake_bench_result())
     assert text.splitlines()[0].endswith("| the article's claim | verdict | measured here |")
     assert ('| DDP | PyTorch | data, one process per GPU | many GPUs, many machines | '
             '"reduces communication overhead" | **confirms** |') in text
 
 
 def test_dataparallel_is_judged_by_a_recorded_gpu_run_only():
-    gpu = fake_result() | {"dataparallel_memory": [3 * 2**30, 2 * 2**30, 2 * 2**30]}
+    gpu = fake_bench_result() | {"dataparallel_memory": [3 * 2**30, 2 * 2**30, 2 * 2**30]}
     gpu["machine"] = gpu["machine"] | {"gpus": ["NVIDIA H100"] * 3, "date": "2026-12-01T10:00:00+00:00"}
-    found = {c["method"]: c for c in claims.claims(fake_result(), [gpu])}
+    found = {c["method"]: c for c in claims.claims(fake_bench_result(), [gpu])}
     assert found["DataParallel"]["verdict"] == "confirms"
     assert "recorded on 3 x NVIDIA H100, 2026-12-01: the first GPU peaks at 3.00 GiB, +50% against the others' " \
            "mean (2.00 GiB)" in found["DataParallel"]["measured"]
-    no_memory = {c["method"]: c for c in claims.claims(fake_result(), [fake_result()])}["DataParallel"]
+    no_memory = {c["method"]: c for c in claims.claims(fake_bench_result(), [fake_bench_result()])}["DataParallel"]
     assert no_memory["verdict"] == "unmeasured" and "needs 2 GPUs or more" in no_memory["measured"]
