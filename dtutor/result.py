@@ -16,13 +16,16 @@ import numpy as np
 
 @dataclass
 class EpochStats:
-    """One epoch's global metrics (over all ranks): loss and accuracy averaged over its samples."""
+    """One epoch's global metrics (over all ranks): loss and accuracy averaged over its samples.
+
+    ``accuracy`` is None for a task that has none (a regression; see ``dtutor.pytorch.fit``'s ``count_correct``).
+    """
 
     epoch: int
     steps: int
     samples: int
     loss: float
-    accuracy: float
+    accuracy: float | None
     seconds: float  # the slowest rank's time
 
     @property
@@ -31,9 +34,9 @@ class EpochStats:
         return self.samples / self.seconds if self.seconds > 0 else float("nan")
 
     def summary(self) -> str:
-        """One line for people, e.g. ``epoch 0: loss 2.3037, accuracy 0.102, 1,341 samples/s``."""
-        return (f"epoch {self.epoch}: loss {self.loss:.4f}, accuracy {self.accuracy:.3f}, "
-                f"{self.samples_per_second:,.0f} samples/s")
+        """One line for people, e.g. ``epoch 0: loss 2.3037, accuracy 0.102, 1,341 samples/s`` (no accuracy: none)."""
+        accuracy = "" if self.accuracy is None else f"accuracy {self.accuracy:.3f}, "
+        return f"epoch {self.epoch}: loss {self.loss:.4f}, {accuracy}{self.samples_per_second:,.0f} samples/s"
 
 
 @dataclass
@@ -46,7 +49,7 @@ class RunResult:
     epochs: list[EpochStats] = field(default_factory=list)
     step_losses: list[float] = field(default_factory=list)  # global mean loss of each optimizer step
     test_loss: float | None = None
-    test_accuracy: float | None = None
+    test_accuracy: float | None = None  # None: not evaluated, or a task without accuracy
     seconds: float = 0.0  # all epochs, the slowest rank's time
     peak_memory_bytes: int | None = None
     peak_memory_kind: str = ""  # what was measured: "cuda max allocated" or "process peak RSS"
@@ -66,7 +69,8 @@ class RunResult:
         return sum(e.samples for e in timed) / seconds if timed and seconds > 0 else None
 
     def summary(self) -> str:
-        """One short line for people: strategy, ranks, last epoch's loss and accuracy, test accuracy.
+        """One short line for people: strategy, ranks, last epoch's loss and accuracy, test accuracy (or test
+        loss, for a task without accuracy).
 
         Where one process holds several replicas (TensorFlow's ``MirroredStrategy``), it counts both, e.g.
         ``mirrored on 1 process(es), 2 replicas in sync; ...``.
@@ -78,6 +82,8 @@ class RunResult:
             parts.append(self.epochs[-1].summary())
         if self.test_accuracy is not None:
             parts.append(f"test accuracy {self.test_accuracy:.3f}")
+        elif self.test_loss is not None:
+            parts.append(f"test loss {self.test_loss:.4f}")
         return "; ".join(parts)
 
     def as_dict(self, parameters: bool = False) -> dict[str, Any]:

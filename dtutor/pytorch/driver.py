@@ -52,7 +52,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from dtutor import data, models, strategies
 from dtutor.config import ConfigError, TrainConfig, check_world
 from dtutor.progress import Progress, progress
-from dtutor.pytorch.strategy import LossFn, Strategy
+from dtutor.pytorch.strategy import CountCorrect, LossFn, Strategy, judged_by
 from dtutor.result import EpochStats, RunResult
 
 ModelSpec = nn.Module | Callable[[], nn.Module] | None
@@ -89,17 +89,27 @@ def fit(
     loss_fn: LossFn = nn.functional.cross_entropy,
     optimizer: Callable[[Iterable[torch.nn.Parameter], TrainConfig], Any] = course_optimizer,
     strategy: Strategy | None = None,
+    count_correct: CountCorrect | None = None,
 ) -> RunResult:
     """Train under ``config`` (or ``strategy``, an instance) on this rank; return this rank's ``RunResult``.
 
     ``model``: a module, or a factory called after seeding (default: ``config.model``). ``train_data`` and
-    ``test_data``: datasets of ``(input, target)`` (default: MNIST; with your own ``train_data`` and no
-    ``test_data`` nothing is evaluated). ``loss_fn(outputs, targets)`` returns the batch's mean loss.
+    ``test_data``: datasets of ``(input, target)`` pairs, or of dicts ``{"inputs": ..., "targets": ...}``
+    (other keys are ignored; the driver moves both to the device); default: MNIST; with your own
+    ``train_data`` and no ``test_data`` nothing is evaluated. ``loss_fn(outputs, targets)`` returns the
+    batch's mean loss (any task: cross-entropy, MSE, ...).
+
+    Accuracy comes from the task: ``count_correct(outputs, targets)`` returns how many of the batch's
+    predictions are right (a tensor or a number), e.g. ``lambda out, y: ((out.squeeze(1) - y).abs() < 0.1).sum()``
+    for a regression. By default (``class_correct``) outputs that are class scores (2-D, several columns) for
+    integer targets are right where their largest score is the target's; any other task has no accuracy, and
+    the result's ``accuracy`` and ``test_accuracy`` are None.
     """
     strategy = strategy or strategies.load(config.strategy)(config)
     strategy.join()
     try:
-        return _run(config, strategy, model, train_data, test_data, loss_fn, optimizer)
+        with judged_by(count_correct):
+            return _run(config, strategy, model, train_data, test_data, loss_fn, optimizer)
     finally:
         strategy.teardown()
 
@@ -109,7 +119,7 @@ def _run(config: TrainConfig, strategy: Strategy, model: ModelSpec, train_data: 
     micro_batch = check_world(config, strategy.world_size, strategy.layout)
     seed_everything(config.seed)
     if train_data is None:
-        train_data = data.torch_dataset(data.load_mnist("train", limit=config.samples, verbose=strategy.is_logger))
+        train_data = data.torch_dataset(data.load_mnist("train", verbose=strategy.is_logger))
         test_data = _mnist_test(config)
     loader, sampler = _training_loader(config, strategy, train_data, micro_batch)
     net = build_model(model, config).to(strategy.device)
@@ -132,14 +142,14 @@ def _run(config: TrainConfig, strategy: Strategy, model: ModelSpec, train_data: 
             stats, step_losses = _train_epoch(config, strategy, wrapped, optimizer, loader, loss_fn, epoch, bar)
             result.epochs.append(stats)
             result.step_losses += step_losses
-            bar.update(0, loss=round(stats.loss, 4), accuracy=round(stats.accuracy, 3))
+            bar.update(0, loss=round(stats.loss, 4), **_rounded(accuracy=stats.accuracy))
             _log(strategy, f"{stats.summary()} over {strategy.world_size} rank(s)", bar)
             if config.checkpoint:
                 strategy.save_checkpoint(config.checkpoint, wrapped, optimizer, epoch)
     result.seconds = sum(e.seconds for e in result.epochs)
     if test_data is not None and len(test_data):
         result.test_loss, result.test_accuracy = _evaluate(strategy, wrapped, test_data, loss_fn)
-        _log(strategy, f"test accuracy {result.test_accuracy:.3f} on {len(test_data)} images")
+        _log(strategy, f"test {_measured(result.test_loss, result.test_accuracy, len(test_data))}")
     result.peak_memory_bytes, result.peak_memory_kind = peak_memory(strategy.device)
     state = strategy.full_state_dict(wrapped)  # every rank takes part: gathering may be collective
     if config.return_parameters:
@@ -151,6 +161,16 @@ def _log(strategy: Strategy, text: str, bar: Progress | None = None) -> None:
     """Print ``text`` on the logging rank only (through the live bar, if any)."""
     if strategy.is_logger:
         (bar.write if bar is not None else print)(text)
+
+
+def _rounded(**values: float | None) -> dict[str, float]:
+    """The values that exist, rounded for the progress bar."""
+    return {name: round(value, 3) for name, value in values.items() if value is not None}
+
+
+def _measured(loss: float, accuracy: float | None, count: int) -> str:
+    """``accuracy 0.912 on 512 images`` where the task has one, else ``loss 0.0123 on 32 samples``."""
+    return f"loss {loss:.4f} on {count} samples" if accuracy is None else f"accuracy {accuracy:.3f} on {count} images"
 
 
 def _mnist_test(config: TrainConfig) -> Dataset | None:
@@ -184,15 +204,23 @@ def _groups(batches: Iterable, size: int) -> Iterator[list]:
             group = []
 
 
-def _on(device: torch.device, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-    return tuple(t.to(device, non_blocking=True) for t in batch)
+def _on(device: torch.device, batch: tuple[torch.Tensor, ...] | list | dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(inputs, targets)`` on ``device``, from a pair or from a dict's "inputs" and "targets"."""
+    if isinstance(batch, dict):
+        missing = [key for key in ("inputs", "targets") if key not in batch]
+        if missing:
+            raise ValueError(f"a dict batch needs the keys 'inputs' and 'targets'; missing {missing}, "
+                             f"found {sorted(batch)}")
+        batch = (batch["inputs"], batch["targets"])
+    inputs, targets = batch
+    return inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
 
 
 def _train_epoch(config: TrainConfig, strategy: Strategy, model: nn.Module, optimizer: Any, loader: DataLoader,
                  loss_fn: LossFn, epoch: int, bar: Progress) -> tuple[EpochStats, list[float]]:
     """One epoch; the metrics stay on the device until one all-reduce at the end (no host sync per step)."""
     model.train()
-    rows = []  # per step: loss sum, correct, count on this rank
+    rows = []  # per step: loss sum, correct, judged, count on this rank
     start = time.perf_counter()
     for group in _groups(loader, config.accumulation):
         micro_batches = [_on(strategy.device, batch) for batch in group]
@@ -203,24 +231,30 @@ def _train_epoch(config: TrainConfig, strategy: Strategy, model: nn.Module, opti
     seconds = time.perf_counter() - start
     table = strategy.reduce(torch.stack(rows)).cpu()  # summed over ranks: one all-reduce per epoch
     slowest = strategy.reduce(torch.tensor([seconds], dtype=torch.float64, device=strategy.device), "max")
-    loss_sum, correct, count = table.sum(0).tolist()
-    stats = EpochStats(epoch, len(rows), int(count), loss_sum / count, correct / count, slowest.item())
-    return stats, (table[:, 0] / table[:, 2]).tolist()
+    loss_sum, correct, judged, count = table.sum(0).tolist()
+    stats = EpochStats(epoch, len(rows), int(count), loss_sum / count, _fraction(correct, judged), slowest.item())
+    return stats, (table[:, 0] / table[:, 3]).tolist()
 
 
-def _evaluate(strategy: Strategy, model: nn.Module, test_data: Dataset, loss_fn: LossFn) -> tuple[float, float]:
+def _fraction(correct: float, judged: float) -> float | None:
+    """The accuracy: None where no prediction was judged (a task without one)."""
+    return correct / judged if judged else None
+
+
+def _evaluate(strategy: Strategy, model: nn.Module, test_data: Dataset,
+              loss_fn: LossFn) -> tuple[float, float | None]:
     """Mean loss and accuracy on ``test_data``, each data rank evaluating its interleaved share."""
     share = Subset(test_data, data.shard_indices(len(test_data), strategy.data_ranks, strategy.data_rank).tolist())
     # the same number of batches on every rank: a sharded model's forward is collective (ZeRO-3, FSDP)
     largest_share = math.ceil(len(test_data) / strategy.data_ranks)
     batches = math.ceil(largest_share / TEST_BATCH)
     model.eval()
-    totals = torch.zeros(3, dtype=torch.float64, device=strategy.device)
+    totals = torch.zeros(4, dtype=torch.float64, device=strategy.device)
     for batch in DataLoader(share, batch_size=max(1, math.ceil(len(share) / batches))):
         totals += strategy.eval_step(model, _on(strategy.device, batch), loss_fn).stacked()
     model.train()
-    loss_sum, correct, count = strategy.reduce(totals).tolist()
-    return loss_sum / count, correct / count
+    loss_sum, correct, judged, count = strategy.reduce(totals).tolist()
+    return loss_sum / count, _fraction(correct, judged)
 
 
 def peak_memory(device: torch.device) -> tuple[int, str]:

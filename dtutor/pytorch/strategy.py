@@ -24,7 +24,8 @@ hook                        default (one device)                  e.g.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+import contextvars
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,19 @@ from dtutor.layout import DATA, Coordinates, Layout, Mesh
 from dtutor.pytorch import checkpoint
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+CountCorrect = Callable[[torch.Tensor, torch.Tensor], "torch.Tensor | float | None"]
 Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def class_correct(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
+    """Correct predictions when ``outputs`` are class scores (2-D, several columns) for integer ``targets``;
+    None for any other task (a regression's one output, float targets): it has no accuracy."""
+    if outputs.ndim == 2 and outputs.shape[1] > 1 and targets.ndim == 1 and not targets.is_floating_point():
+        return (outputs.argmax(1) == targets).sum()
+    return None
+
+
+COUNT_CORRECT: contextvars.ContextVar[CountCorrect] = contextvars.ContextVar("count_correct", default=class_correct)
 
 
 @dataclass
@@ -45,26 +58,42 @@ class StepTotals:
     """What one optimizer step contributes to the metrics, as tensors on the device (no host sync)."""
 
     loss_sum: torch.Tensor  # sum over this rank's samples of the per-sample loss
-    correct: torch.Tensor  # number of correct predictions
+    correct: torch.Tensor  # number of correct predictions among the ``judged`` samples
+    judged: torch.Tensor  # samples whose predictions were judged (0 when the task has no accuracy)
     count: torch.Tensor  # number of samples
 
     def stacked(self) -> torch.Tensor:
-        """The three as one float64 vector (one row of the epoch's table)."""
-        return torch.stack([t.detach().to(torch.float64) for t in (self.loss_sum, self.correct, self.count)])
+        """The four as one float64 vector (one row of the epoch's table)."""
+        return torch.stack([t.detach().to(torch.float64) for t in (self.loss_sum, self.correct, self.judged,
+                                                                    self.count)])
+
+
+@contextlib.contextmanager
+def judged_by(count_correct: CountCorrect | None) -> Iterator[None]:
+    """Inside, ``totals_of`` judges predictions with ``count_correct`` (None: ``class_correct``); ``fit`` uses
+    it, so every strategy's step counts a learner's "correct" without passing the function along."""
+    token = COUNT_CORRECT.set(count_correct or class_correct)
+    try:
+        yield
+    finally:
+        COUNT_CORRECT.reset(token)
 
 
 def totals_of(outputs: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor) -> StepTotals:
-    """Metrics of one micro-batch whose mean loss is ``loss``."""
+    """Metrics of one micro-batch whose mean loss is ``loss``, its predictions judged as ``judged_by`` says."""
     with torch.no_grad():
         count = torch.tensor(len(targets), device=targets.device)
-        return StepTotals(loss.detach() * len(targets), (outputs.argmax(1) == targets).sum(), count)
+        correct = COUNT_CORRECT.get()(outputs, targets)
+        if correct is None:
+            return StepTotals(loss.detach() * len(targets), torch.zeros_like(count), torch.zeros_like(count), count)
+        return StepTotals(loss.detach() * len(targets), torch.as_tensor(correct, device=count.device), count, count)
 
 
 def add(a: StepTotals | None, b: StepTotals) -> StepTotals:
     """The sum of two ``StepTotals`` (``a`` may be None: the first micro-batch)."""
     if a is None:
         return b
-    return StepTotals(a.loss_sum + b.loss_sum, a.correct + b.correct, a.count + b.count)
+    return StepTotals(a.loss_sum + b.loss_sum, a.correct + b.correct, a.judged + b.judged, a.count + b.count)
 
 
 class Strategy:

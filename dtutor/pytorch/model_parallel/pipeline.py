@@ -46,7 +46,7 @@ SCHEDULES = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}
 def zero_totals(device: torch.device) -> StepTotals:
     """The totals of a stage without the loss: nothing, so the sum over the ranks is the last stage's."""
     zero = torch.zeros((), device=device)
-    return StepTotals(zero, zero, zero)
+    return StepTotals(zero, zero, zero, zero)
 
 
 class Pipeline(ProcessGroupStrategy):
