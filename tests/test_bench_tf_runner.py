@@ -4,10 +4,10 @@ from conftest import require_horovod
 
 from dtutor import launch, max_difference
 from dtutor.launch.runners import TF_WORKER_ENV
+from dtutor.strategies import STRATEGIES
 
 SETUP = {"global_batch": 32, "samples": 64, "epochs": 2, "test_samples": 0}
 G = 487_720
-TOLERANCE = 1e-5  # test_tf_driver.py
 
 
 def test_mirrored_cases_share_one_process_whatever_order_their_replicas_come_in():
@@ -16,7 +16,7 @@ def test_mirrored_cases_share_one_process_whatever_order_their_replicas_come_in(
     one, two = launch.run_single("dtutor.bench.tf_runner:run_tf_cases", cases=cases, env=dict(TF_WORKER_ENV),
                                  threads=1, timeout=300)
     assert "error" not in one and "error" not in two and two["world_size"] == 2
-    assert max_difference(two["parameters"], one["parameters"]) <= TOLERANCE
+    assert max_difference(two["parameters"], one["parameters"]) <= STRATEGIES["mirrored"].tolerance
     assert two["bytes_per_step"] is None  # one process: nothing crosses a link
     assert two["model_state"]["parameters"] == two["model_state"]["gradients"] == G
 

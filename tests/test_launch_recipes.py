@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import launcher_recorder
 
 from dtutor.config import ConfigError
 from dtutor.launch import recipes
@@ -38,15 +39,7 @@ SRUN = """#!/bin/bash
 while [[ $1 == --* ]]; do shift; done
 for i in 0 1; do SLURM_NODEID=$i SLURM_PROCID=$i "$@" || exit 1; done
 """
-RECORDER = f"""#!{sys.executable}
-import json, os, pathlib, sys
-name, task = pathlib.Path(sys.argv[0]).name, os.environ.get("SLURM_PROCID", "batch")
-seen = {{"argv": sys.argv[1:], "TF_CONFIG": os.environ.get("TF_CONFIG")}}
-hostfile = os.environ.get("HOSTFILE")
-if hostfile:
-    seen["hostfile"] = pathlib.Path(hostfile).read_text()
-(pathlib.Path(os.environ["RECORDS"]) / f"{{name}}-{{task}}.json").write_text(json.dumps(seen))
-"""
+RECORDER = launcher_recorder("SLURM_PROCID", "batch")  # each launcher writes what it was given, per task
 
 
 def strategy_fields(name: str) -> dict:

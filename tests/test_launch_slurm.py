@@ -12,34 +12,17 @@ from __future__ import annotations
 import os
 import pickle
 import uuid
-from pathlib import Path
 from types import SimpleNamespace
 
-import psutil
 import pytest
-from conftest import require_horovod
+from conftest import SLURM_MARK, assert_nothing_left, require_horovod
 
 from dtutor import launch, max_difference
 from dtutor.launch import recipes, slurm, slurm_local
-from dtutor.strategies import STRATEGIES
 
 SMALL = {"samples": 256, "global_batch": 32, "epochs": 1, "test_samples": 0}
 TOLERANCE = 1e-6  # Slurm's run against the local run: the same ranks, data and reductions (measured: 0.0)
-MARK = "DTUTOR_SLURM_TEST"  # its value, carried by every job's processes, is how a cluster's leftovers are found
 FAILS_WITHIN = 90.0  # seconds from submission to FAILED when a rank raises at once (measured: 20-30 s, loaded)
-
-
-def listening(ports: list[int]) -> list[int]:
-    """The ``ports`` some process still listens on."""
-    return sorted({c.laddr.port for c in psutil.net_connections("tcp")
-                   if c.status == psutil.CONN_LISTEN and c.laddr.port in ports})
-
-
-def assert_nothing_left(folder: Path, ports: list[int], mark: str) -> None:
-    """No process of the cluster or of its jobs (marked ``mark``), no listening port, no folder."""
-    assert slurm_local.leftovers(folder, (MARK, mark)) == []
-    assert listening(ports) == []
-    assert not folder.exists()
 
 
 OUTPUT = """[2026-11-23 22:48:11,780] [INFO] [runner.py:618:main] cmd = ...
@@ -139,7 +122,7 @@ def cluster(tmp_path_factory):
     reason = slurm_local.local_unavailable()
     if reason:
         pytest.skip(reason)
-    mark = os.environ[MARK] = uuid.uuid4().hex
+    mark = os.environ[SLURM_MARK] = uuid.uuid4().hex
     workdir = tmp_path_factory.mktemp("slurm-jobs")
     try:
         with slurm_local.local_cluster(3) as local:
@@ -148,7 +131,7 @@ def cluster(tmp_path_factory):
                                             setup=slurm.this_environment(), seconds=600)
             yield SimpleNamespace(local=local, workdir=workdir, overtime=slurm.submit(sleeper, workdir))
     finally:
-        del os.environ[MARK]
+        del os.environ[SLURM_MARK]
     assert_nothing_left(folder, ports, mark)  # after the module: no Slurm, munge or worker process remains
 
 
@@ -175,8 +158,6 @@ def test_the_deepspeed_launcher_with_a_hostfile_starts_the_same_run(cluster):
 
 
 def test_deepspeed_zero_through_the_deepspeed_launcher_equals_the_local_run(cluster):
-    if "deepspeed" not in STRATEGIES:
-        pytest.skip("the 'deepspeed' strategy is not in dtutor.strategies.STRATEGIES yet (notebook 06's issue)")
     fields = {"strategy": "deepspeed", "zero_stage": 2, "optimizer": "adam", "lr": 1e-3}  # as notebook 06's tests
     assert_equal_runs(*beside_the_local_run(cluster, "deepspeed", **fields))
 

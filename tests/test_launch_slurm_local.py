@@ -13,7 +13,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from test_launch_slurm import MARK, assert_nothing_left
+from conftest import SLURM_MARK, assert_nothing_left
 
 from dtutor.launch import slurm_local
 
@@ -58,7 +58,7 @@ def test_an_interrupted_cluster_script_leaves_nothing_behind(tmp_path):
     with log.open("w") as stderr:
         script = subprocess.Popen(["bash", str(slurm_local.CLUSTER_SCRIPT), "run", "--", "bash", "-c", command],
                                   stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True,
-                                  preexec_fn=_default_interrupt, env={**os.environ, MARK: mark})
+                                  preexec_fn=_default_interrupt, env={**os.environ, SLURM_MARK: mark})
     folder = None
     try:
         conf = slurm_local._wait_ready(script, log, timeout=60)

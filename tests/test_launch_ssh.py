@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from test_launch_recipes import RECORDER
+from conftest import launcher_recorder
 
 from dtutor.launch import ssh
 from dtutor.launch.runners import tf_config
@@ -26,7 +26,7 @@ def run_with_stand_ins(commands: str, tmp_path: Path) -> dict[str, dict]:
     bin_dir, records = tmp_path / "bin", tmp_path / "records"
     bin_dir.mkdir()
     records.mkdir()
-    for name, text in [("ssh", SSH)] + [(name, RECORDER.replace('"SLURM_PROCID", "batch"', '"HOST", "here"'))
+    for name, text in [("ssh", SSH)] + [(name, launcher_recorder("HOST", "here"))
                                         for name in ("torchrun", "deepspeed", "horovodrun", "python")]:
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)

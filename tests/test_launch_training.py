@@ -24,13 +24,16 @@ class Recorder:
 
     def __init__(self, runner: bool):
         self.calls: list[tuple[tuple, dict[str, Any]]] = []
+        self.returned: list[Any] = []  # what each call returned, to check that ``train`` hands back that
         self.runner = runner  # a runner (entry, nprocs, ...) returns a list; a driver returns one result
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self.calls.append((args, kwargs))
         if not self.runner:
-            return RunResult(rank=0, world_size=1, config=kwargs)
-        return [RunResult(rank=rank, world_size=args[1], config={}) for rank in range(args[1])]
+            self.returned.append(RunResult(rank=0, world_size=1, config=kwargs))
+        else:
+            self.returned.append([RunResult(rank=rank, world_size=args[1], config={}) for rank in range(args[1])])
+        return self.returned[-1]
 
 
 @pytest.fixture
@@ -106,7 +109,7 @@ def test_ddp_runs_the_torch_driver_through_torchrun_with_a_concrete_backend(reco
     assert args == (TORCH_DRIVER, 2)
     expected = TrainConfig(strategy="ddp", epochs=2, global_batch=128, backend=choose_backend("auto", 2))
     assert kwargs == {"nnodes": 2, "timeout": 60, "quiet": True, "threads_per_rank": 1, **expected.as_arguments()}
-    assert kwargs["backend"] in ("gloo", "nccl") and [r.rank for r in results] == [0, 1]
+    assert kwargs["backend"] in ("gloo", "nccl") and results is recorders["run"].returned[0]  # the ranks' results
 
 
 @pytest.mark.parametrize(("strategy", "framework", "entry"),
@@ -143,12 +146,22 @@ def test_mirrored_calls_the_tf_driver_here_with_nprocs_replicas(recorders):
     assert isinstance(result, RunResult)
 
 
+LAUNCHERS = {"torchrun": "run", "horovodrun": "run_horovod", "tf_workers": "run_tf_workers"}  # -> the recorder
+
+
 @pytest.mark.parametrize("strategy", list(STRATEGIES))
-def test_every_registered_strategy_has_a_launcher(recorders, strategy):
-    nprocs = 1 if STRATEGIES[strategy].launcher == "inprocess" else 2
-    options = {"micro_batches": 2} if STRATEGIES[strategy].schedule == "1f1b" else {}  # 1F1B: m >= stages
+def test_every_registered_strategy_runs_its_frameworks_driver_through_its_launcher(recorders, strategy):
+    info = STRATEGIES[strategy]
+    nprocs = 1 if info.launcher == "inprocess" else 2
+    options = {"micro_batches": 2} if info.schedule == "1f1b" else {}  # 1F1B: m >= stages
     results = launch.train(nprocs, strategy=strategy, **options)
-    assert len(results) == (1 if STRATEGIES[strategy].launcher == "inprocess" else nprocs)
+    used = LAUNCHERS.get(info.launcher, info.framework)  # in process: the framework's driver, called here
+    args, kwargs = _only_call(recorders, used)
+    assert kwargs["strategy"] == strategy
+    if info.launcher == "inprocess":
+        assert args == () and results == [recorders[used].returned[0]]
+    else:
+        assert args == (training.DRIVERS[info.framework], nprocs) and results is recorders[used].returned[0]
 
 
 def test_tensorflow_strategies_keep_torch_out_of_the_caller():

@@ -1,4 +1,5 @@
-"""DDP on 2 gloo ranks, launched through torchrun, proven equal to one device (fp32, max |diff| < 1e-5)."""
+"""DDP on 2 gloo ranks, launched through torchrun, proven equal to one device (fp32, within the registry's tolerance;
+measured differences are ~1e-8: the order of the gradient sums differs)."""
 
 import subprocess
 from pathlib import Path
@@ -6,11 +7,11 @@ from pathlib import Path
 import pytest
 
 from dtutor import launch, learning_setup, max_difference, models, plots
-from dtutor.config import ConfigError
 from dtutor.result import identical
+from dtutor.strategies import STRATEGIES
 
 SETUP = {"global_batch": 64, "samples": 256, "epochs": 1, "test_samples": 64}
-TOLERANCE = 1e-5  # fp32; measured differences are ~1e-8 (the order of the gradient sums differs)
+TOLERANCE = STRATEGIES["ddp"].tolerance
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +95,6 @@ def test_a_bad_config_under_plain_torchrun_fails_in_the_worker_with_the_same_mes
         launch.run("dtutor.pytorch.driver:train", 2, timeout=240, quiet=True, strategy="ddp", global_batch=63)
     assert caught.value.remote_traceback.startswith("refused: global_batch: 63")  # one line naming the field
     assert "Traceback" not in caught.value.remote_traceback
-    assert issubclass(ConfigError, ValueError)
 
 
 def test_the_learning_run_on_two_ranks_learns_and_overlaps_one_device():

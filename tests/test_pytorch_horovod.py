@@ -1,4 +1,5 @@
-"""Horovod (PyTorch) on 2 gloo workers through horovodrun, proven equal to one device (fp32, < 1e-5)."""
+"""Horovod (PyTorch) on 2 gloo workers through horovodrun, proven equal to one device (fp32, the registry's
+tolerance)."""
 
 import os
 import subprocess
@@ -8,9 +9,10 @@ from conftest import require_horovod
 
 from dtutor import devices, launch, max_difference
 from dtutor.result import identical
+from dtutor.strategies import STRATEGIES
 
 SETUP = {"global_batch": 64, "samples": 256, "epochs": 1, "test_samples": 64}
-TOLERANCE = 1e-5
+TOLERANCE = STRATEGIES["horovod"].tolerance
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""DeepSpeed's ZeRO stages on 2 gloo ranks, proven equal to DDP (fp32: max |diff| < 1e-6; measured 0.0)."""
+"""DeepSpeed's ZeRO stages on 2 gloo ranks, proven equal to DDP (fp32, the registry's tolerance; measured 0.0)."""
 
 from pathlib import Path
 
@@ -6,10 +6,11 @@ import pytest
 
 from dtutor import launch, max_difference, models
 from dtutor.result import identical
+from dtutor.strategies import STRATEGIES
 
 SETUP = {"global_batch": 64, "samples": 256, "epochs": 1, "test_samples": 64, "optimizer": "adam", "lr": 1e-3,
          "timeout": 300, "quiet": True}
-TOLERANCE = 1e-6  # fp32, same batches: the same gradient sums as DDP; measured 0.0 for every stage
+TOLERANCE = STRATEGIES["deepspeed"].tolerance  # the same gradient sums as DDP; measured 0.0 for every stage
 # Accumulation adds two half-batch gradients where DDP takes one big batch: float32 rounding of ~1e-9 in a
 # gradient, which Adam's division by sqrt(v) magnifies for the smallest gradients; measured 1.04e-6 after 4 steps.
 ACCUMULATION_TOLERANCE = 1e-5

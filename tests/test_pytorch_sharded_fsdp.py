@@ -1,12 +1,13 @@
-"""PyTorch's FSDP2 on 2 gloo ranks, proven equal to DDP (fp32: max |diff| < 1e-6; measured 0.0)."""
+"""PyTorch's FSDP2 on 2 gloo ranks, proven equal to DDP (fp32, the registry's tolerance; measured 0.0)."""
 
 import pytest
 
 from dtutor import launch, max_difference
 from dtutor.result import identical
+from dtutor.strategies import STRATEGIES
 
 SETUP = {"global_batch": 64, "samples": 256, "epochs": 1, "test_samples": 64, "timeout": 300, "quiet": True}
-TOLERANCE = 1e-6  # fp32: reduce-scatter then all-gather sums the same two numbers as DDP's all-reduce
+TOLERANCE = STRATEGIES["fsdp"].tolerance  # reduce-scatter then all-gather sums the same two numbers as DDP's all-reduce
 
 
 @pytest.mark.parametrize("fields", [{"optimizer": "adam", "lr": 1e-3}, {"accumulation": 2}])

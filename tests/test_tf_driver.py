@@ -1,49 +1,21 @@
 """The Keras driver (dtutor.tf.driver): input refused before anything starts, and no framework at import.
 
 TensorFlow fixes its devices when it initialises, for the whole process, so every test that runs TensorFlow
-does it in a fresh child process; this pytest process never imports TensorFlow. The helpers here
-(``run_child``, ``single_device_reference``) are shared by the other ``test_tf_*`` modules.
+does it in a fresh child process (conftest's ``run_child``); this pytest process never imports TensorFlow.
 """
 
 from __future__ import annotations
 
 import os
-import pickle
 import subprocess
 import sys
-import textwrap
 
-import psutil
 import pytest
+from conftest import run_child
 
 from dtutor import launch
 from dtutor.config import ConfigError
-from dtutor.result import RunResult
 from dtutor.tf import driver, setup
-
-SETUP = {"samples": 256, "global_batch": 64, "epochs": 1, "test_samples": 128}  # 4 steps, lr 0.05, momentum 0.9
-TOLERANCE = 1e-5  # max |w_N - w_1| in fp32 after 4 SGD steps; measured 1.5e-8 on CPU
-
-
-def run_child(code: str, *args: str, timeout: float = 300) -> dict:
-    """Run ``code`` (``args`` in ``sys.argv``) in a fresh Python; it pickles a dict to ``sys.argv[1]``."""
-    environ = {**os.environ, "DTUTOR_OFFLINE": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "TQDM_DISABLE": "1"}
-    environ.pop("TF_USE_LEGACY_KERAS", None)  # the code under test must set it itself
-    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], capture_output=True, text=True,
-                          timeout=timeout, env=environ)
-    if done.returncode != 0:
-        pytest.fail(f"child failed with exit code {done.returncode}:\n{done.stderr[-3000:]}")
-    with open(args[0], "rb") as file:
-        return pickle.load(file)
-
-
-def single_device_reference(tmp_path_factory) -> RunResult:
-    """``mirrored`` with replicas=1 (one device) on ``SETUP``, in a fresh process; once per test session."""
-    cached = tmp_path_factory.getbasetemp() / "tf_single_device_reference.pkl"
-    if not cached.exists():
-        result = launch.run_single("dtutor.tf.driver:train", timeout=300, replicas=1, strategy="mirrored", **SETUP)
-        cached.write_bytes(pickle.dumps(result))
-    return pickle.loads(cached.read_bytes())
 
 
 def test_importing_the_tensorflow_package_imports_neither_framework():
@@ -52,20 +24,6 @@ def test_importing_the_tensorflow_package_imports_neither_framework():
             "print(sorted(m for m in ('tensorflow', 'torch', 'horovod') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
-
-
-@pytest.fixture
-def no_process_may_start(monkeypatch):
-    """Any attempt to start a process, or to import TensorFlow (even if an earlier test did), fails the test."""
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"a process was started: {args[:1]}")
-
-    monkeypatch.setattr(subprocess, "Popen", refuse)
-    for name in [m for m in sys.modules if m == "tensorflow" or m.startswith(("tensorflow.", "tf_keras"))]:
-        monkeypatch.delitem(sys.modules, name)
-    monkeypatch.setitem(sys.modules, "tensorflow", None)  # `import tensorflow` now raises ImportError
-    yield
-    assert psutil.Process().children(recursive=True) == []
 
 
 @pytest.mark.parametrize(

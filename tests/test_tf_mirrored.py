@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_tf_driver import SETUP, TOLERANCE, run_child, single_device_reference
+from conftest import TF_SETUP, run_child
 
 from dtutor.result import identical, max_difference
+from dtutor.strategies import STRATEGIES
+
+TOLERANCE = STRATEGIES["mirrored"].tolerance  # the registry's: mirrored against one Keras device
 
 PROOF = """
     import pickle, sys
@@ -50,7 +53,7 @@ PROOF = """
 @pytest.fixture(scope="module")
 def proof(tmp_path_factory):
     """The in-process checks, run once in a child with 2 logical CPUs (about 30 s)."""
-    return run_child(PROOF, str(tmp_path_factory.mktemp("tf") / "proof.pkl"), repr(SETUP))
+    return run_child(PROOF, str(tmp_path_factory.mktemp("tf") / "proof.pkl"), repr(TF_SETUP))
 
 
 def test_two_logical_cpu_devices_give_two_replicas(proof):
@@ -77,8 +80,8 @@ def test_the_custom_loop_on_two_replicas_equals_one_device(proof):
     np.testing.assert_allclose(proof["custom"].step_losses, proof["one"].step_losses, rtol=1e-5)
 
 
-def test_the_in_process_reference_equals_a_fresh_process_reference(proof, tmp_path_factory):
-    assert identical(proof["one"], single_device_reference(tmp_path_factory))
+def test_the_in_process_reference_equals_a_fresh_process_reference(proof, tf_reference):
+    assert identical(proof["one"], tf_reference)
 
 
 def test_the_result_reports_time_memory_and_test_accuracy(proof):

@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 import pytest
-from test_tf_driver import no_process_may_start, run_child  # noqa: F401  (a fixture)
+from conftest import run_child
 
 from dtutor import launch
 from dtutor.tf import model_split
@@ -183,6 +183,6 @@ def test_a_missing_device_fails_the_launched_entry_point_before_training():
         ("fit", {}, "entry: must be 'inspect_split' or 'prove_split'"),
     ],
 )
-def test_bad_input_is_refused_before_any_process_starts(no_process_may_start, entry, kwargs, match):  # noqa: F811
+def test_bad_input_is_refused_before_any_process_starts(no_process_may_start, entry, kwargs, match):
     with pytest.raises(ValueError, match=match):
         model_split.run_fresh(entry, **kwargs)

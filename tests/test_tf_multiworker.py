@@ -14,25 +14,25 @@ import time
 import numpy as np
 import psutil
 import pytest
-from conftest import marked_processes
-from test_tf_driver import SETUP, TOLERANCE, single_device_reference
+from conftest import TF_SETUP, marked_processes
 
 from dtutor import launch
 from dtutor.result import identical, max_difference
+from dtutor.strategies import STRATEGIES
 
 
 @pytest.fixture(scope="module")
 def workers():
-    return launch.train(2, strategy="multiworker", timeout=300, quiet=True, **SETUP)
+    return launch.train(2, strategy="multiworker", timeout=300, quiet=True, **TF_SETUP)
 
 
-def test_two_workers_end_bitwise_equal_and_equal_to_one_device(workers, tmp_path_factory):
-    reference = single_device_reference(tmp_path_factory)
+def test_two_workers_end_bitwise_equal_and_equal_to_one_device(workers, tf_reference):
+    reference = tf_reference
     first, second = workers
     assert [w.rank for w in workers] == [0, 1] and [w.world_size for w in workers] == [2, 2]
     assert [w.details["replicas_in_sync"] for w in workers] == [2, 2]
     assert identical(first, second)
-    assert max_difference(first, reference) <= TOLERANCE
+    assert max_difference(first, reference) <= STRATEGIES["multiworker"].tolerance
     np.testing.assert_allclose(first.step_losses, reference.step_losses, rtol=1e-5)
     assert first.test_accuracy == pytest.approx(reference.test_accuracy, abs=1e-6)
     assert psutil.Process().children(recursive=True) == []
