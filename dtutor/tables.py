@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import textwrap
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+if TYPE_CHECKING:  # pandas is imported where a table is made: importing this module stays cheap for workers
+    import pandas as pd
 
 WIDTH = 150  # no printed line is longer
 
@@ -19,8 +20,14 @@ WIDTH = 150  # no printed line is longer
 def titled(rows: list[dict[str, Any]], title: str = "", notes: Iterable[str] = (),
            integers: Iterable[str] = ()) -> pd.DataFrame:
     """A DataFrame of ``rows`` (dicts with the same keys, in column order) with its title and notes in attrs;
-    the ``integers`` columns hold whole numbers or None (pandas' nullable Int64)."""
-    frame = pd.DataFrame(rows).astype({name: "Int64" for name in integers})
+    the ``integers`` columns hold whole numbers or None (pandas' nullable Int64). Keys that are pairs, such as
+    ``("gradients MB", "measured")``, make two header rows."""
+    import pandas as pd
+
+    frame = pd.DataFrame(rows)
+    frame = frame.astype({name: "Int64" for name in integers if name in frame.columns})
+    if len(frame.columns) and all(isinstance(name, tuple) for name in frame.columns):
+        frame.columns = pd.MultiIndex.from_tuples(frame.columns)
     frame.attrs.update(title=title, notes=list(notes))
     return frame
 
@@ -34,21 +41,40 @@ def _wrapped(line: str) -> list[str]:
     return textwrap.wrap(line, WIDTH, subsequent_indent="  ", break_on_hyphens=False) or [""]
 
 
+def _for_terminal(frame: pd.DataFrame) -> pd.DataFrame:
+    """A copy to print: "-" where a value is missing, and columns of words left-aligned, header included
+    (numbers, and columns that mix numbers with words, stay right-aligned)."""
+    import pandas as pd
+
+    shown = frame.copy()
+    for name in shown.columns:
+        if not pd.api.types.is_float_dtype(shown[name]):  # NaN prints as na_rep; <NA> and None as "-"
+            shown[name] = shown[name].astype(object).where(shown[name].notna(), "-")
+    if isinstance(shown.columns, pd.MultiIndex):
+        return shown
+    for name in list(shown.columns):
+        values = shown[name]
+        if values.dtype == object and not any(isinstance(v, int | float) for v in values):
+            width = max(len(str(v)) for v in [name, *values])
+            shown[name] = values.astype(str).str.ljust(width)
+            shown = shown.rename(columns={name: str(name).ljust(width)})
+    return shown
+
+
 def text(frame: pd.DataFrame) -> str:
     """The table for a terminal: its title, ``to_string`` without the index ("-" where a value is missing)
     and its notes, a blank line between them; the title and notes wrap at ``WIDTH`` characters."""
-    shown = frame.copy()
-    for name in shown.columns:
-        if not pd.api.types.is_float_dtype(shown[name]):
-            shown[name] = shown[name].astype(object).where(shown[name].notna(), "-")
     title, notes = frame.attrs.get("title", ""), frame.attrs.get("notes", [])
-    sections = [_wrapped(title) if title else [], shown.to_string(index=False, na_rep="-").splitlines(),
+    body = [] if frame.empty else _for_terminal(frame).to_string(index=False, na_rep="-").splitlines()
+    sections = [_wrapped(title) if title else [], [line.rstrip() for line in body],
                 [line for note in notes for line in _wrapped(note)]]
     return "\n\n".join("\n".join(lines) for lines in sections if lines)
 
 
 def show(*frames: pd.DataFrame) -> None:
     """Show each table: in a notebook its title, the rendered DataFrame and its notes; elsewhere ``text``."""
+    import pandas as pd
+
     try:
         from IPython import get_ipython
         from IPython.display import display
@@ -63,7 +89,9 @@ def show(*frames: pd.DataFrame) -> None:
             continue
         if frame.attrs.get("title"):
             print("\n".join(_wrapped(frame.attrs["title"])))
-        display(frame)
+        if not frame.empty:
+            with pd.option_context("display.max_colwidth", None):  # every cell whole, as in a terminal
+                display(frame)
         notes = [line for note in frame.attrs.get("notes", []) for line in _wrapped(note)]
         if notes:
             print("\n".join(notes))

@@ -2,7 +2,7 @@
 
 import pytest
 
-from dtutor import TrainConfig, bench, data
+from dtutor import TrainConfig, bench, data, tables
 from dtutor.pytorch import fit
 
 RESULT = {"samples_per_s_1": 1000.0, "samples_per_s_2": 1700.0, "samples_per_s_independent": 1780.0,
@@ -12,31 +12,38 @@ RESULT = {"samples_per_s_1": 1000.0, "samples_per_s_2": 1700.0, "samples_per_s_i
 
 
 def test_ddp_table_verdicts_follow_the_numbers_and_the_machines_ceiling():
-    table = bench.format_ddp(RESULT, verdict=True)
-    assert "  DDP / ceiling                                    0.955  >= 0.9: met" in table
-    assert "  ceiling: independent / (2 T1)                    0.890" in table and "1,780" in table
-    assert "<= 2%: met" in table and "control: hand loop against itself" in table and "-0.40%" in table
-    missed = bench.format_ddp(RESULT | {"of_ceiling": 0.7, "overhead": 0.05, "overhead_q1": 0.03}, verdict=True)
-    assert ">= 0.9: missed" in missed and "<= 2%: missed" in missed
-    spread = bench.format_ddp(RESULT | {"overhead": 0.03, "overhead_q1": -0.04}, verdict=True)
-    assert "<= 2%: undecided (the middle half of the pairs spans the target: more --rounds)" in spread
-    noisy = bench.format_ddp(RESULT | {"overhead": 0.05, "control": 0.04}, verdict=True)
-    assert "<= 2%: undecided (the noise floor, +4.0%, is beyond the target)" in noisy
+    table = bench.table_ddp(RESULT, verdict=True).set_index("measure")
+    assert table.loc["DDP / ceiling", "value"] == 0.955 and table.loc["DDP / ceiling", "target"] == ">= 0.9: met"
+    assert table.loc["ceiling: independent / (2 T1)", "value"] == 0.89
+    assert table.loc["2 independent processes (the ceiling), samples/s", "value"] == 1780
+    assert table.loc["driver overhead % (median of 60 pairs)", "target"] == "<= 2%: met"
+    assert table.loc["control: hand loop against itself, %"].tolist() == [-0.4, "the noise floor", ""]
+
+    def targets(**changed) -> list[str]:
+        return [t for t in bench.table_ddp(RESULT | changed, verdict=True)["target"] if t]
+
+    assert targets(of_ceiling=0.7, overhead=0.05, overhead_q1=0.03) == [">= 0.9: missed", "<= 2%: missed"]
+    assert targets(overhead=0.03, overhead_q1=-0.04)[1] == (
+        "<= 2%: undecided (the middle half of the pairs spans the target: more --rounds)")
+    assert targets(overhead=0.05, control=0.04)[1] == "<= 2%: undecided (the noise floor, +4.0%, is beyond the target)"
 
 
 def test_a_learners_ddp_table_shows_the_measurements_without_verdicts():
-    table = bench.format_ddp(RESULT)
-    assert "  DDP / ceiling                                    0.955" in table and "(the noise floor)" in table
-    assert "target" not in table and ": met" not in table and "missed" not in table
-    assert table.splitlines()[0] == "measure                                            value"
+    table = bench.table_ddp(RESULT)
+    assert list(table.columns) == ["measure", "value", "note"]  # no target column
+    values = dict(zip(table["measure"], table["value"], strict=True))
+    assert values["DDP samples/s, 1 rank (1 thread)"] == 1000 and values["DDP / ceiling"] == 0.955
+    assert values["driver overhead % (median of 60 pairs)"] == 1.0 and values["middle half of the pairs, %"] == (
+        "-1.0 to +3.0")
+    text = tables.text(table)
+    assert "target" not in text and ": met" not in text and "missed" not in text
 
 
 def test_table_headers_are_for_people():
-    table = bench.format_table([{"strategy": "ddp", "samples_per_s_1": 1234.0, "of_ceiling": 0.9},
-                                {"strategy": "horovod", "samples_per_s_1": 99.0, "of_ceiling": 0.75}])
-    assert table.splitlines() == ["strategy  samples/s, 1 rank  of the ceiling",
-                                  "     ddp              1,234             0.9",
-                                  " horovod                 99            0.75"]
+    table = bench.table_scaling([{"strategy": "ddp", "samples_per_s_1": 1234.0, "of_ceiling": 0.9},
+                                 {"strategy": "horovod", "samples_per_s_1": 99.0, "of_ceiling": 0.75123}])
+    assert list(table.columns) == ["strategy", "samples/s, 1 rank", "of the ceiling"]
+    assert table.values.tolist() == [["ddp", 1234, 0.9], ["horovod", 99.0, 0.751]]  # >= 100: whole; else 3 digits
 
 
 def test_the_hand_written_loop_computes_what_the_driver_computes():

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from dtutor import bench
+from dtutor import bench, tables
 from dtutor.bench import zero
 
 PSI = 1_000_000
@@ -39,11 +39,14 @@ def test_the_worst_rank_decides_the_ratio_and_the_verdict():
     off["bytes"]["gradients"] = int(1.2 * PSI)
     row = zero.memory_row([zero2(0, 0), off])
     assert row["ratio"]["gradients"] == pytest.approx(1.2) and not row["within_target"]
-    table = zero.format_zero([row], verdict=True)
-    assert "within 10% of its formula: missed" in table and "1.0-1.2" in table  # the ranks' range
-    good = zero.format_zero([zero.memory_row([zero2(0, 0), zero2(1, 0)])], verdict=True)
-    assert "within 10% of its formula: met" in good
-    assert "1,000 MB allocated, 2.0 MB resident" in good
+    table = zero.table_zero([row], verdict=True)
+    assert table.attrs["notes"][0].endswith("every cell within 10% of its formula: missed")
+    cells = table.iloc[0]
+    assert cells[("gradients MB", "measured")] == "1.0-1.2" and cells[("gradients MB", "formula")] == 1.0  # ranges
+    assert cells[("configuration", "")] == "ZeRO-2 bf16" and cells[("total", "ratio")] == pytest.approx(1.022, abs=1e-3)
+    good = zero.table_zero([zero.memory_row([zero2(0, 0), zero2(1, 0)])], verdict=True)
+    assert good.attrs["notes"][0].endswith("every cell within 10% of its formula: met")
+    assert "reduce bucket (ZeRO-2 bf16): 1,000 MB allocated, 2.0 MB resident" in " ".join(good.attrs["notes"])
 
 
 def test_labels_name_stage_precision_optimizer_and_offload():
@@ -60,7 +63,7 @@ def test_the_plot_titles_the_measured_ratio():
 def test_the_command_prints_and_writes_the_quick_table(tmp_path, capsys):
     out = tmp_path / "zero.json"
     bench.main(["zero", "--mode", "quick", "--json", str(out)])
-    printed = capsys.readouterr().out
+    printed = " ".join(capsys.readouterr().out.split())
     rows = json.loads(out.read_text())
     assert [row["configuration"] for row in rows] == ["ZeRO-3 bf16", "FSDP fp32"]
     assert all(row["within_target"] for row in rows) and "every cell within 10% of its formula: met" in printed
@@ -74,7 +77,8 @@ def test_gradients_waiting_in_the_bucket_are_reported_apart():
         rank["moments"] = {"end of backward, before the reduction": end_of_backward, "after backward": rank["bytes"]}
     row = zero.memory_row(ranks)
     assert row["bucket_in_use"] == 2 * PSI and row["within_target"]  # not model state: the ratios do not see it
-    assert "reduce bucket at the end of backward (not counted): ZeRO-2 bf16 2.0 MB" in zero.format_zero([row])
+    notes = zero.table_zero([row]).attrs["notes"]
+    assert "gradients in the reduce bucket at the end of backward (not counted): ZeRO-2 bf16 2.0 MB" in notes
 
 
 def test_offload_says_what_a_gpu_would_hold_and_why_its_total_matches_zero1():
@@ -86,7 +90,11 @@ def test_offload_says_what_a_gpu_would_hold_and_why_its_total_matches_zero1():
                        optimizer_state=4 * PSI) for rank in (0, 1)]
     rows = [zero.memory_row(plain), zero.memory_row(ranks)]
     assert rows[1]["device"] == [2 * PSI] * 2 and rows[1]["host"] == [8 * PSI] * 2 and rows[0]["host"] == [0, 0]
-    table = zero.format_zero(rows)  # a learner's table: no verdict unless the benchmark asks
-    assert "each GPU would hold 2.0 MB" in table and "host memory would hold 8.0 MB" in table
-    assert "equals ZeRO-1 bf16's by coincidence" in table and "when N = 2" in table
-    assert "met" not in table.split() and max(map(len, table.splitlines())) <= 150
+    table = zero.table_zero(rows)  # a learner's table: no verdict unless the benchmark asks
+    notes = " ".join(table.attrs["notes"])
+    assert "each GPU would hold 2.0 MB" in notes and "host memory would hold 8.0 MB" in notes
+    assert "equals ZeRO-1 bf16's by coincidence" in notes and "when N = 2" in notes
+    assert table[("device", "MB")].tolist() == ["10.0", "2.0"]  # offload: the rest is in host memory
+    assert table[("total MB", "formula")].tolist() == [10.0, 10.0]
+    text = tables.text(table)
+    assert "met" not in text.split() and max(map(len, text.splitlines())) <= 150

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import types
 
+import pandas as pd
 import pytest
 import torch
 
@@ -308,6 +309,26 @@ def test_missing_horovod_says_how_to_get_it(inv: Inventory, monkeypatch: pytest.
                        {**inv.backends, "horovod": backend})
     rec = _by_notebook(recommend_notebook_runs(no_hvd))["03"]
     assert rec.mode == "unavailable" and "./course setup" in rec.how
+
+
+def test_the_inventory_and_recommendations_are_tables_with_the_values() -> None:
+    gpu = Accelerator(0, "A100", "GPU-0", 40960.0, 40000.4, None, "550.54", "8.0", ["nvml", "torch"])
+    fake = Inventory(sources=[SourceReport("nvml", True, [gpu]), SourceReport("gputil", False, error="no smi")],
+                     gpus=[gpu], cpu_logical=32, cpu_affinity=16,
+                     backends={"gloo": Backend("gloo", True, "built into torch"), "nccl": Backend("nccl", False),
+                               "horovod": Backend("horovod", False), "deepspeed": Backend("deepspeed", False)})
+    sources, gpus, backends = devices.table_inventory(fake)
+    assert sources.attrs["title"] == "GPU sources"
+    assert sources.values.tolist()[1] == ["gputil", "failed", 0, "no smi"]
+    assert sources.values.tolist()[0][:3] == ["nvml", "ok", 1] and pd.isna(sources.loc[0, "detail"])
+    assert gpus.attrs == {"title": "GPUs (merged): 1", "notes": ["CPU cores: 32 logical, 16 usable by this process"]}
+    row = gpus.iloc[0]
+    assert (row["name"], row["MiB total"], row["MiB free"], row["cc"], row["sources"]) == (
+        "A100", 40960, 40000, "8.0", "nvml+torch") and pd.isna(row["util %"])  # unknown: missing, not 0
+    assert backends.values.tolist()[:2] == [["gloo", "yes", "built into torch"], ["nccl", "no", ""]]
+    recs = devices.table_recommendations(recommend_notebook_runs(fake))
+    assert list(recs["nb"]) == list(NOTEBOOK_TOPICS) and recs.attrs["title"] == "How the course runs here"
+    assert recs.set_index("nb").loc["01", ["strategy", "mode", "workers"]].tolist() == ["DataParallel", "gpu", 1]
 
 
 # --- command line -------------------------------------------------------------------------------------

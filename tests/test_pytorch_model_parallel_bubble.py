@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from dtutor import bench
+from dtutor import bench, tables
 from dtutor.pytorch.model_parallel import bubble
 
 
@@ -23,13 +23,14 @@ ROWS = [_row("gpipe", "blocking", 4, 0.25, 0.21, (4, 4)), _row("gpipe", "blockin
 
 
 def test_bubble_table_splits_the_gap_and_carries_no_verdict_for_a_learner():
-    text = bubble.format_bubble(ROWS)
-    lines = text.splitlines()
-    assert "target" not in text and "met" not in text.split()
-    assert lines[1].split() == ["gpipe", "blocking", "2", "4", "25.0%", "20.0%", "+25%", "+1.0", "+4.0", "4/4"]
-    assert lines[3].split() == ["gpipe", "overlapped", "2", "1", "52.0%", "50.0%", "+4%", "+0.0", "+2.0", "1/1"]
-    assert lines[5].split()[-1] == "8/8" and lines[6].split()[-1] == "2/1"
-    assert lines[-6:] == [
+    table = bubble.table_bubble(ROWS)
+    assert "target" not in table.columns
+    assert list(table.columns) == ["schedule", "sends", "p", "m", "measured %", "theory %", "rel. gap %",
+                                   "uneven points", "comm. points", "peak activations"]
+    assert table.iloc[0].tolist() == ["gpipe", "blocking", 2, 4, 25.0, 20.0, 25, 1.0, 4.0, "4/4"]
+    assert table.iloc[2].tolist() == ["gpipe", "overlapped", 2, 1, 52.0, 50.0, 4, 0.0, 2.0, "1/1"]
+    assert table["peak activations"].tolist()[-2:] == ["8/8", "2/1"]
+    assert table.attrs["notes"][-6:] == [
         "at m = 8, GPipe blocking: 20.0% idle, theory 11.1%",
         "  uneven compute +1.9 points: with free communication the step idles 13.0%; compute varies by 12%",
         "  communication  +7.0 points: 20.0 ms waited; 16 crossings at 1.25 ms per hop: 20.0 ms "
@@ -37,18 +38,19 @@ def test_bubble_table_splits_the_gap_and_carries_no_verdict_for_a_learner():
         "at m = 8, GPipe overlapped: 15.0% idle, theory 11.1%",
         "  uneven compute +2.9 points: with free communication the step idles 14.0%; compute varies by 12%",
         "  communication  +1.0 points: 2.5 ms waited; 16 crossings at 1.25 ms per hop: 20.0 ms (if none were hidden)"]
-    assert max(map(len, lines)) <= 150
+    text = tables.text(table)
+    assert "met" not in text.split() and max(map(len, text.splitlines())) <= 150
 
 
 def test_the_benchmark_s_verdict_judges_overlapped_gpipe_up_to_m_4_on_p_2_only():
-    lines = bubble.format_bubble(ROWS, verdict=True).splitlines()
-    assert lines[0].endswith("  target")
-    assert lines[3].endswith("within 10%: met") and lines[4].endswith("within 10%: met")  # 21% against 20%
-    assert lines[5].split()[-1] == "8/8" and lines[6].split()[-1] == "2/1"  # m = 8, 1F1B: not judged
-    missed = bubble.format_bubble([_row("gpipe", "overlapped", 4, 0.23, 0.22)], verdict=True).splitlines()
-    assert missed[1].endswith("within 10%: missed")  # 23% against 20%: +15% relative
+    targets = bubble.table_bubble(ROWS, verdict=True)["target"].tolist()
+    assert targets[2:4] == ["within 10%: met", "within 10%: met"]  # 21% against 20%
+    assert targets[:2] == ["", ""] and targets[4:] == ["", ""]  # blocking, m = 8, 1F1B: not judged
+    missed = bubble.table_bubble([_row("gpipe", "overlapped", 4, 0.23, 0.22)], verdict=True)
+    assert missed["target"].tolist() == ["within 10%: missed"]  # 23% against 20%: +15% relative
     four_stages = {**_row("gpipe", "overlapped", 4, 0.5, 0.45), "stages": 4, "peak_held": [4] * 4}
-    assert bubble.format_bubble([four_stages], verdict=True).splitlines()[1].endswith("4/4/4/4")  # oversubscribed
+    judged = bubble.table_bubble([four_stages], verdict=True).iloc[0]
+    assert judged["peak activations"] == "4/4/4/4" and judged["target"] == ""  # oversubscribed: not judged
 
 
 def test_bubble_plot_title_comes_from_overlapped_gpipe_at_the_largest_m():

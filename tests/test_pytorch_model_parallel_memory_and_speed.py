@@ -1,5 +1,6 @@
 """The memory table of notebook 05 and ``bench pipeline``: parameter bytes per rank of each split, and its text."""
 
+import pandas as pd
 import pytest
 
 from dtutor.pytorch.model_parallel import memory_and_speed
@@ -26,6 +27,7 @@ def test_memory_table_for_people():
              "samples_per_s": 1234.0},
             {"layout": "article's split (part1 | part2)", "strategy": "-", "bytes_per_rank": [1024, 3072],
              "largest_share": 0.75, "samples_per_s": None}]
-    lines = memory_and_speed.format_memory(rows).splitlines()
-    assert lines[1].split() == ["unsplit", "single", "4.0", "|", "4.0", "100%", "1,234"]
-    assert lines[2].split()[-4:] == ["|", "3.0", "75%", "-"]
+    table = memory_and_speed.table_memory(rows)
+    assert list(table.columns) == ["layout", "strategy", "parameter kB per rank", "largest share %", "samples/s"]
+    assert table.iloc[0].tolist() == ["unsplit", "single", "4.0 | 4.0", 100, 1234]
+    assert table.iloc[1].tolist()[2:4] == ["1.0 | 3.0", 75] and pd.isna(table.iloc[1]["samples/s"])

@@ -13,10 +13,13 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dtutor import TrainConfig, launch
 from dtutor.launch.training import quietly
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 SCALING_TARGET = 0.9  # 2 ranks' samples/s over the ceiling's (2 independent processes), in the same run
 DRIVER_OVERHEAD_TARGET = 0.02
@@ -192,33 +195,33 @@ def _overhead_verdict(result: dict[str, Any]) -> str:
     return _verdict(overhead <= target)
 
 
-def format_ddp(result: dict[str, Any], verdict: bool = False) -> str:
+def table_ddp(result: dict[str, Any], verdict: bool = False) -> pd.DataFrame:
     """The table of a DDP measurement: what was measured, and the ceiling and noise floor to read it against.
 
     ``verdict`` (the benchmark's, ``python -m dtutor.bench ddp``) adds a target column, each verdict computed from
     the number beside it; a learner's table (the default) shows the measurements only.
     """
+    from dtutor.tables import titled
+
     of_ceiling, overhead = result["of_ceiling"], result["overhead"]
-
-    def row(name: str, value: str, note: str = "", target: str = "") -> str:
-        return f"{name:<44}{value:>12}  {note}{target if verdict else ''}".rstrip()
-
-    return "\n".join([
-        row("measure", "value", "", "target"),
-        row("DDP samples/s, 1 rank (1 thread)", f"{result['samples_per_s_1']:,.0f}"),
-        row("DDP samples/s, 2 ranks (1 thread each)", f"{result['samples_per_s_2']:,.0f}"),
-        row("2 independent processes (the ceiling)", f"{result['samples_per_s_independent']:,.0f}"),
-        row("scaling efficiency T2 / (2 T1)", f"{result['efficiency']:.3f}"),
-        row("  ceiling: independent / (2 T1)", f"{result['ceiling']:.3f}", "(this machine, this run)"),
-        row("  DDP / ceiling", f"{of_ceiling:.3f}", "",
-            f">= {SCALING_TARGET}: {_verdict(of_ceiling >= SCALING_TARGET)}"),
-        row(f"driver, CPU s per run of {result['steps']} steps", f"{result['driver_s']:.4f}"),
-        row("hand-written loop, same metrics", f"{result['hand_s']:.4f}"),
-        row(f"driver overhead (median of {result['rounds']} pairs)", f"{overhead:+.2%}", "",
-            f"<= {DRIVER_OVERHEAD_TARGET:.0%}: {_overhead_verdict(result)}"),
-        f"{'  middle half of the pairs':<44}{result['overhead_q1']:>+6.1%} to {result['overhead_q3']:+.1%}",
-        row("  control: hand loop against itself", f"{result['control']:+.2%}", "(the noise floor)"),
-    ])
+    targets = {"DDP / ceiling": f">= {SCALING_TARGET}: {_verdict(of_ceiling >= SCALING_TARGET)}",
+               f"driver overhead % (median of {result['rounds']} pairs)":
+                   f"<= {DRIVER_OVERHEAD_TARGET:.0%}: {_overhead_verdict(result)}"}
+    rows = [("DDP samples/s, 1 rank (1 thread)", round(result["samples_per_s_1"]), ""),
+            ("DDP samples/s, 2 ranks (1 thread each)", round(result["samples_per_s_2"]), ""),
+            ("2 independent processes (the ceiling), samples/s", round(result["samples_per_s_independent"]), ""),
+            ("scaling efficiency T2 / (2 T1)", round(result["efficiency"], 3), ""),
+            ("ceiling: independent / (2 T1)", round(result["ceiling"], 3), "this machine, this run"),
+            ("DDP / ceiling", round(of_ceiling, 3), ""),
+            (f"driver, CPU s per run of {result['steps']} steps", round(result["driver_s"], 4), ""),
+            ("hand-written loop, same metrics, CPU s", round(result["hand_s"], 4), ""),
+            (f"driver overhead % (median of {result['rounds']} pairs)", round(100 * overhead, 2), ""),
+            ("middle half of the pairs, %", f"{100 * result['overhead_q1']:+.1f} to {100 * result['overhead_q3']:+.1f}",
+             ""),
+            ("control: hand loop against itself, %", round(100 * result["control"], 2), "the noise floor")]
+    return titled([{"measure": name, "value": value, "note": note} | ({"target": targets.get(name, "")}
+                                                                      if verdict else {})
+                   for name, value, note in rows])
 
 
 def bench_horovod_vs_ddp(batch_per_rank: int = 256, repeats: int = 5, log: Log = None) -> list[dict[str, Any]]:
@@ -231,21 +234,17 @@ HEADERS = {"strategy": "strategy", "samples_per_s_1": "samples/s, 1 rank", "samp
            "ceiling": "ceiling", "of_ceiling": "of the ceiling"}
 
 
-def format_table(rows: list[dict[str, Any]]) -> str:
-    """A table of dicts with the same keys, headed for people (floats >= 100 as whole numbers, else 3 digits)."""
+def table_scaling(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """A table of dicts with the same keys, headed for people (``HEADERS``; floats >= 100 as whole numbers,
+    else 3 significant digits)."""
+    from dtutor.tables import titled
 
-    def text(value) -> str:
+    def rounded(value: Any) -> Any:
         if isinstance(value, float):
-            return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
-        return str(value)
+            return round(value) if abs(value) >= 100 else float(f"{value:.3g}")
+        return value
 
-    keys = list(rows[0])
-    titles = [HEADERS.get(k, k) for k in keys]
-    cells = [[text(row[k]) for k in keys] for row in rows]
-    widths = [max(len(t), *(len(c[i]) for c in cells)) for i, t in enumerate(titles)]
-    lines = ["  ".join(t.rjust(w) for t, w in zip(titles, widths, strict=True))]
-    lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
-    return "\n".join(lines)
+    return titled([{HEADERS.get(key, key): rounded(value) for key, value in row.items()} for row in rows])
 
 
 def plot_scaling(result: dict[str, Any]):
@@ -277,9 +276,9 @@ def bench_pipeline(repeats: int = 10, speed: bool = True) -> dict[str, Any]:
     return {"bubble": rows, "memory": memory_and_speed.measured_table("cnn", speed=speed), "machine": where}
 
 
-def format_pipeline(result: dict[str, Any]) -> str:
-    """The two tables ``python -m dtutor.bench pipeline`` prints."""
+def table_pipeline(result: dict[str, Any], verdict: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The two tables of ``python -m dtutor.bench pipeline``: the bubble (``verdict``: the benchmark's target
+    column) and the memory and speed of the CNN's splits."""
     from dtutor.pytorch.model_parallel import bubble, memory_and_speed
 
-    memory = memory_and_speed.format_memory(result["memory"])
-    return f"{bubble.format_bubble(result['bubble'], verdict=True)}\n\n{memory}"
+    return bubble.table_bubble(result["bubble"], verdict=verdict), memory_and_speed.table_memory(result["memory"])

@@ -15,16 +15,17 @@ the launched processes.
 
 from __future__ import annotations
 
-import textwrap
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dtutor.pytorch.sharded import formulas
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 TARGET = 0.10  # every measured part within 10% of its formula
 MB = 1e6
 LEGEND = {"parameters": "parameters", "gradients": "gradients", "optimizer": "optimizer state + fp32 master"}
 QUICK_RUNS = ({"strategy": "deepspeed", "zero_stage": 3, "precision": "bf16"}, {"strategy": "fsdp"})
-TABLE_WIDTH = 120  # the notes under the table wrap at this width
 QUICK_WIDTH = 512  # wide_mlp(512, 4): 1,195,018 parameters (ZeRO-3 keeps layers of <= 1e5 whole)
 
 
@@ -99,19 +100,15 @@ def _cell(values: list[float]) -> str:
     return f"{high / MB:.1f}" if high - low <= 0.005 * max(high, 1) else f"{low / MB:.1f}-{high / MB:.1f}"
 
 
-def _wrapped(text: str) -> list[str]:
-    return textwrap.wrap(text, TABLE_WIDTH, subsequent_indent="    ", break_on_hyphens=False)
-
-
-def offload_lines(rows: list[dict[str, Any]]) -> list[str]:
+def offload_notes(rows: list[dict[str, Any]]) -> list[str]:
     """What each offload row means: where its bytes would live on a GPU machine, and why its gradients and total
     look as they do on a CPU, where host and device memory are one memory (numbers from the rows)."""
-    lines = []
+    notes = []
     for row in (row for row in rows if row["run"].get("offload")):
         run, psi, ranks = row["run"], row["parameter_count"], row["ranks"]
         plain = formulas.estimate(psi, ranks, run.get("zero_stage", 0), run.get("precision", "fp32"), False,
                               run.get("optimizer", "adam"), run["strategy"])
-        lines += _wrapped(
+        notes.append(
             f"{row['configuration']}: its gradients are the fp32 partition the CPU optimizer reads (4Ψ/N = "
             f"{max(row['gradients']) / MB:.1f} MB), not the {plain.gradients / MB:.1f} MB 16-bit partition "
             f"without offload. On a GPU machine each GPU would hold {max(row['device']) / MB:.1f} MB of model state "
@@ -122,49 +119,52 @@ def offload_lines(rows: list[dict[str, Any]]) -> list[str]:
                 and other["run"].get("precision") == run.get("precision") and not other["run"].get("offload")
                 and abs(other["formula"]["total"] - row["formula"]["total"]) < 1]
         if same:
-            lines += _wrapped(f"Its total equals {same[0]}'s by coincidence: the same 16-bit parameters and "
-                              f"optimizer partition, and its fp32 gradient partition, 4Ψ/N, equals ZeRO-1's whole "
-                              f"16-bit gradient, 2Ψ, when N = {ranks}.")
-    return lines
+            notes.append(f"Its total equals {same[0]}'s by coincidence: the same 16-bit parameters and "
+                         f"optimizer partition, and its fp32 gradient partition, 4Ψ/N, equals ZeRO-1's whole "
+                         f"16-bit gradient, 2Ψ, when N = {ranks}.")
+    return notes
 
 
-def format_zero(rows: list[dict[str, Any]], verdict: bool = False) -> str:
+def _table_row(row: dict[str, Any]) -> dict[tuple[str, str], Any]:
+    """One configuration's cells, under two header rows: each part's measured and formula MB, and the rest."""
+    cells: dict[tuple[str, str], Any] = {("configuration", ""): row["configuration"]}
+    for name in (*formulas.COMPONENTS, "total"):
+        cells[(f"{name} MB", "measured")] = _cell(row[name])
+        cells[(f"{name} MB", "formula")] = round(row["formula"][name] / MB, 1)
+    return cells | {("total", "ratio"): round(row["ratio"]["total"], 3), ("device", "MB"): _cell(row["device"]),
+                    ("other MB", "per rank"): " | ".join(f"{value / MB:.1f}" for value in row["other"])}
+
+
+def table_zero(rows: list[dict[str, Any]], verdict: bool = False) -> pd.DataFrame:
     """The table: per part measured MB (largest rank; a range where ranks differ) and formula MB, the total's
-    ratio, the device's share; the spread of every part's ratio, and (``verdict``, for the benchmark) whether
-    every part is within ``TARGET`` of its formula."""
-    parts = (*formulas.COMPONENTS, "total")
-    head = f"{'':<22}" + "".join(f"{name + ' MB':>18}" for name in parts) + f"{'total':>7}{'device':>9}{'other MB':>14}"
-    lines = [head, f"{'configuration':<22}" + f"{'measured':>10}{'formula':>8}" * 4
-             + f"{'ratio':>7}{'MB':>9}{'per rank':>14}"]
-    for row in rows:
-        cells = "".join(f"{_cell(row[name]):>10}{row['formula'][name] / MB:>8.1f}" for name in parts)
-        other = " | ".join(f"{value / MB:.1f}" for value in row["other"])
-        lines.append(f"{row['configuration']:<22}{cells}{row['ratio']['total']:>7.3f}{_cell(row['device']):>9}"
-                     f"{other:>14}")
+    ratio, the device's share; its notes: the spread of every part's ratio, and (``verdict``, for the
+    benchmark) whether every part is within ``TARGET`` of its formula, then what the numbers mean."""
+    from dtutor.tables import titled
+
+    table = [_table_row(row) for row in rows]
     ratios = [r for row in rows for r in row["ratio"].values()]
     spread = f"measured / formula, every part of every row: {min(ratios):.3f} to {max(ratios):.3f}"
     if verdict:
-        met = all(row["within_target"] for row in rows)
-        spread += f"; every cell within {TARGET:.0%} of its formula: {'met' if met else 'missed'}"
+        spread += (f"; every cell within {TARGET:.0%} of its formula: "
+                   f"{'met' if all(row['within_target'] for row in rows) else 'missed'}")
     first = rows[0]
-    lines += [spread, f"Ψ = {first['parameter_count']:,} parameters, N = {first['ranks']} ranks, Adam; MB = 1e6 bytes; "
-              "device: the model state a GPU would hold (the rest is in host memory)"]
-    lines += offload_lines(rows)
+    notes = [spread, f"Ψ = {first['parameter_count']:,} parameters, N = {first['ranks']} ranks, Adam; MB = 1e6 "
+             "bytes; device: the model state a GPU would hold (the rest is in host memory)", *offload_notes(rows)]
     moments: dict[str, list[str]] = {}
     for row in rows:
         moments.setdefault(row["moment"], []).append(row["configuration"])
-    for moment, names in moments.items():
-        lines += _wrapped(f"measured {moment}: {', '.join(names)}")
-    lines.append("other: held beyond the model state (partition buffers' slack, offload transfer buffers, "
+    notes += [f"measured {moment}: {', '.join(names)}" for moment, names in moments.items()]
+    notes.append("other: held beyond the model state (partition buffers' slack, offload transfer buffers, "
                  "gathered layers)")
     waiting = [f"{row['configuration']} {row['bucket_in_use'] / MB:.1f} MB" for row in rows if row["bucket_in_use"]]
     if waiting:
-        lines += _wrapped("gradients in the reduce bucket at the end of backward (not counted): " + ", ".join(waiting))
+        notes.append("gradients in the reduce bucket at the end of backward (not counted): " + ", ".join(waiting))
     bucket = max(rows, key=lambda row: (row["bucket_resident"], row["bucket_capacity"]))
     if bucket["bucket_capacity"] > 0 and bucket["bucket_resident"] >= 0:
-        lines.append(f"reduce bucket ({bucket['configuration']}): {bucket['bucket_capacity'] / MB:,.0f} MB allocated, "
-                     f"{bucket['bucket_resident'] / MB:,.1f} MB resident (not counted: a communication buffer)")
-    return "\n".join(lines)
+        notes.append(f"reduce bucket ({bucket['configuration']}): {bucket['bucket_capacity'] / MB:,.0f} MB "
+                     f"allocated, {bucket['bucket_resident'] / MB:,.1f} MB resident (not counted: a communication "
+                     "buffer)")
+    return titled(table, notes=notes)
 
 
 def plot_memory(rows: list[dict[str, Any]]):

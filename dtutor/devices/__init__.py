@@ -32,15 +32,15 @@ from dtutor.devices.records import MIB, Accelerator, Backend, Inventory, SourceR
 from dtutor.devices.report import (
     NOTEBOOK_TOPICS,
     Recommendation,
-    format_inventory,
-    format_recommendations,
     recommend_notebook_runs,
+    table_inventory,
+    table_recommendations,
 )
 
 __all__ = [
     "MIB", "NOTEBOOK_TOPICS", "Accelerator", "Backend", "Inventory", "Recommendation", "SourceReport",
-    "format_inventory", "format_recommendations", "horovod_frameworks", "import_quietly", "inventory", "main",
-    "merge_devices", "probe_gputil", "probe_nvml", "probe_tensorflow", "probe_torch", "recommend_notebook_runs",
+    "horovod_frameworks", "import_quietly", "inventory", "main", "merge_devices", "probe_gputil", "probe_nvml",
+    "probe_tensorflow", "probe_torch", "recommend_notebook_runs", "table_inventory", "table_recommendations",
 ]
 
 

@@ -7,6 +7,7 @@ import json
 from dataclasses import asdict
 
 import dtutor.devices as devices
+from dtutor.tables import show
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,6 +23,5 @@ def main(argv: list[str] | None = None) -> int:
         doc = {"inventory": inv.to_dict(), "recommendations": [asdict(r) for r in recs]}
         print(json.dumps(doc, indent=2))
     else:
-        print(devices.format_inventory(inv), "", "How the course runs here", devices.format_recommendations(recs),
-              sep="\n")
+        show(*devices.table_inventory(inv), devices.table_recommendations(recs))
     return 0

@@ -1,11 +1,15 @@
-"""What the inventory means for the course: how each notebook runs here, and the inventory as text tables."""
+"""What the inventory means for the course: how each notebook runs here, and the inventory as tables."""
 
 from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from dtutor.devices.records import Inventory
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @dataclass
@@ -82,33 +86,27 @@ def recommend_notebook_runs(inv: Inventory, simulated_workers: int | None = None
     return recs
 
 
-def _num(v: float | None) -> str | None:
-    return None if v is None else f"{v:.0f}"
+def table_inventory(inv: Inventory) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The inventory as three tables: the GPU sources, the merged GPUs (the CPU cores in its notes), the
+    backends."""
+    from dtutor.tables import titled, whole
+
+    sources = titled([{"source": s.name, "status": "ok" if s.ok else "failed", "gpus": len(s.devices),
+                       "detail": s.error or s.note} for s in inv.sources], "GPU sources")
+    gpus = titled([{"idx": g.index, "name": g.name, "MiB total": whole(g.memory_total_mib),
+                    "MiB free": whole(g.memory_free_mib), "util %": whole(g.utilization_pct), "driver": g.driver,
+                    "cc": g.compute_capability, "sources": "+".join(g.sources)} for g in inv.gpus],
+                  f"GPUs (merged): {len(inv.gpus)}",
+                  [f"CPU cores: {inv.cpu_logical} logical, {inv.cpu_affinity or '?'} usable by this process"],
+                  integers=["MiB total", "MiB free", "util %"])
+    backends = titled([{"backend": b.name, "usable": "yes" if b.usable else "no", "detail": b.detail}
+                       for b in inv.backends.values()], "Backends")
+    return sources, gpus, backends
 
 
-def _table(headers: list[str], rows: list[list]) -> str:
-    cells = [headers] + [["-" if c is None else str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
-    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
+def table_recommendations(recs: list[Recommendation]) -> pd.DataFrame:
+    """How each notebook runs here, one row per notebook."""
+    from dtutor.tables import titled
 
-
-def format_inventory(inv: Inventory) -> str:
-    """The inventory as plain-text tables: GPU sources, merged GPUs, CPU cores, backends."""
-    src = [[s.name, "ok" if s.ok else "failed", len(s.devices), s.error or s.note] for s in inv.sources]
-    out = ["GPU sources", _table(["source", "status", "gpus", "detail"], src), "",
-           f"GPUs (merged): {len(inv.gpus)}"]
-    if inv.gpus:
-        gpu = [[g.index, g.name, _num(g.memory_total_mib), _num(g.memory_free_mib), _num(g.utilization_pct),
-                g.driver, g.compute_capability, "+".join(g.sources)] for g in inv.gpus]
-        out.append(_table(["idx", "name", "MiB total", "MiB free", "util %", "driver", "cc", "sources"], gpu))
-    bk = [[b.name, "yes" if b.usable else "no", b.detail] for b in inv.backends.values()]
-    out += ["", f"CPU cores: {inv.cpu_logical} logical, {inv.cpu_affinity or '?'} usable by this process",
-            "", "Backends", _table(["backend", "usable", "detail"], bk)]
-    return "\n".join(out)
-
-
-def format_recommendations(recs: list[Recommendation]) -> str:
-    """The recommendations as a plain-text table."""
-    return _table(["nb", "strategy", "mode", "workers", "backend", "how"],
-                  [[r.notebook, r.strategy, r.mode, r.workers, r.backend, r.how] for r in recs])
+    return titled([{"nb": r.notebook, "strategy": r.strategy, "mode": r.mode, "workers": r.workers,
+                    "backend": r.backend, "how": r.how} for r in recs], "How the course runs here")

@@ -22,7 +22,7 @@ communication):
   the one-way time of one activation, measured by ping-pong); overlapped sends hide most of them.
 
 The benchmark (``python -m dtutor.bench pipeline``) also compares overlapped GPipe at p = 2 and m <= 4 with
-its target, ``GAP_TARGET`` (``format_bubble(rows, verdict=True)``); a learner's table shows the measurement
+its target, ``GAP_TARGET`` (``table_bubble(rows, verdict=True)``); a learner's table shows the measurement
 and where it comes from, without a verdict. On 2 cores, p = 4 oversubscribes the CPU (4 processes, 2
 cores): its numbers show the schedule's shape, not the bubble; measure p = 4 on GPUs.
 
@@ -38,7 +38,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -47,6 +47,9 @@ from torch import nn
 from dtutor.pytorch.model_parallel import stages as st
 from dtutor.pytorch.model_parallel.gpipe import actions_for, run_stage
 from dtutor.pytorch.model_parallel.timeline import Event, gather, idle_fractions, mean_idle, replay, theory_bubble
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 GAP_TARGET = 0.10  # overlapped GPipe measured within 10% (relative) of theory for m <= 4
 BUBBLE_ENTRY = "dtutor.pytorch.model_parallel.bubble:bubble_entry"
@@ -188,26 +191,26 @@ def _explain(row: dict[str, Any]) -> list[str]:
             f"{hops} ({hidden})"]
 
 
-def format_bubble(rows: list[dict[str, Any]], verdict: bool = False) -> str:
+def table_bubble(rows: list[dict[str, Any]], verdict: bool = False) -> pd.DataFrame:
     """The bubble table: measured idle fraction, theory, the gap split into uneven compute and communication.
 
-    The last lines explain each GPipe variant's gap at the largest m from its numbers. ``verdict`` (the
-    benchmark's, never a learner's table) adds a column comparing the relative gap with ``GAP_TARGET`` for
-    overlapped GPipe at p = 2, m <= 4.
+    Its notes explain each GPipe variant's gap at the largest m from its numbers. ``verdict`` (the benchmark's,
+    never a learner's table) adds a column comparing the relative gap with ``GAP_TARGET`` for overlapped GPipe
+    at p = 2, m <= 4.
     """
-    lines = [f"{'schedule':<9}{'sends':<11}{'p':>2}{'m':>4}{'measured':>10}{'theory':>8}{'rel. gap':>10}"
-             f"{'uneven':>8}{'comm.':>7}{'peak activations':>18}" + ("  target" if verdict else "")]
-    for row in rows:
-        held = "/".join(str(n) for n in row["peak_held"])
-        lines.append(f"{row['schedule']:<9}{row['sends']:<11}{row['stages']:>2}{row['micro_batches']:>4}"
-                     f"{row['measured']:>10.1%}{row['theory']:>8.1%}{row['relative_gap']:>+10.0%}"
-                     f"{100 * row['uneven']:>+8.1f}{100 * row['communication']:>+7.1f}{held:>18}"
-                     + (f"  {_verdict(row)}".rstrip() if verdict else ""))
-    lines += ["uneven + comm. = measured - theory, in points",
-              "uneven: the fastest step replayed with its own compute times and free communication, minus theory"]
+    from dtutor.tables import titled
+
+    table = [{"schedule": row["schedule"], "sends": row["sends"], "p": row["stages"], "m": row["micro_batches"],
+              "measured %": round(100 * row["measured"], 1), "theory %": round(100 * row["theory"], 1),
+              "rel. gap %": round(100 * row["relative_gap"]), "uneven points": round(100 * row["uneven"], 1),
+              "comm. points": round(100 * row["communication"], 1),
+              "peak activations": "/".join(str(n) for n in row["peak_held"])}
+             | ({"target": _verdict(row)} if verdict else {}) for row in rows]
+    notes = ["uneven + comm. = measured - theory, in points",
+             "uneven: the fastest step replayed with its own compute times and free communication, minus theory"]
     largest = max((r["micro_batches"] for r in rows), default=0)
-    lines += [line for r in rows if r["schedule"] == "gpipe" and r["micro_batches"] == largest for line in _explain(r)]
-    return "\n".join(lines)
+    notes += [line for r in rows if r["schedule"] == "gpipe" and r["micro_batches"] == largest for line in _explain(r)]
+    return titled(table, notes=notes)
 
 
 def plot_bubble(rows: list[dict[str, Any]]):

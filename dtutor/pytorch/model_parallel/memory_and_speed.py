@@ -19,7 +19,7 @@ Launch recipes::
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
@@ -29,6 +29,9 @@ from dtutor import models
 from dtutor.pytorch.model_parallel import stages as st
 from dtutor.pytorch.model_parallel.split import split_cnn
 from dtutor.pytorch.model_parallel.tensor_parallel import tensor_parallel_plan
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 LAYOUTS = {  # layout -> the driver's strategies that use it (None: a demo, not a strategy)
     "unsplit": ("single",),
@@ -98,12 +101,12 @@ def measured_table(model: str = "cnn", nprocs: int = 2, speed: bool = True,
     return rows
 
 
-def format_memory(rows: list[dict[str, Any]]) -> str:
-    """The table for people: kB per rank, the largest rank's share of the unsplit model, samples/s."""
-    lines = [f"{'layout':<33}{'strategy':<17}{'parameter kB per rank':>24}{'largest share':>15}{'samples/s':>11}"]
-    for row in rows:
-        per_rank = " | ".join(f"{b / 1024:,.1f}" for b in row["bytes_per_rank"])
-        rate = "-" if row["samples_per_s"] is None else f"{row['samples_per_s']:,.0f}"
-        lines.append(f"{row['layout']:<33}{row['strategy']:<17}{per_rank:>24}{row['largest_share']:>15.0%}"
-                     f"{rate:>11}")
-    return "\n".join(lines)
+def table_memory(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """The table for people: kB per rank (1 kB = 1,024 bytes), the largest rank's share of the unsplit model
+    in %, samples/s."""
+    from dtutor.tables import titled, whole
+
+    return titled([{"layout": row["layout"], "strategy": row["strategy"],
+                    "parameter kB per rank": " | ".join(f"{b / 1024:,.1f}" for b in row["bytes_per_rank"]),
+                    "largest share %": round(100 * row["largest_share"]), "samples/s": whole(row["samples_per_s"])}
+                   for row in rows], integers=["samples/s"])
