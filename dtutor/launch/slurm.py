@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dtutor.launch.recipes import training_sbatch
-from dtutor.launch.supervisor import NOISE, TAIL_LINES, LaunchError, _first_failure, _read_results
+from dtutor.launch.supervisor import NOISE, TAIL_LINES, LaunchError, first_failure, read_results
 from dtutor.launch.worker import RESULT_DIR_ENV
 
 if TYPE_CHECKING:
@@ -205,11 +205,6 @@ def rank_failures(output: str) -> dict[int, str]:
     return {rank: "\n".join(lines) + "\n" for rank, lines in found.items()}
 
 
-def read_results(result_dir: str | Path) -> list[Any]:
-    """The results a job's ranks pickled into ``result_dir`` (its ``DTUTOR_RESULT_DIR``), in rank order."""
-    return _read_results(Path(result_dir))
-
-
 def verdict(job: Job, result_dir: Path) -> list[Any]:
     """The ranks' results in rank order, or ``SlurmJobError``: the time limit, the first failed rank, or why.
 
@@ -222,7 +217,7 @@ def verdict(job: Job, result_dir: Path) -> list[Any]:
         raise SlurmJobError(f"job {job.job_id} ran past its time limit ({job.time_limit}); Slurm ended it "
                             "(state TIMEOUT)", job)
     failures = rank_failures(output)
-    first = _first_failure(result_dir) if result_dir.is_dir() else None  # by the time each rank wrote it down
+    first = first_failure(result_dir) if result_dir.is_dir() else None  # by the time each rank wrote it down
     if job.state != "COMPLETED" and (failures or first):
         rank, text = first or next(iter(failures.items()))
         text = failures.get(rank, text)

@@ -3,7 +3,8 @@ end every process of the launch on a failure, and collect each rank's result or 
 
 Workers (``python -m dtutor.launch``, see ``worker``) report through a temporary folder named in
 ``DTUTOR_RESULT_DIR``: ``rankN.pkl`` holds rank N's pickled return value, ``rankN.err`` the time and
-traceback of its failure.
+traceback of its failure. ``read_results`` and ``first_failure`` read such a folder, here and for a Slurm
+job (``dtutor.launch.slurm``).
 """
 
 from __future__ import annotations
@@ -82,10 +83,11 @@ def kill_tree(processes: list[subprocess.Popen], grace: float = 5.0) -> None:
         process.wait()
 
 
-def _first_failure(result_dir: Path) -> tuple[int, str] | None:
-    """The rank that failed first and its traceback, from the ``rankN.err`` files (None: no rank failed)."""
+def first_failure(result_dir: str | Path) -> tuple[int, str] | None:
+    """The rank that failed first and its traceback, from the ``rankN.err`` files in a launch's or a Slurm job's
+    ``DTUTOR_RESULT_DIR`` (None: no rank failed). First is the earliest time written in the reports."""
     failures = []
-    for path in result_dir.glob("rank*.err"):
+    for path in Path(result_dir).glob("rank*.err"):
         when, _, text = path.read_text().partition("\n")
         failures.append((float(when), int(path.stem[4:]), text))
     if not failures:
@@ -94,9 +96,10 @@ def _first_failure(result_dir: Path) -> tuple[int, str] | None:
     return rank, text
 
 
-def _read_results(result_dir: Path) -> list[Any]:
-    """Every rank's unpickled return value, in rank order."""
-    paths = sorted(result_dir.glob("rank*.pkl"), key=lambda path: int(path.stem[4:]))
+def read_results(result_dir: str | Path) -> list[Any]:
+    """Every rank's unpickled return value (``rankN.pkl`` in a launch's or a Slurm job's ``DTUTOR_RESULT_DIR``),
+    in rank order."""
+    paths = sorted(Path(result_dir).glob("rank*.pkl"), key=lambda path: int(path.stem[4:]))
     return [pickle.loads(path.read_bytes()) for path in paths]
 
 
@@ -151,7 +154,7 @@ def _run(commands: list[list[str]], envs: list[dict[str, str]], deadline: float,
 
 def _verdict(result_dir: Path, outcome: _Outcome, entry: str, timeout: float) -> list[Any]:
     """The ranks' results, or ``LaunchError`` for the first failed rank, a timeout or an early crash."""
-    failure = _first_failure(result_dir)
+    failure = first_failure(result_dir)
     if failure is not None:
         rank, text = failure
         raise LaunchError(f"rank {rank} of {entry} failed:\n{text}", rank=rank, remote_traceback=text)
@@ -159,7 +162,7 @@ def _verdict(result_dir: Path, outcome: _Outcome, entry: str, timeout: float) ->
         raise LaunchError(f"{entry} did not finish within {timeout:g} s; all its processes were ended.")
     if outcome.failed:
         raise LaunchError(f"{entry} failed before a rank could report; last output:\n" + "\n".join(outcome.tail))
-    return _read_results(result_dir)
+    return read_results(result_dir)
 
 
 def supervise(
