@@ -112,11 +112,11 @@ def test_a_tiny_run_is_json_and_prints_every_row(tiny):
 
 
 def test_the_command_line_prints_the_table_and_writes_the_json(monkeypatch, tmp_path, capsys):
-    from test_bench_rows import fake_result
+    from conftest import fake_bench_result
 
     from dtutor import bench
 
-    monkeypatch.setattr(suite, "bench_all", lambda mode: fake_result() | {"mode": mode})
+    monkeypatch.setattr(suite, "bench_all", lambda mode: fake_bench_result() | {"mode": mode})
     bench.main(["all", "--mode", "quick", "--json", str(tmp_path / "all.json")])
     assert capsys.readouterr().out.startswith("quick mode on 2 CPU(s), no GPU")
     assert [row["key"] for row in json.loads((tmp_path / "all.json").read_text())["rows"]][:2] == ["single", "ddp"]
