@@ -34,13 +34,13 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from dtutor.launch.commands import deepspeed_command, shell_command, torchrun_command
+from dtutor.launch.commands import DRIVERS, deepspeed_command, shell_command, torchrun_command
 from dtutor.launch.runners import show_tf_worker_commands
+from dtutor.strategies import STRATEGIES
 
 BYTES_PER_PARAMETER = 16  # Adam: fp32 weights, gradients and two moments (or mixed precision: 2 + 2 + 12)
 HEADROOM = 0.7  # the share of a GPU's memory the model state may take; the rest is activations and buffers
-FRAMEWORKS = ("pytorch", "tensorflow")
-ENTRY = {"pytorch": "dtutor.pytorch.driver:train", "tensorflow": "dtutor.tf.driver:train"}
+FRAMEWORKS = tuple(DRIVERS)  # "torch" or "tensorflow", as a strategy's StrategyInfo.framework says
 GB = 1e9
 
 
@@ -81,11 +81,11 @@ def _check(parameters: float, gpus_per_node: int, nodes: int, framework: str, gp
         raise ValueError(f"gpu_memory_gb: must be > 0, got {gpu_memory_gb!r}")
 
 
-def recommend_strategy(parameters: float, gpus_per_node: int = 1, nodes: int = 1, framework: str = "pytorch",
+def recommend_strategy(parameters: float, gpus_per_node: int = 1, nodes: int = 1, framework: str = "torch",
                        gpu_memory_gb: float = 80.0, cores: int | None = None) -> Choice:
     """The strategy for a model of ``parameters`` parameters on ``nodes`` machines of ``gpus_per_node`` GPUs
     (0: CPUs only, ``cores`` each, this machine's by default) of ``gpu_memory_gb`` each, in ``framework``
-    (rules in the module docstring)."""
+    ("torch" or "tensorflow", as the registry names them; rules in the module docstring)."""
     _check(parameters, gpus_per_node, nodes, framework, gpu_memory_gb)
     gpus, budget = gpus_per_node * nodes, HEADROOM * gpu_memory_gb
     whole, sharded = model_state_gb(parameters), model_state_gb(parameters, max(gpus, 1))
@@ -108,14 +108,14 @@ def recommend_strategy(parameters: float, gpus_per_node: int = 1, nodes: int = 1
         choice = Choice("deepspeed", {"zero_stage": 3, "offload": True}, reasons=[
             memory, f"even sharded over {gpus} GPUs it needs {sharded:,.1f} GB each: ZeRO-3 with the optimizer "
             "state offloaded to CPU memory, or split the model (pipeline + tensor parallelism)"])
-    choice.command = launch_command(choice, framework, gpus_per_node or cores, nodes)
+    choice.command = launch_command(choice, gpus_per_node or cores, nodes)
     return choice
 
 
 def _cpu_only(framework: str, cores: int) -> Choice:
     """No GPU: one worker per core; a speed-up up to the number of cores, none beyond it."""
-    workers = "processes (gloo)" if framework == "pytorch" else "logical CPU devices in one process"
-    return Choice("ddp" if framework == "pytorch" else "mirrored", reasons=[
+    workers = "processes (gloo)" if framework == "torch" else "logical CPU devices in one process"
+    return Choice("ddp" if framework == "torch" else "mirrored", reasons=[
         f"no GPU: {cores} CPU {workers}, one per core, train correctly, for learning and testing",
         f"speed: workers of one thread, each on a core of its own, reach up to {cores}x one worker's samples/s; "
         f"workers beyond the {cores} cores share them and add no speed"])
@@ -134,10 +134,10 @@ def _whole_copy(framework: str, gpus_per_node: int, nodes: int, memory: str) -> 
                                   "backward; it spans machines, nn.DataParallel does not"])
 
 
-def launch_command(choice: Choice, framework: str, gpus_per_node: int, nodes: int) -> str:
-    """The terminal command(s) that start ``choice`` with the course's driver."""
+def launch_command(choice: Choice, gpus_per_node: int, nodes: int) -> str:
+    """The terminal command(s) that start ``choice`` with its framework's driver (``launch.commands.DRIVERS``)."""
     fields = {"strategy": choice.strategy, **choice.fields}
-    entry = ENTRY["pytorch" if choice.strategy in ("ddp", "single", "fsdp", "deepspeed") else framework]
+    entry = DRIVERS[STRATEGIES[choice.strategy].framework]
     if choice.strategy == "deepspeed":
         return shell_command(deepspeed_command(entry, gpus_per_node, fields, nnodes=nodes))
     if choice.strategy == "multiworker":

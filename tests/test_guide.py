@@ -20,12 +20,12 @@ def test_importing_the_guide_imports_no_framework():
 @pytest.mark.parametrize(
     ("parameters", "gpus", "nodes", "framework", "strategy"),
     [
-        (1e8, 1, 1, "pytorch", "single"),  # 1.6 GB on one 80 GB GPU
-        (1e8, 8, 1, "pytorch", "ddp"),
-        (1e8, 8, 4, "pytorch", "ddp"),  # across machines: DDP, never DataParallel
-        (1e8, 0, 1, "pytorch", "ddp"),  # CPU processes
-        (7.5 * BILLION, 8, 1, "pytorch", "fsdp"),  # 120 GB whole: 15 GB per GPU sharded
-        (100 * BILLION, 8, 1, "pytorch", "deepspeed"),  # 200 GB per GPU even sharded: offload
+        (1e8, 1, 1, "torch", "single"),  # 1.6 GB on one 80 GB GPU
+        (1e8, 8, 1, "torch", "ddp"),
+        (1e8, 8, 4, "torch", "ddp"),  # across machines: DDP, never DataParallel
+        (1e8, 0, 1, "torch", "ddp"),  # CPU processes
+        (7.5 * BILLION, 8, 1, "torch", "fsdp"),  # 120 GB whole: 15 GB per GPU sharded
+        (100 * BILLION, 8, 1, "torch", "deepspeed"),  # 200 GB per GPU even sharded: offload
         (1e8, 4, 1, "tensorflow", "mirrored"),
         (1e8, 4, 2, "tensorflow", "multiworker"),
         (1e8, 0, 1, "tensorflow", "mirrored"),
@@ -87,11 +87,11 @@ def test_tensorflow_sharding_is_described_as_it_is():
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        ((0, 1, 1, "pytorch", 80), "parameters: must be > 0"),
-        ((1e6, -1, 1, "pytorch", 80), "gpus_per_node: must be a whole number >= 0"),
-        ((1e6, 1, 0, "pytorch", 80), "nodes: must be a whole number >= 1"),
-        ((1e6, 1, 1, "jax", 80), "framework: must be one of pytorch, tensorflow"),
-        ((1e6, 1, 1, "pytorch", 0), "gpu_memory_gb: must be > 0"),
+        ((0, 1, 1, "torch", 80), "parameters: must be > 0"),
+        ((1e6, -1, 1, "torch", 80), "gpus_per_node: must be a whole number >= 0"),
+        ((1e6, 1, 0, "torch", 80), "nodes: must be a whole number >= 1"),
+        ((1e6, 1, 1, "jax", 80), "framework: must be one of torch, tensorflow"),
+        ((1e6, 1, 1, "torch", 0), "gpu_memory_gb: must be > 0"),
     ],
 )
 def test_bad_input_is_refused_naming_the_field(arguments, message):

@@ -13,6 +13,8 @@ from typing import Any
 
 from dtutor.launch.arguments import resolve_entry, worker_arguments
 
+# The training driver of each framework (a StrategyInfo.framework of dtutor.strategies), as a worker's entry point
+DRIVERS = {"torch": "dtutor.pytorch.driver:train", "tensorflow": "dtutor.tf.driver:train"}
 # Bounded waits of a multi-node rendezvous: the nodes wait up to join_timeout s for each other; a node that
 # cannot reach HOST stops after about 2 x read_timeout s (torchrun's defaults: 600 s and about 2 minutes).
 RENDEZVOUS_CONF = "join_timeout=120,read_timeout=30"

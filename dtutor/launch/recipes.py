@@ -27,11 +27,17 @@ from typing import Any
 
 from dtutor.config import ConfigError, TrainConfig, check_world
 from dtutor.launch.arguments import worker_arguments
-from dtutor.launch.commands import COMMAND_WIDTH, check_count, horovodrun_command, shell_command, torchrun_command
+from dtutor.launch.commands import (
+    COMMAND_WIDTH,
+    DRIVERS,
+    check_count,
+    horovodrun_command,
+    shell_command,
+    torchrun_command,
+)
 from dtutor.strategies import STRATEGIES
 
 LAUNCHERS = ("torchrun", "deepspeed", "horovodrun", "tf_workers")
-DRIVERS = {"torch": "dtutor.pytorch.driver:train", "tensorflow": "dtutor.tf.driver:train"}
 SETUP = "source .venv/bin/activate  # the course's environment (or: module load ..., conda activate ...)"
 TF_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}  # as dtutor.launch.runners.TF_WORKER_ENV
 

@@ -21,16 +21,13 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from dtutor.config import TrainConfig, check_world, choose_backend
-from dtutor.launch.commands import check_count
+from dtutor.launch.commands import DRIVERS, check_count
 from dtutor.launch.runners import run, run_horovod, run_tf_workers
 from dtutor.pytorch.sharded.deepspeed_config import deepspeed_config
 from dtutor.strategies import STRATEGIES, StrategyInfo
 
 if TYPE_CHECKING:
     from dtutor.result import RunResult
-
-DRIVERS = {"torch": "dtutor.pytorch.driver:train", "tensorflow": "dtutor.tf.driver:train"}
-
 
 @contextlib.contextmanager
 def quietly() -> Iterator[None]:
