@@ -41,40 +41,45 @@ def _wrapped(line: str) -> list[str]:
     return textwrap.wrap(line, WIDTH, subsequent_indent="  ", break_on_hyphens=False) or [""]
 
 
-def _for_terminal(frame: pd.DataFrame) -> pd.DataFrame:
-    """A copy to print: "-" where a value is missing, and columns of words left-aligned, header included
-    (numbers, and columns that mix numbers with words, stay right-aligned)."""
+def _missing_as_dash(frame: pd.DataFrame) -> pd.DataFrame:
+    """A copy with "-" where a value is missing (NaN stays NaN: ``na_rep`` prints it)."""
     import pandas as pd
 
     shown = frame.copy()
     for name in shown.columns:
-        if not pd.api.types.is_float_dtype(shown[name]):  # NaN prints as na_rep; <NA> and None as "-"
+        if not pd.api.types.is_float_dtype(shown[name]):
             shown[name] = shown[name].astype(object).where(shown[name].notna(), "-")
-    if isinstance(shown.columns, pd.MultiIndex):
-        return shown
-    for name in list(shown.columns):
-        values = shown[name]
-        if values.dtype == object and not any(isinstance(v, int | float) for v in values):
-            width = max(len(str(v)) for v in [name, *values])
-            shown[name] = values.astype(str).str.ljust(width)
-            shown = shown.rename(columns={name: str(name).ljust(width)})
     return shown
+
+
+def _body(frame: pd.DataFrame) -> list[str]:
+    """The rows as text: columns of words left-aligned, header included (numbers, and columns that mix numbers
+    with words, stay right-aligned)."""
+    import pandas as pd
+
+    shown = _missing_as_dash(frame)
+    if not isinstance(shown.columns, pd.MultiIndex):
+        for name in list(shown.columns):
+            values = shown[name]
+            if values.dtype == object and not any(isinstance(v, int | float) for v in values):
+                width = max(len(str(v)) for v in [name, *values])
+                shown[name] = values.astype(str).str.ljust(width)
+                shown = shown.rename(columns={name: str(name).ljust(width)})
+    return [] if frame.empty else [line.rstrip() for line in shown.to_string(index=False, na_rep="-").splitlines()]
 
 
 def text(frame: pd.DataFrame) -> str:
     """The table for a terminal: its title, ``to_string`` without the index ("-" where a value is missing)
     and its notes, a blank line between them; the title and notes wrap at ``WIDTH`` characters."""
     title, notes = frame.attrs.get("title", ""), frame.attrs.get("notes", [])
-    body = [] if frame.empty else _for_terminal(frame).to_string(index=False, na_rep="-").splitlines()
-    sections = [_wrapped(title) if title else [], [line.rstrip() for line in body],
+    sections = [_wrapped(title) if title else [], _body(frame),
                 [line for note in notes for line in _wrapped(note)]]
     return "\n\n".join("\n".join(lines) for lines in sections if lines)
 
 
 def show(*frames: pd.DataFrame) -> None:
-    """Show each table: in a notebook its title, the rendered DataFrame and its notes; elsewhere ``text``."""
-    import pandas as pd
-
+    """Show each table: in a notebook its title, the table (HTML for JupyterLab, ``text``'s rows as its plain
+    text) and its notes; elsewhere ``text``."""
     try:
         from IPython import get_ipython
         from IPython.display import display
@@ -90,8 +95,8 @@ def show(*frames: pd.DataFrame) -> None:
         if frame.attrs.get("title"):
             print("\n".join(_wrapped(frame.attrs["title"])))
         if not frame.empty:
-            with pd.option_context("display.max_colwidth", None):  # every cell whole, as in a terminal
-                display(frame)
+            html = _missing_as_dash(frame).to_html(index=False, na_rep="-")
+            display({"text/html": html, "text/plain": "\n".join(_body(frame))}, raw=True)
         notes = [line for note in frame.attrs.get("notes", []) for line in _wrapped(note)]
         if notes:
             print("\n".join(notes))

@@ -44,3 +44,18 @@ def test_a_table_without_rows_prints_its_title_and_notes():
 def test_outside_a_notebook_show_prints_the_text(capsys):
     tables.show(_table(), tables.titled([{"a": 1}]))
     assert capsys.readouterr().out == tables.text(_table()) + "\n\n" + "a\n1\n"
+
+
+def test_in_a_notebook_show_displays_html_with_the_text_rows_as_plain_text(monkeypatch, capsys):
+    import IPython
+    import IPython.display
+
+    shown = []
+    monkeypatch.setattr(IPython, "get_ipython", lambda: object())
+    monkeypatch.setattr(IPython.display, "display", lambda bundle, raw: shown.append(bundle))
+    tables.show(_table())
+    title, body, _ = tables.text(_table()).split("\n\n")
+    assert shown[0]["text/plain"] == body and "<td>horovod</td>" in shown[0]["text/html"]
+    assert "<NA>" not in shown[0]["text/html"] and "None" not in shown[0]["text/html"]  # missing: "-"
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == title and printed[1].startswith("a note")  # the notes, printed below the table
