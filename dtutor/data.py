@@ -38,6 +38,7 @@ MNIST_MIRRORS = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
     "https://storage.googleapis.com/cvdf-datasets/mnist/",
 )
+FALLBACK_SIZE = 1797  # scikit-learn's handwritten digits
 FALLBACK_TEST_SIZE = 297  # of scikit-learn's 1,797 digits (after the shuffle); the other 1,500 are for training
 FALLBACK_SEED = 0  # the one shuffle of the offline digits, the same in every process
 RETRY_DOWNLOAD_AFTER_S = 600.0  # a failed download is not tried again within this time (any process)
@@ -184,6 +185,19 @@ def _load(split: str, verbose: bool) -> MnistData:
         _remember_failure(folder, error)
         return _load_fallback(split, _why(error), f"the download failed: {error}")
     return _load_original(folder, split)
+
+
+def split_size(split: str = "train") -> int | None:
+    """How many samples ``load_mnist(split)`` gives, known without loading them (the caller checks ``samples``
+    with it): MNIST's count from its labels file's header, the fixed cut of the offline digits; None when the
+    loader would first try a download (its source is not known yet)."""
+    folder = data_dir()
+    if _cached(folder):
+        with gzip.open(folder / f"{'train' if split == 'train' else 't10k'}-labels-idx1-ubyte.gz", "rb") as f:
+            return int.from_bytes(f.read(8)[4:8], "big")
+    if offline() or recent_download_failure(folder) is not None:
+        return FALLBACK_SIZE - FALLBACK_TEST_SIZE if split == "train" else FALLBACK_TEST_SIZE
+    return None
 
 
 def load_mnist(split: str = "train", limit: int | None = None, verbose: bool = True) -> MnistData:

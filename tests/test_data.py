@@ -51,7 +51,7 @@ def test_original_files_in_the_cache_are_read(tmp_path, monkeypatch):
         write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", images)
         write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", labels)
     loaded = data.load_mnist("train", verbose=False)
-    assert loaded.source == f"MNIST from {tmp_path.name}/"
+    assert loaded.source == f"MNIST from {tmp_path.name}/" and data.split_size("train") == 6
     np.testing.assert_allclose(loaded.images, images / 255.0, rtol=1e-6)
     np.testing.assert_array_equal(loaded.labels, labels)
 
@@ -93,6 +93,13 @@ def test_a_download_failure_is_tried_again_after_a_while(fresh, monkeypatch):
     assert data.recent_download_failure() is None
     (fresh / data.FAILURE_MARKER).write_text(f"{data.time.time() - 5}\nno network\nx")
     assert data.recent_download_failure()[0] == "no network"
+
+
+def test_the_size_of_a_split_is_known_without_loading_it(fresh, monkeypatch):
+    assert [data.split_size(s) for s in ("train", "test")] == [len(data.load_mnist(s, verbose=False))
+                                                               for s in ("train", "test")]
+    monkeypatch.setenv("DTUTOR_OFFLINE", "0")  # the loader would try a download first: its source is not known
+    assert data.split_size("train") is None
 
 
 def test_limit_and_split_are_checked():

@@ -20,7 +20,8 @@ import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from dtutor.config import TrainConfig, check_world, choose_backend
+from dtutor import data
+from dtutor.config import ConfigError, TrainConfig, check_world, choose_backend
 from dtutor.launch.commands import DRIVERS, check_count
 from dtutor.launch.runners import run, run_horovod, run_tf_workers
 from dtutor.pytorch.sharded.deepspeed_config import deepspeed_config
@@ -62,6 +63,8 @@ def prepare(nprocs: int, nnodes: int, fields: dict[str, Any]) -> TrainConfig:
     _check_placement(info, nprocs, nnodes)
     world_size = nprocs * nnodes
     check_world(config, world_size, info.layout)
+    if config.samples > (data.split_size("train") or config.samples):  # the course's data (None: not known yet)
+        raise ConfigError(f"samples: {config.samples} asked for, but the training data has {data.split_size()}")
     if info.framework == "torch":  # TensorFlow strategies do not use it: keep torch out of their callers
         config = config.replace(backend=choose_backend(config.backend, nprocs))
     if info.name == "deepspeed":  # e.g. fp16 without GPUs: refused here, not inside the workers
