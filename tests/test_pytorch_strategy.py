@@ -68,8 +68,8 @@ def test_the_default_step_uses_no_sync_for_all_but_the_last_micro_batch():
 
 
 def test_step_totals_stack_as_float64():
-    totals = StepTotals(torch.tensor(2.5), torch.tensor(3), torch.tensor(4))
-    assert totals.stacked().dtype == torch.float64 and totals.stacked().tolist() == [2.5, 3.0, 4.0]
+    totals = StepTotals(torch.tensor(2.5), torch.tensor(3), torch.tensor(4), torch.tensor(4))
+    assert totals.stacked().dtype == torch.float64 and totals.stacked().tolist() == [2.5, 3.0, 4.0, 4.0]
 
 
 def test_a_strategy_takes_its_layout_from_its_class_not_its_name():
