@@ -88,7 +88,7 @@ class TrainConfig:
     optimizer: str = "sgd"  # "sgd" (with momentum) or "adam" (torch.optim.Adam, the ZeRO paper's optimizer)
     zero_stage: int = 0  # deepspeed only: 0 (none), 1 (optimizer state), 2 (+ gradients), 3 (+ parameters)
     offload: bool = False  # deepspeed only, stages 1-3: keep the optimizer state and its step in CPU memory
-    precision: str = "fp32"  # deepspeed only: "bf16" or "fp16" (GPUs only) train in 16 bits, fp32 masters
+    precision: str = "fp32"  # deepspeed: "bf16" or "fp16" (GPUs only); fsdp: "bf16"; 16-bit compute, fp32 masters
     seed: int = 0
     backend: str = "auto"  # torch.distributed backend: auto = nccl with a GPU per rank, else gloo
     test_samples: int = 512  # test images evaluated after the last epoch (0: none; at most the split's size)
@@ -224,13 +224,17 @@ def _check_model_parallel_fields(config: TrainConfig, layout: Layout) -> None:
 
 
 def _check_deepspeed_fields(config: TrainConfig) -> None:
-    """ZeRO stage, offload and precision belong to DeepSpeed; offload needs a partitioned optimizer (stage >= 1)."""
-    if config.strategy != "deepspeed":
-        for name, default in (("zero_stage", 0), ("offload", False), ("precision", "fp32")):
-            if getattr(config, name) != default:
-                raise ConfigError(f"{name}: only strategy='deepspeed' uses it ({config.strategy!r} does not); "
-                                  f"leave it at {default!r}")
-    elif config.offload and config.zero_stage == 0:
+    """ZeRO stage and offload belong to DeepSpeed; offload needs a partitioned optimizer (stage >= 1). Precision:
+    DeepSpeed's bf16/fp16, or FSDP2's bf16 (its ``MixedPrecisionPolicy``; fp16 would need a gradient scaler)."""
+    if config.strategy == "fsdp" and config.precision == "fp16":
+        raise ConfigError("precision: FSDP trains in 'fp32' or 'bf16' here (fp16 needs a gradient scaler, which "
+                          "the driver does not keep); use precision='bf16'")
+    for name, default, users in (("zero_stage", 0, ("deepspeed",)), ("offload", False, ("deepspeed",)),
+                                 ("precision", "fp32", ("deepspeed", "fsdp"))):
+        if getattr(config, name) != default and config.strategy not in users:
+            raise ConfigError(f"{name}: only strategy={' or '.join(map(repr, users))} uses it "
+                              f"({config.strategy!r} does not); leave it at {default!r}")
+    if config.strategy == "deepspeed" and config.offload and config.zero_stage == 0:
         raise ConfigError("offload: DeepSpeed offloads a partitioned optimizer only (ZeRO stages 1-3); "
                           "use zero_stage=1, 2 or 3, or offload=False")
     if STRATEGIES[config.strategy].framework == "tensorflow" and config.optimizer != "sgd":

@@ -46,7 +46,9 @@ def test_defaults_are_valid_and_the_arithmetic_follows():
         ({"strategy": "deepspeed", "offload": True}, "offload: DeepSpeed offloads a partitioned optimizer only"),
         ({"strategy": "deepspeed", "precision": "fp8"}, "precision: must be one of fp32, bf16, fp16"),
         ({"strategy": "ddp", "zero_stage": 2}, "zero_stage: only strategy='deepspeed' uses it"),
-        ({"strategy": "fsdp", "precision": "bf16"}, "precision: only strategy='deepspeed' uses it"),
+        ({"strategy": "ddp", "precision": "bf16"}, "precision: only strategy='deepspeed' or 'fsdp' uses it"),
+        ({"strategy": "fsdp", "precision": "fp16"}, "precision: FSDP trains in 'fp32' or 'bf16' here"),
+        ({"strategy": "fsdp", "zero_stage": 1}, "zero_stage: only strategy='deepspeed' uses it"),
     ],
 )
 def test_every_bad_field_is_refused_with_its_name(fields, message):

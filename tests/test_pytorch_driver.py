@@ -1,12 +1,17 @@
 """The driver on one device, in this process: it trains exactly like a hand-written loop, and owns the rest."""
 
+import os
+from pathlib import Path
+
 import own_code
 import pytest
 import torch
+from conftest import require_horovod
 
-from dtutor import TrainConfig, bench, data, learning_setup, max_difference, models, progress
+from dtutor import TrainConfig, bench, data, launch, learning_setup, max_difference, models, progress, strategies
 from dtutor.config import ConfigError
 from dtutor.pytorch import fit
+from dtutor.strategies import STRATEGIES
 
 SMALL = {"strategy": "single", "global_batch": 32, "samples": 128, "epochs": 2, "test_samples": 64}
 
@@ -85,3 +90,72 @@ def test_progress_is_one_bar_over_the_whole_run(monkeypatch):
     result = fit(TrainConfig(**SMALL))
     assert len(shown) == 1 and shown[0].total == shown[0].done == result.details["steps_per_epoch"] * 2
     assert shown[0].label == "single, epoch 1"
+
+
+def test_a_regression_has_no_accuracy_unless_the_learner_says_what_is_correct():
+    alone = own_code.every_strategy(["single"])["regression/single"]
+    assert all(e.accuracy is None for e in alone.epochs) and alone.test_accuracy is None
+    assert "accuracy" not in alone.summary() and f"test loss {alone.test_loss:.4f}" in alone.summary()
+    parts = own_code.tasks()["regression"]
+    config = TrainConfig(strategy="single", global_batch=16, samples=64, epochs=2, lr=0.1)
+    close = fit(config, **parts, count_correct=lambda outputs, targets: ((outputs[:, 0] - targets).abs() < 0.5).sum())
+    assert max_difference(close, alone) == 0.0  # judging changes no step
+    model = own_code.regressor()  # the test accuracy, recomputed here from the trained parameters
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in close.parameters.items()})
+    inputs, targets = parts["test_data"].tensors
+    with torch.no_grad():
+        expected = ((model(inputs)[:, 0] - targets).abs() < 0.5).float().mean().item()
+    assert close.test_accuracy == pytest.approx(expected, abs=1e-9) and 0 < expected < 1
+
+
+def test_a_dict_batch_without_its_keys_is_named():
+    class Unnamed(own_code.DictBlobs):
+        def __getitem__(self, index):
+            return {"x": self.pairs[index][0], "y": self.pairs[index][1]}
+
+    with pytest.raises(ValueError, match="a dict batch needs the keys 'inputs' and 'targets'; .* found \\['x', 'y'\\]"):
+        fit(TrainConfig(strategy="single", global_batch=16, samples=64), model=own_code.classifier,
+            train_data=Unnamed(64))
+
+
+TORCHRUN = [name for name in strategies.names("torch") if STRATEGIES[name].launcher == "torchrun"]
+
+
+@pytest.fixture(scope="module")
+def every_strategy():
+    """Both tasks of ``own_code.tasks`` under every PyTorch strategy but Horovod: the in-process ones here, every
+    torchrun one in turn in one launch of 4 ranks (data_tensor needs 4: 2 tensor shards x 2 replicas)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
+        found = own_code.every_strategy(["single", "dataparallel"])
+        found.update(launch.run("own_code:every_strategy", 4, timeout=400, quiet=True, names=TORCHRUN,
+                                backend="gloo")[0])
+    return found
+
+
+def _check_against_its_reference(found: dict, task: str, name: str) -> None:
+    run, info = found[f"{task}/{name}"], STRATEGIES[name]
+    reference = found[f"{task}/{info.reference}"]
+    assert max_difference(run, reference) <= info.tolerance
+    start = models.seeded(own_code.regressor if task == "regression" else own_code.classifier, 0).state_dict()
+    assert max_difference(run, start) > 1e-3  # it trained
+    assert run.test_loss == pytest.approx(found[f"{task}/single"].test_loss, rel=1e-4)
+    if task == "regression":
+        assert all(e.accuracy is None for e in run.epochs) and run.test_accuracy is None
+    else:
+        assert run.test_accuracy == found[f"{task}/single"].test_accuracy and run.epochs[-1].accuracy > 0.5
+
+
+@pytest.mark.parametrize("task", ["regression", "dict_batches"])
+@pytest.mark.parametrize("name", ["dataparallel", *TORCHRUN])
+def test_a_regression_and_dict_batches_train_under_every_strategy_equal_to_one_device(every_strategy, task, name):
+    _check_against_its_reference(every_strategy, task, name)
+
+
+def test_a_regression_and_dict_batches_train_under_horovod_equal_to_one_device(monkeypatch):
+    require_horovod("torch")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
+    found = own_code.every_strategy(["single"])
+    found.update(launch.run_horovod("own_code:every_strategy", 2, timeout=300, quiet=True, names=["horovod"])[0])
+    for task in ("regression", "dict_batches"):
+        _check_against_its_reference(found, task, "horovod")

@@ -54,3 +54,11 @@ def test_a_mirrored_run_is_summarized_as_one_process_with_its_replicas():
                              "accuracy 0.141, 128 samples/s; test accuracy 0.164")
     workers = RunResult(rank=0, world_size=2, config={"strategy": "multiworker"}, details={"replicas_in_sync": 2})
     assert workers.summary() == "multiworker on 2 rank(s)"
+
+
+def test_a_task_without_accuracy_is_summarized_by_its_losses():
+    epoch = EpochStats(epoch=1, steps=4, samples=64, loss=0.67771, accuracy=None, seconds=0.5)
+    run = RunResult(0, 1, {"strategy": "single"}, epochs=[epoch], test_loss=0.33734)
+    assert epoch.summary() == "epoch 1: loss 0.6777, 128 samples/s"
+    assert run.summary() == "single on 1 rank(s); epoch 1: loss 0.6777, 128 samples/s; test loss 0.3373"
+    assert run.as_dict()["epochs"][0]["accuracy"] is None

@@ -4,7 +4,7 @@ optimizer state, and gathers a layer's parameters only while it computes with th
 What it changes (joining and collectives are ``process_group.ProcessGroupStrategy``'s):
 - wrap: ``fully_shard`` each layer that has parameters, then the whole model, over a one-dimensional
   ``DeviceMesh`` of all ranks; the parameters become ``DTensor`` shards, so the optimizer is built again over
-  them (same class, same settings);
+  them (same class, same settings); ``precision="bf16"`` computes in bf16 (``precision_policy``);
 - no_sync: while accumulating, gradients are not reduce-scattered until the group's last micro-batch;
 - full_state_dict: ``full_tensor()`` gathers every shard;
 - save/load_checkpoint: ``torch.distributed.checkpoint``: every rank writes and reads its own shards.
@@ -15,6 +15,7 @@ layer before it runs and reduce-scatter its gradients (averaged, as DDP's all-re
 Launch recipes::
 
     dtutor.launch.train(2, strategy="fsdp", optimizer="adam", lr=1e-3)
+    dtutor.launch.train(2, strategy="fsdp", optimizer="adam", lr=1e-3, precision="bf16")
     torchrun --standalone --nproc-per-node=2 -m dtutor.launch dtutor.pytorch.driver:train strategy=fsdp
 """
 
@@ -30,7 +31,7 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import fully_shard
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
 from dtutor.pytorch import checkpoint
@@ -39,12 +40,23 @@ from dtutor.pytorch.process_group import ProcessGroupStrategy
 EXTRA = "epoch_and_rng.pt"  # written last: its presence means the checkpoint is complete
 
 
-def shard_layers(model: nn.Module, mesh: Any) -> nn.Module:
+def precision_policy(precision: str) -> MixedPrecisionPolicy:
+    """FSDP2's mixed precision for ``config.precision``: "fp32" casts nothing; "bf16" all-gathers the parameters
+    and computes forward and backward in bf16, reduce-scatters the gradients in fp32, and keeps the sharded fp32
+    parameters as the optimizer's masters; outputs come back in fp32, so the loss is fp32 (as DeepSpeed's step
+    does here)."""
+    if precision == "bf16":
+        return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32, output_dtype=torch.float32)
+    return MixedPrecisionPolicy()
+
+
+def shard_layers(model: nn.Module, mesh: Any, policy: MixedPrecisionPolicy | None = None) -> nn.Module:
     """``fully_shard`` every direct child that has parameters, then the root (which keeps whatever is left)."""
+    policy = policy or MixedPrecisionPolicy()
     for child in model.children():
         if any(True for _ in child.parameters()):
-            fully_shard(child, mesh=mesh)
-    return fully_shard(model, mesh=mesh)
+            fully_shard(child, mesh=mesh, mp_policy=policy)
+    return fully_shard(model, mesh=mesh, mp_policy=policy)
 
 
 class FSDP(ProcessGroupStrategy):
@@ -55,7 +67,7 @@ class FSDP(ProcessGroupStrategy):
     def wrap(self, model: nn.Module, optimizer: Any) -> tuple[nn.Module, Any]:
         """Shard the model over all ranks, then rebuild ``optimizer`` over the shards."""
         mesh = init_device_mesh(self.device.type, (self.world_size,))
-        sharded = shard_layers(model, mesh)
+        sharded = shard_layers(model, mesh, precision_policy(self.config.precision))
         return sharded, type(optimizer)(sharded.parameters(), **optimizer.defaults)
 
     @contextlib.contextmanager
