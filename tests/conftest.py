@@ -56,6 +56,27 @@ def own_code_importable(monkeypatch) -> None:
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([folder, os.environ.get("PYTHONPATH", "")]))
 
 
+# --- Launches shared between tests: the same run (strategy and config) is launched once per session
+
+@pytest.fixture(scope="session")
+def shared_train():
+    """``shared_train(nprocs, **fields)``: ``launch.train(nprocs, quiet=True, **fields)``, launched once per session
+    for each distinct ``nprocs`` and ``fields`` (``timeout`` and ``quiet`` aside); every test that asks for the
+    same run gets the same results (read them; do not change them). A run that fails is not kept."""
+    from dtutor import launch
+
+    runs: dict[tuple[int, str], list] = {}
+
+    def train(nprocs: int, *, timeout: float = 300, **fields) -> list:
+        fields.pop("quiet", None)
+        key = (nprocs, repr(sorted(fields.items())))
+        if key not in runs:
+            runs[key] = launch.train(nprocs, timeout=timeout, quiet=True, **fields)
+        return runs[key]
+
+    return train
+
+
 # --- TensorFlow: every test that runs TensorFlow does it in a fresh child process (its devices are fixed for the
 # whole process when it initialises); this pytest process never imports TensorFlow.
 
@@ -81,6 +102,42 @@ def tf_reference():
     from dtutor import launch
 
     return launch.run_single("dtutor.tf.driver:train", timeout=300, replicas=1, strategy="mirrored", **TF_SETUP)
+
+
+# -- the PyTorch pipelines' small runs, shared by the tests of the strategies, the hand-written schedules and
+# the bubble: each is launched once per session.
+
+SMALL_RUN = {"global_batch": 64, "samples": 256, "epochs": 1, "test_samples": 64}  # 4 steps of the CNN on MNIST
+
+
+@pytest.fixture(scope="session")
+def small_reference():
+    """``single`` (one device, in this process) on ``SMALL_RUN``: what the model-parallel strategies equal."""
+    from dtutor import launch
+
+    return launch.train(1, strategy="single", quiet=True, **SMALL_RUN)[0]
+
+
+PIPELINES = ("pipeline_gpipe", "pipeline_1f1b", "pipeline_by_hand", "pipeline_by_hand_1f1b")
+
+
+@pytest.fixture(scope="session")
+def pipeline_runs():
+    """``pipeline_runs(name)``: every rank's ``RunResult`` of pipeline strategy ``name`` on 2 ranks, ``SMALL_RUN``
+    with 4 micro-batches. The four pipelines (``PIPELINES``) train one after the other in one launch, on first
+    use (``bubble.record``: a hand-written one's timelines kept)."""
+    from dtutor.pytorch.model_parallel import bubble
+
+    runs: dict[str, list] = {}
+
+    def run(name: str) -> list:
+        if not runs:
+            recorded = bubble.record(2, *({"strategy": n, "micro_batches": 4, **SMALL_RUN} for n in PIPELINES),
+                                     timeout=300)
+            runs.update(zip(PIPELINES, recorded, strict=True))
+        return runs[name]
+
+    return run
 
 
 @pytest.fixture

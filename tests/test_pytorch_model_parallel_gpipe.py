@@ -1,12 +1,15 @@
-"""Pipelines by hand and with torch.distributed.pipelining: m micro-batches give the full-batch gradients."""
+"""Pipelines by hand (the strategies pipeline_by_hand and pipeline_by_hand_1f1b) and the library's one-step proof:
+m micro-batches give what one device gives on the whole batch."""
 
 import pytest
 
-from dtutor import launch
+from dtutor import launch, max_difference, models
+from dtutor.pytorch.model_parallel import bubble
 from dtutor.pytorch.model_parallel.gpipe import gpipe_actions, one_f_one_b_actions, split_batch
+from dtutor.result import identical
+from dtutor.strategies import STRATEGIES
 
-GPIPE = "dtutor.pytorch.model_parallel.gpipe"  # the hand-written schedules, launched on 2 ranks
-TOLERANCE = 1e-6  # fp32; measured ~6e-9 (the micro-batch sums are added in another order)
+TOLERANCE = 1e-6  # fp32 gradients of one step; measured ~6e-9 (the micro-batch sums are added in another order)
 
 
 def _peak_held(actions):
@@ -42,18 +45,30 @@ def test_a_batch_must_cut_into_equal_micro_batches():
         split_batch(__import__("torch").zeros(32), 3)
 
 
-def test_by_hand_m_micro_batches_give_the_full_batch_gradients():
-    result = launch.run(f"{GPIPE}:gpipe_by_hand", 2, timeout=300, quiet=True, micro_batches=4)[0]
-    assert result["gradient_difference"]["gpipe"] < TOLERANCE and result["gradient_difference"]["1f1b"] < TOLERANCE
-    assert result["peak_held"] == {"gpipe": [4, 4], "1f1b": [2, 1]}
-    events = result["events"]["gpipe"]
-    assert len(events) == 2 * 2 * 4 and {e.kind for e in events} == {"forward", "backward"}
+@pytest.mark.parametrize(("hand", "library"), [("pipeline_by_hand", "pipeline_gpipe"),
+                                               ("pipeline_by_hand_1f1b", "pipeline_1f1b")])
+def test_by_hand_trains_equal_to_one_device_and_to_the_library_schedule(pipeline_runs, small_reference, hand,
+                                                                         library):
+    results, tolerance = pipeline_runs(hand), STRATEGIES[hand].tolerance
+    assert max_difference(results[0], small_reference) < tolerance and identical(results[0], results[1])
+    assert max_difference(results[0], pipeline_runs(library)[0]) < tolerance
+    assert max_difference(small_reference, models.seeded(models.mnist_cnn, 0).state_dict()) > 1e-3  # it trained
+    stats = results[0].epochs[0]
+    assert stats.samples == 256 and stats.steps == 4  # every sample counted once, though both stages read it
+    assert stats.loss == pytest.approx(small_reference.epochs[0].loss, rel=1e-5)
+    assert results[0].test_accuracy == pytest.approx(small_reference.test_accuracy, abs=1e-9)
 
 
-def test_overlapped_gpipe_by_hand_gives_the_same_gradients():
-    result = launch.run(f"{GPIPE}:gpipe_by_hand", 2, timeout=300, quiet=True, micro_batches=4, schedules=("gpipe",),
-                        blocking_gpipe=False)[0]
-    assert result["gradient_difference"]["gpipe"] < TOLERANCE and result["peak_held"] == {"gpipe": [4, 4]}
+def test_each_step_keeps_its_timeline_and_the_activations_each_stage_held(pipeline_runs):
+    gpipe, one_f_one_b = pipeline_runs("pipeline_by_hand"), pipeline_runs("pipeline_by_hand_1f1b")
+    assert bubble.peak_held(gpipe) == [4, 4] and bubble.peak_held(one_f_one_b) == [2, 1]
+    steps = bubble.timelines(gpipe)
+    assert len(steps) == 4 and all(len(events) == 2 * 2 * 4 for events in steps)  # 2 stages x (F, B) x m = 4
+    first = [(e.stage, e.kind, e.micro_batch) for e in steps[0]]
+    assert first[0] == (0, "forward", 0) and first[-1] == (0, "backward", 3)  # all forwards, then all backwards
+    assert [(kind, i) for stage, kind, i in first if stage == 1] == [
+        (kind, i) for kind in ("forward", "backward") for i in range(4)]
+    assert [e.micro_batch for e in bubble.timelines(one_f_one_b)[0] if e.stage == 1] == [0, 0, 1, 1, 2, 2, 3, 3]
 
 
 def test_the_library_schedules_give_the_full_batch_gradients_and_scale_by_m_themselves():

@@ -9,18 +9,16 @@ from dtutor.config import ConfigError, TrainConfig, check_world
 from dtutor.result import identical
 from dtutor.strategies import STRATEGIES
 
-SETUP = {"global_batch": 64, "samples": 256, "epochs": 1, "test_samples": 64}
-
-
-@pytest.fixture(scope="module")
-def reference():
-    return launch.train(1, strategy="single", **SETUP)[0]
+SETUP = {"global_batch": 64, "samples": 256, "epochs": 1, "test_samples": 64}  # conftest's SMALL_RUN
 
 
 @pytest.mark.parametrize("strategy", ["pipeline_gpipe", "pipeline_1f1b", "tensor_parallel"])
-def test_two_ranks_equal_one_device(strategy, reference):
-    options = {"micro_batches": 4} if strategy.startswith("pipeline") else {}
-    results = launch.train(2, strategy=strategy, timeout=240, quiet=True, **options, **SETUP)
+def test_two_ranks_equal_one_device(strategy, small_reference, pipeline_runs):
+    reference = small_reference
+    if strategy.startswith("pipeline"):
+        results = pipeline_runs(strategy)  # one launch, shared with the hand-written pipelines' tests
+    else:
+        results = launch.train(2, strategy=strategy, timeout=240, quiet=True, **SETUP)
     # fp32 after 4 steps; measured ~1e-8 (pipelines) and ~7e-9 (tensor parallel)
     assert max_difference(results[0], reference) < STRATEGIES[strategy].tolerance and identical(results[0], results[1])
     assert max_difference(reference, models.seeded(models.mnist_cnn, 0).state_dict()) > 1e-3  # it trained
@@ -31,7 +29,8 @@ def test_two_ranks_equal_one_device(strategy, reference):
     assert {r.details["micro_batch"] for r in results} == {64}  # one data rank: the whole batch per step
 
 
-def test_a_data_by_tensor_grid_on_four_ranks_equals_one_device(reference):
+def test_a_data_by_tensor_grid_on_four_ranks_equals_one_device(small_reference):
+    reference = small_reference
     results = launch.train(4, strategy="data_tensor", timeout=300, quiet=True, **SETUP)
     assert max_difference(results[0], reference) < STRATEGIES["data_tensor"].tolerance
     assert all(identical(results[0], other) for other in results[1:])

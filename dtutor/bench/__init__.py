@@ -7,7 +7,7 @@
     python -m dtutor.bench horovod_gap     # why Horovod scales worse than DDP here, measured
     python -m dtutor.bench ddp             # DDP scaling 1 -> 2 ranks (1 thread each) and the driver's overhead
     python -m dtutor.bench horovod         # Horovod (PyTorch) beside DDP, 1 and 2 ranks, same model and data
-    python -m dtutor.bench pipeline        # the pipeline bubble (measured, theory, gap); memory and speed per split
+    python -m dtutor.bench pipeline        # the pipeline strategies trained: bubble by hand vs theory; memory, speed
     python -m dtutor.bench zero            # ZeRO 0-3 and FSDP model-state memory per rank against the formulas
     python -m dtutor.bench ddp --json out.json
     python -m dtutor.bench ddp --help      # each benchmark's own flags

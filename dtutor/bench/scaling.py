@@ -266,13 +266,16 @@ def plot_scaling(result: dict[str, Any]):
 
 
 def bench_pipeline(repeats: int = 10, speed: bool = True) -> dict[str, Any]:
-    """The bubble rows (p = 2, m = 1, 2, 4, 8: GPipe blocking and overlapped, 1F1B), the memory/speed rows of
-    the CNN's splits, and the machine they ran on (``machine.machine``)."""
+    """The bubble rows: the pipeline strategies that train (GPipe by hand, blocking and overlapped; 1F1B by hand;
+    the library's ``pipeline_gpipe`` and ``pipeline_1f1b``) on p = 2 balanced stages at m = 1, 2, 4, 8, each timed
+    over ``repeats`` steps of its own training; the memory/speed rows of the CNN's splits, and the machine they
+    ran on (``machine.machine``)."""
     from dtutor.bench.machine import machine
     from dtutor.pytorch.model_parallel import bubble, memory_and_speed
 
     where = machine()
-    rows = [{k: v for k, v in row.items() if k != "events"} for row in bubble.measure_bubble(2, repeats=repeats)]
+    rows = [{k: v for k, v in row.items() if k not in ("events", "result")}
+            for row in bubble.measure_bubble(2, repeats=repeats)]
     return {"bubble": rows, "memory": memory_and_speed.measured_table("cnn", speed=speed), "machine": where}
 
 

@@ -21,15 +21,23 @@ of its input to s - 1. Two ways to communicate (``blocking``):
   engines hide communication behind compute. 1F1B needs it: with blocking sends at p = 2, stage 0 would wait
   to send activation 1 while stage 1 waits to send gradient 0, a deadlock.
 
-Launch recipe (2 ranks; on a machine with 2 GPUs ``backend=nccl``)::
+The strategies ``pipeline_by_hand`` (GPipe, blocking sends unless ``blocking`` is False) and
+``pipeline_by_hand_1f1b`` (overlapped) train with ``run_stage`` through the driver, like the library's
+``pipeline_gpipe``/``pipeline_1f1b`` (``pipeline.Pipeline``, whose stage cut, evaluation and state they share).
+Each keeps what every step did on its stage (``steps``: events and activations held): the timeline and the
+bubble come from training itself (``bubble.record``).
 
-    dtutor.launch.run("dtutor.pytorch.model_parallel.gpipe:gpipe_by_hand", 2, micro_batches=4)  # both schedules
-    torchrun --standalone --nproc-per-node=2 -m dtutor.launch \\
-        dtutor.pytorch.model_parallel.gpipe:gpipe_by_hand micro_batches=4
+Launch recipes (2 ranks; on a machine with 2 GPUs ``backend=nccl``)::
+
+    dtutor.launch.train(2, strategy="pipeline_by_hand", micro_batches=4, global_batch=64)
+    torchrun --standalone --nproc-per-node=2 -m dtutor.launch dtutor.pytorch.driver:train \\
+        strategy=pipeline_by_hand_1f1b micro_batches=4
+    dtutor.pytorch.model_parallel.bubble.record(2, {"strategy": "pipeline_by_hand", "micro_batches": 4})  # + timelines
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,9 +46,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from dtutor import models
+from dtutor.layout import PIPELINE
 from dtutor.pytorch.model_parallel import stages as st
-from dtutor.pytorch.model_parallel.timeline import Event, Recorder, gather
+from dtutor.pytorch.model_parallel.pipeline import Pipeline, zero_totals
+from dtutor.pytorch.model_parallel.timeline import Event, Recorder
+from dtutor.pytorch.strategy import Batch, LossFn, StepTotals, totals_of
 
 Action = tuple[str, int]
 CPU = torch.device("cpu")
@@ -73,9 +83,10 @@ def actions_for(schedule: str, stage: int, stages: int, micro_batches: int) -> l
 
 @dataclass
 class StageStep:
-    """What one stage did in one step: the losses (last stage), peak activations held, its events."""
+    """What one stage did in one step: the losses and outputs (last stage), peak activations held, its events."""
 
     losses: list[torch.Tensor] = field(default_factory=list)
+    outputs: list[torch.Tensor] = field(default_factory=list)
     peak_held: int = 0
     events: list[Event] = field(default_factory=list)
 
@@ -132,6 +143,7 @@ def run_stage(module: nn.Module, actions: Sequence[Action], *, stage: int, stage
                 if last:
                     loss = loss_fn(y, targets[i])
                     step.losses.append(loss.detach())
+                    step.outputs.append(y.detach())
                     y = loss / micro_batches
             if not last:
                 pending.append(st.send(y, stage + 1, blocking))
@@ -158,50 +170,56 @@ def split_batch(tensor: torch.Tensor, micro_batches: int) -> list[torch.Tensor]:
     return list(torch.chunk(tensor, micro_batches))
 
 
-def full_batch_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The reference: gradients of the mean cross-entropy over the whole batch on the unsplit model."""
-    model.zero_grad()
-    nn.functional.cross_entropy(model(x), y).backward()
-    gradients = {name: p.grad.clone() for name, p in model.named_parameters()}
-    model.zero_grad()
-    return gradients
+class PipelineByHand(Pipeline):
+    """One stage per rank, stepped by ``run_stage``: GPipe by hand (module docs), every step's work kept.
 
-
-def max_gradient_difference(stage: nn.Module, reference: dict[str, torch.Tensor]) -> float:
-    """Largest |difference| between ``stage``'s gradients and the reference's, by parameter name."""
-    return max(float((p.grad - reference[name]).abs().max()) for name, p in stage.named_parameters())
-
-
-def gpipe_by_hand(micro_batches: int = 4, schedules: Sequence[str] = ("gpipe", "1f1b"), batch: int = 32,
-                  seed: int = 0, backend: str = "gloo", blocking_gpipe: bool = True) -> dict[str, Any]:
-    """Entry point (one rank per stage): one step of each hand-written schedule on the course's CNN.
-
-    GPipe communicates blocking unless ``blocking_gpipe`` is False; 1F1B always overlaps (module docs).
-
-    Returns, the same on every rank, per schedule: the largest gradient difference from the full batch on
-    the unsplit model (over all stages), each stage's peak activations held, and every stage's events of a
-    second, timed step (the first one includes one-time warm-up).
+    ``blocking``: GPipe's sends (1F1B always overlaps: blocking, it would deadlock). ``input_grad``: stage 0
+    also computes its input's gradient, so its backward costs what the other stages' do (``bubble``).
     """
-    rank, world, device = st.join(backend)
-    try:
-        found: dict[str, dict[str, Any]] = {"gradient_difference": {}, "peak_held": {}, "events": {}}
-        for schedule in schedules:
-            model = models.seeded(models.mnist_cnn, seed).to(device)
-            stage = st.stage_modules(model, st.even_cuts(len(models.pipeline_layers(model)), world))
-            x, y = st.mnist_batch(batch, device)
-            reference = full_batch_gradients(model, x, y)
-            options = {"stage": rank, "stages": world, "inputs": split_batch(x, micro_batches),
-                       "shapes": st.boundary_shapes(stage, split_batch(x, micro_batches)[0]),
-                       "targets": split_batch(y, micro_batches), "device": device,
-                       "blocking": blocking_gpipe and schedule == "gpipe"}
-            done = run_stage(stage[rank], actions_for(schedule, rank, world, micro_batches), **options)
-            facts: list[Any] = [None] * world
-            dist.all_gather_object(facts, (max_gradient_difference(stage[rank], reference), done.peak_held))
-            found["gradient_difference"][schedule] = max(f[0] for f in facts)
-            found["peak_held"][schedule] = [f[1] for f in facts]
-            stage[rank].zero_grad()  # time a second step: the first includes one-time warm-up
-            timed = run_stage(stage[rank], actions_for(schedule, rank, world, micro_batches), **options)
-            found["events"][schedule] = gather(timed.events)
-        return {"stages": world, "micro_batches": micro_batches, **found}
-    finally:
-        st.leave()
+
+    name = "pipeline_by_hand"
+    layout = PIPELINE  # one stage per rank, every stage reads the same batches
+    schedule_name = "gpipe"
+    blocking = True
+    input_grad = False
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.steps: list[StageStep] = []  # this stage's events and activations held, step by step
+        self.shapes: dict[torch.Size, list[torch.Size]] = {}  # per micro-batch input shape: every stage's output
+
+    def wrap(self, model: nn.Module, optimizer: Any) -> tuple[nn.Module, Any]:
+        """This rank's stage of ``model`` and an optimizer of its parameters (no library stage)."""
+        self.parts = self.cut(model)
+        return self.parts[self.rank], st.optimizer_for(optimizer, self.parts[self.rank].parameters())
+
+    def boundary_shapes(self, example: torch.Tensor) -> list[torch.Size]:
+        """What each stage outputs for a micro-batch like ``example``: computed on the ``meta`` device."""
+        if example.shape not in self.shapes:
+            on_meta = [copy.deepcopy(part).to("meta") for part in self.parts]
+            self.shapes[example.shape] = st.boundary_shapes(on_meta, example.to("meta"))
+        return self.shapes[example.shape]
+
+    def train_step(self, model: nn.Module, optimizer: Any, micro_batches: list[Batch],
+                   loss_fn: LossFn) -> StepTotals:
+        """``run_stage`` over the step's batch cut into ``config.micro_batches``, then the update."""
+        (inputs, targets), = micro_batches  # config: accumulation = 1
+        count = self.config.micro_batches
+        pieces, labels = split_batch(inputs, count), split_batch(targets, count)
+        done = run_stage(model, actions_for(self.schedule_name, self.rank, self.world_size, count),
+                         stage=self.rank, stages=self.world_size, shapes=self.boundary_shapes(pieces[0]),
+                         inputs=pieces, targets=labels, loss_fn=loss_fn, device=self.device,
+                         blocking=self.blocking and self.schedule_name == "gpipe", input_grad=self.input_grad)
+        self.steps.append(StageStep(peak_held=done.peak_held, events=done.events))
+        optimizer.step()
+        optimizer.zero_grad()
+        if not self.is_last:
+            return zero_totals(self.device)
+        return totals_of(torch.cat(done.outputs), targets, torch.stack(done.losses).mean())
+
+
+class PipelineByHand1F1B(PipelineByHand):
+    """1F1B by hand (overlapped sends): at most ``stages - s`` activations held on stage s."""
+
+    name = "pipeline_by_hand_1f1b"
+    schedule_name = "1f1b"

@@ -29,6 +29,7 @@ from dtutor import models
 from dtutor.pytorch.model_parallel import stages as st
 from dtutor.pytorch.model_parallel.split import split_cnn
 from dtutor.pytorch.model_parallel.tensor_parallel import tensor_parallel_plan
+from dtutor.pytorch.process_group import join_process_group, leave_process_group
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -47,7 +48,7 @@ def parameter_memory(model: str = "cnn", seed: int = 0, backend: str = "gloo") -
 
     The article's split exists for the CNN on 2 ranks only; it is left out otherwise.
     """
-    rank, world, device = st.join(backend)
+    rank, world, device = join_process_group(backend)
     try:
         net = models.seeded(models.by_name(model), seed).to(device)
         mine = {"unsplit": st.parameter_bytes(net)}
@@ -62,7 +63,7 @@ def parameter_memory(model: str = "cnn", seed: int = 0, backend: str = "gloo") -
         dist.all_gather_object(everyone, mine)
         return {layout: [ranks[layout] for ranks in everyone] for layout in mine}
     finally:
-        st.leave()
+        leave_process_group()
 
 
 def training_speed(strategy: str, model: str = "cnn", nprocs: int = 2, global_batch: int = 64,

@@ -22,6 +22,9 @@ Launch recipes (``micro_batches`` must divide the global batch; 1F1B needs ``mic
     torchrun --standalone --nproc-per-node=2 -m dtutor.launch dtutor.pytorch.driver:train \\
         strategy=pipeline_1f1b micro_batches=4
     dtutor.launch.run("dtutor.pytorch.model_parallel.pipeline:library_gradients", 2, micro_batches=4)
+
+The same schedules written by hand (``gpipe.PipelineByHand``: ``pipeline_by_hand``, ``pipeline_by_hand_1f1b``)
+subclass ``Pipeline``: they share its stage cut (``cut``), evaluation and gathered state.
 """
 
 from __future__ import annotations
@@ -36,8 +39,7 @@ from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGP
 from dtutor import models
 from dtutor.layout import PIPELINE
 from dtutor.pytorch.model_parallel import stages as st
-from dtutor.pytorch.model_parallel.gpipe import full_batch_gradients, max_gradient_difference
-from dtutor.pytorch.process_group import ProcessGroupStrategy
+from dtutor.pytorch.process_group import ProcessGroupStrategy, join_process_group, leave_process_group
 from dtutor.pytorch.strategy import Batch, LossFn, StepTotals, totals_of
 
 SCHEDULES = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}
@@ -63,14 +65,19 @@ class Pipeline(ProcessGroupStrategy):
         """Whether this rank is the last stage (the one with the outputs and the loss)."""
         return self.rank == self.world_size - 1
 
-    def wrap(self, model: nn.Module, optimizer: Any) -> tuple[nn.Module, Any]:
-        """This rank's stage of ``model`` and an optimizer of its parameters only."""
+    def cut(self, model: nn.Module) -> list[nn.Sequential]:
+        """``model`` cut into one stage per rank; the other ranks' stages moved to ``meta`` (no memory here)."""
         parts = st.stage_modules(model, st.even_cuts(len(models.pipeline_layers(model)), self.world_size))
         for index, part in enumerate(parts):
             if index != self.rank:
-                part.to("meta")  # another rank's layers: no memory here
-        self.stage = PipelineStage(parts[self.rank], self.rank, self.world_size, self.device)
-        return parts[self.rank], st.optimizer_for(optimizer, parts[self.rank].parameters())
+                part.to("meta")
+        return parts
+
+    def wrap(self, model: nn.Module, optimizer: Any) -> tuple[nn.Module, Any]:
+        """This rank's stage of ``model`` and an optimizer of its parameters only."""
+        part = self.cut(model)[self.rank]
+        self.stage = PipelineStage(part, self.rank, self.world_size, self.device)
+        return part, st.optimizer_for(optimizer, part.parameters())
 
     def train_step(self, model: nn.Module, optimizer: Any, micro_batches: list[Batch],
                    loss_fn: LossFn) -> StepTotals:
@@ -124,6 +131,20 @@ class Pipeline1F1B(Pipeline):
     schedule_name = "1f1b"
 
 
+def full_batch_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The reference: gradients of the mean cross-entropy over the whole batch on the unsplit model."""
+    model.zero_grad()
+    nn.functional.cross_entropy(model(x), y).backward()
+    gradients = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    return gradients
+
+
+def max_gradient_difference(stage: nn.Module, reference: dict[str, torch.Tensor]) -> float:
+    """Largest |difference| between ``stage``'s gradients and the reference's, by parameter name."""
+    return max(float((p.grad - reference[name]).abs().max()) for name, p in stage.named_parameters())
+
+
 def _library_step(schedule_name: str, micro_batches: int, seed: int, batch: int, rank: int, world: int,
                   device: torch.device, loss_fn: LossFn) -> tuple[float, float]:
     """One library step from fresh weights: (max gradient difference, gradient norm ratio) on this stage."""
@@ -147,7 +168,7 @@ def library_gradients(micro_batches: int = 4, batch: int = 32, seed: int = 0, ba
     the whole batch (all stages), and ``pitfall_ratio``: full-batch gradient norm / the norm obtained when the
     loss function divides by the micro-batch count again (about ``micro_batches``: the schedule already did).
     """
-    rank, world, device = st.join(backend)
+    rank, world, device = join_process_group(backend)
     try:
         found = {}
         for name in schedules:
@@ -161,4 +182,4 @@ def library_gradients(micro_batches: int = 4, batch: int = 32, seed: int = 0, ba
                 "gradient_difference": {n: max(f[0][n] for f in facts) for n in schedules},
                 "pitfall_ratio": min(f[1] for f in facts)}
     finally:
-        st.leave()
+        leave_process_group()

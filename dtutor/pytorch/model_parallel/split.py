@@ -31,6 +31,7 @@ from dtutor import models
 from dtutor.pytorch.model_parallel import stages as st
 from dtutor.pytorch.model_parallel.gpipe import gpipe_actions, run_stage
 from dtutor.pytorch.model_parallel.timeline import gather
+from dtutor.pytorch.process_group import join_process_group, leave_process_group
 
 ARTICLE_CUT = (1,)  # part1 = the first layer: Conv 32 + ReLU + MaxPool
 
@@ -89,7 +90,7 @@ def split_demo(batch: int = 32, lr: float = 0.05, seed: int = 0, backend: str = 
     the activation's shape and bytes per crossing, each part's parameter count and the timeline of a second
     step (the first one includes one-time warm-up).
     """
-    rank, world, device = st.join(backend)
+    rank, world, device = join_process_group(backend)
     if world != 2:
         raise ValueError(f"the article's split has 2 parts: run it on 2 ranks, got {world}")
     try:
@@ -125,4 +126,4 @@ def split_demo(batch: int = 32, lr: float = 0.05, seed: int = 0, backend: str = 
                 "parameters": [f[2] for f in facts], "loss": facts[1][3], "events": gather(timed.events),
                 "device": str(device)}
     finally:
-        st.leave()
+        leave_process_group()

@@ -1,7 +1,5 @@
-"""What every model-parallel demo shares: joining the group, cutting a model into stages, moving tensors.
+"""What every model-parallel demo shares: cutting a model into stages, moving tensors between them.
 
-- ``join(backend)`` / ``leave()``: the process group of a demo launched with ``dtutor.launch.run`` (the
-  strategies' own, from ``dtutor.pytorch.process_group``);
 - ``cut_layers`` / ``stage_modules``: a ``Sequential`` cut into contiguous stages of whole layers
   (``dtutor.models.pipeline_layers``); every stage keeps the full model's parameter names, so stage
   gradients and parameters compare with the unsplit model's by name;
@@ -20,9 +18,6 @@ import torch.distributed as dist
 from torch import nn
 
 from dtutor import data, models
-from dtutor.pytorch.process_group import join_process_group, leave_process_group
-
-join, leave = join_process_group, leave_process_group  # the demos' short names for the strategies' own
 
 MAX_DIMS = 8  # a tensor header: its number of dimensions, then up to 8 sizes
 

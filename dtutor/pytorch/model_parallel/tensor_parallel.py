@@ -36,7 +36,7 @@ from torch.distributed.tensor.parallel import ColwiseParallel, ParallelStyle, Ro
 from dtutor.layout import DATA_X_TENSOR, TENSOR
 from dtutor.pytorch.model_parallel import stages as st
 from dtutor.pytorch.model_parallel.pipeline import zero_totals
-from dtutor.pytorch.process_group import ProcessGroupStrategy
+from dtutor.pytorch.process_group import ProcessGroupStrategy, join_process_group, leave_process_group
 from dtutor.pytorch.strategy import Batch, LossFn, StepTotals
 
 
@@ -136,7 +136,7 @@ def tensor_parallel_demo(width: int = 64, hidden: int = 256, batch: int = 8, see
     collectives counted in the forward and in the backward (``CommDebugMode``) with the bytes each
     all-reduces, and this rank's parameter bytes against the unsplit block's.
     """
-    rank, world, device = st.join(backend)
+    rank, world, device = join_process_group(backend)
     if hidden % world:
         raise ValueError(f"hidden: {hidden} must divide by the {world} ranks")
     try:
@@ -167,4 +167,4 @@ def tensor_parallel_demo(width: int = 64, hidden: int = 256, batch: int = 8, see
                 "parameter_bytes": st.parameter_bytes(sharded),
                 "unsplit_parameter_bytes": st.parameter_bytes(reference)}
     finally:
-        st.leave()
+        leave_process_group()
