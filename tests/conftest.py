@@ -111,11 +111,10 @@ SMALL_RUN = {"global_batch": 64, "samples": 256, "epochs": 1, "test_samples": 64
 
 
 @pytest.fixture(scope="session")
-def small_reference():
-    """``single`` (one device, in this process) on ``SMALL_RUN``: what the model-parallel strategies equal."""
-    from dtutor import launch
-
-    return launch.train(1, strategy="single", quiet=True, **SMALL_RUN)[0]
+def small_reference(shared_train):
+    """``single`` (one device, in this process) on ``SMALL_RUN``: what the model-parallel strategies equal (and
+    DDP and Horovod, whose tests ask ``shared_train`` for the same run)."""
+    return shared_train(1, strategy="single", **SMALL_RUN)[0]
 
 
 PIPELINES = ("pipeline_gpipe", "pipeline_1f1b", "pipeline_by_hand", "pipeline_by_hand_1f1b")

@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import pytest
 from conftest import SLURM_MARK, assert_nothing_left, require_horovod
 
-from dtutor import launch, max_difference
+from dtutor import max_difference
 from dtutor.launch import recipes, slurm, slurm_local
 
 SMALL = {"samples": 256, "global_batch": 32, "epochs": 1, "test_samples": 0}
@@ -135,12 +135,13 @@ def cluster(tmp_path_factory):
     assert_nothing_left(folder, ports, mark)  # after the module: no Slurm, munge or worker process remains
 
 
-def beside_the_local_run(cluster, launcher: str | None = None, **fields) -> tuple[list, list]:
-    """The ranks of the Slurm job and of the same run started locally (while the job runs)."""
+def beside_the_local_run(cluster, shared_train, launcher: str | None = None, **fields) -> tuple[list, list]:
+    """The ranks of the Slurm job and of the same run started locally (while the job runs; launched once for
+    the tests that compare the same run under different launchers)."""
     fields = {**SMALL, **fields}
     submitted = slurm.start(slurm.training_script(2, launcher=launcher, **fields), workdir=cluster.workdir,
                             quiet=True)
-    local = launch.train(2, quiet=True, timeout=300, **fields)
+    local = shared_train(2, **fields)
     return slurm.collect(submitted, timeout=300, quiet=True), local
 
 
@@ -149,26 +150,26 @@ def assert_equal_runs(ranks: list, local: list) -> None:
     assert max(max_difference(rank, local[0]) for rank in ranks) <= TOLERANCE
 
 
-def test_ddp_through_torchrun_on_two_nodes_equals_the_local_run(cluster):
-    assert_equal_runs(*beside_the_local_run(cluster, strategy="ddp"))
+def test_ddp_through_torchrun_on_two_nodes_equals_the_local_run(cluster, shared_train):
+    assert_equal_runs(*beside_the_local_run(cluster, shared_train, strategy="ddp"))
 
 
-def test_the_deepspeed_launcher_with_a_hostfile_starts_the_same_run(cluster):
-    assert_equal_runs(*beside_the_local_run(cluster, "deepspeed", strategy="ddp"))
+def test_the_deepspeed_launcher_with_a_hostfile_starts_the_same_run(cluster, shared_train):
+    assert_equal_runs(*beside_the_local_run(cluster, shared_train, "deepspeed", strategy="ddp"))
 
 
-def test_deepspeed_zero_through_the_deepspeed_launcher_equals_the_local_run(cluster):
+def test_deepspeed_zero_through_the_deepspeed_launcher_equals_the_local_run(cluster, shared_train):
     fields = {"strategy": "deepspeed", "zero_stage": 2, "optimizer": "adam", "lr": 1e-3}  # as notebook 06's tests
-    assert_equal_runs(*beside_the_local_run(cluster, "deepspeed", **fields))
+    assert_equal_runs(*beside_the_local_run(cluster, shared_train, "deepspeed", **fields))
 
 
-def test_horovod_with_hosts_from_the_job_equals_the_local_run(cluster):
+def test_horovod_with_hosts_from_the_job_equals_the_local_run(cluster, shared_train):
     require_horovod("torch")
-    assert_equal_runs(*beside_the_local_run(cluster, strategy="horovod"))
+    assert_equal_runs(*beside_the_local_run(cluster, shared_train, strategy="horovod"))
 
 
-def test_multiworker_with_tf_config_from_the_job_equals_the_local_run(cluster):
-    assert_equal_runs(*beside_the_local_run(cluster, strategy="multiworker"))
+def test_multiworker_with_tf_config_from_the_job_equals_the_local_run(cluster, shared_train):
+    assert_equal_runs(*beside_the_local_run(cluster, shared_train, strategy="multiworker"))
 
 
 PROBE = '''

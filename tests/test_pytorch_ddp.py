@@ -5,23 +5,24 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import SMALL_RUN
 
 from dtutor import launch, learning_setup, max_difference, models, plots
 from dtutor.result import identical
 from dtutor.strategies import STRATEGIES
 
-SETUP = {"global_batch": 64, "samples": 256, "epochs": 1, "test_samples": 64}
+SETUP = SMALL_RUN  # 4 steps; its single-device run is shared with the other strategies' tests
 TOLERANCE = STRATEGIES["ddp"].tolerance
 
 
 @pytest.fixture(scope="module")
-def reference():
-    return launch.train(1, strategy="single", **SETUP)[0]
+def reference(shared_train):
+    return shared_train(1, strategy="single", **SETUP)[0]  # conftest's small_reference too
 
 
 @pytest.fixture(scope="module")
-def two_ranks():
-    return launch.train(2, strategy="ddp", timeout=240, quiet=True, **SETUP)
+def two_ranks(shared_train):
+    return shared_train(2, strategy="ddp", **SETUP)
 
 
 def test_two_ranks_equal_one_device_on_the_combined_batch(two_ranks, reference):
@@ -40,8 +41,8 @@ def test_metrics_are_global_the_same_on_every_rank_and_match_one_device(two_rank
     assert first.test_accuracy == pytest.approx(reference.test_accuracy, abs=1e-9)
 
 
-def test_gradient_accumulation_with_no_sync_equals_the_big_batch(reference):
-    results = launch.train(2, strategy="ddp", timeout=240, quiet=True, accumulation=2, **SETUP)
+def test_gradient_accumulation_with_no_sync_equals_the_big_batch(reference, shared_train):
+    results = shared_train(2, strategy="ddp", accumulation=2, **SETUP)  # also FSDP's reference with accumulation
     assert {r.details["micro_batch"] for r in results} == {16}
     assert max_difference(results[0], reference) < TOLERANCE
 
@@ -97,9 +98,9 @@ def test_a_bad_config_under_plain_torchrun_fails_in_the_worker_with_the_same_mes
     assert "Traceback" not in caught.value.remote_traceback
 
 
-def test_the_learning_run_on_two_ranks_learns_and_overlaps_one_device():
+def test_the_learning_run_on_two_ranks_learns_and_overlaps_one_device(shared_train):
     """276 steps amplify float rounding (measured: step losses within 7e-3), but the curves must overlap."""
     ranks = launch.train(2, strategy="ddp", timeout=600, quiet=True, **learning_setup())
-    alone = launch.train(1, strategy="single", quiet=True, **learning_setup())[0]
+    alone = shared_train(1, strategy="single", **learning_setup())[0]  # the notebooks' learning run, one device
     assert min(ranks[0].test_accuracy, alone.test_accuracy) >= 0.9
     assert plots.step_loss_gap(ranks[0], alone) < 0.05

@@ -5,13 +5,13 @@ import os
 import subprocess
 
 import pytest
-from conftest import require_horovod
+from conftest import SMALL_RUN, require_horovod
 
 from dtutor import devices, launch, max_difference
 from dtutor.result import identical
 from dtutor.strategies import STRATEGIES
 
-SETUP = {"global_batch": 64, "samples": 256, "epochs": 1, "test_samples": 64}
+SETUP = SMALL_RUN
 TOLERANCE = STRATEGIES["horovod"].tolerance
 
 
@@ -21,8 +21,8 @@ def two_ranks():
     return launch.train(2, strategy="horovod", timeout=300, quiet=True, **SETUP)
 
 
-def test_two_workers_equal_one_device_on_the_combined_batch(two_ranks):
-    reference = launch.train(1, strategy="single", **SETUP)[0]
+def test_two_workers_equal_one_device_on_the_combined_batch(two_ranks, small_reference):
+    reference = small_reference  # the same run as DDP's reference
     assert [r.rank for r in two_ranks] == [0, 1] and two_ranks[0].details["micro_batch"] == 32
     assert max_difference(two_ranks[0], reference) < TOLERANCE and identical(two_ranks[0], two_ranks[1])
     assert two_ranks[0].epochs[0].loss == pytest.approx(reference.epochs[0].loss, rel=1e-5)

@@ -1,18 +1,19 @@
 """PyTorch's FSDP2 on 2 gloo ranks, proven equal to DDP (fp32, the registry's tolerance; measured 0.0)."""
 
 import pytest
+from conftest import SMALL_RUN
 
 from dtutor import launch, max_difference
 from dtutor.result import identical
 from dtutor.strategies import STRATEGIES
 
-SETUP = {"global_batch": 64, "samples": 256, "epochs": 1, "test_samples": 64, "timeout": 300, "quiet": True}
+SETUP = {**SMALL_RUN, "timeout": 300, "quiet": True}
 TOLERANCE = STRATEGIES["fsdp"].tolerance  # reduce-scatter then all-gather sums the same two numbers as DDP's all-reduce
 
 
 @pytest.mark.parametrize("fields", [{"optimizer": "adam", "lr": 1e-3}, {"accumulation": 2}])
-def test_fsdp_reaches_ddps_parameters(fields):
-    ddp = launch.train(2, strategy="ddp", **fields, **SETUP)[0]
+def test_fsdp_reaches_ddps_parameters(fields, shared_train):
+    ddp = shared_train(2, strategy="ddp", **fields, **SETUP)[0]  # the same runs as DeepSpeed's and DDP's tests
     results = launch.train(2, strategy="fsdp", **fields, **SETUP)
     assert max_difference(results[0], ddp) < TOLERANCE and identical(results[0], results[1])
     assert results[0].test_accuracy == pytest.approx(ddp.test_accuracy, abs=1e-9)
