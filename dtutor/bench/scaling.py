@@ -46,8 +46,7 @@ def independent_throughput(batch_per_rank: int = 256, samples: int = 512, epochs
     with quietly():
         result = fit(TrainConfig(strategy="single", global_batch=batch_per_rank, samples=samples, epochs=epochs,
                                  test_samples=0, return_parameters=False))
-    timed = result.epochs[1:]
-    return sum(e.samples for e in timed) / sum(e.seconds for e in timed)
+    return result.samples_per_second()
 
 
 def ceiling(batch_per_rank: int = 256, samples: int = 1024, timeout: float = 300.0) -> float:

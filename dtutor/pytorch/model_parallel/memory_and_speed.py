@@ -75,8 +75,7 @@ def training_speed(strategy: str, model: str = "cnn", nprocs: int = 2, global_ba
     results = launch.train(nprocs, strategy=strategy, model=model, global_batch=global_batch, samples=samples,
                            epochs=epochs, test_samples=0, return_parameters=False, timeout=timeout, quiet=True,
                            **SPEED_OPTIONS.get(strategy, {}))
-    timed = results[0].epochs[1:]
-    return sum(e.samples for e in timed) / sum(e.seconds for e in timed)
+    return results[0].samples_per_second()
 
 
 def measured_table(model: str = "cnn", nprocs: int = 2, speed: bool = True,
