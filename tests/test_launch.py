@@ -54,8 +54,9 @@ def test_results_come_back_from_every_rank_in_rank_order():
 def test_output_is_streamed_with_rank_prefixes(capsys):
     launch.run("dtutor.pytorch.ddp_lessons:hello", nprocs=2, timeout=120)
     out = capsys.readouterr().out
-    assert out.startswith("$ torchrun --standalone --nproc-per-node=2 -m dtutor.launch "
-                          "dtutor.pytorch.ddp_lessons:hello")
+    command = out.replace(" \\\n    ", " ")  # a long command is shown wrapped, with continuations
+    assert command.startswith("$ torchrun --standalone --nproc-per-node=2 -m dtutor.launch "
+                              "dtutor.pytorch.ddp_lessons:hello")
     assert "[rank 0] hello from rank 0 of 2" in out and "[rank 1] hello from rank 1 of 2" in out
 
 
@@ -107,8 +108,9 @@ def test_bad_input_is_refused_before_any_process_starts(monkeypatch, entry, opti
 def test_commands_shown_for_one_and_two_nodes():
     text = launch.show_commands("dtutor.pytorch.ddp_lessons:sleep", 4, seconds=2.5)
     quoted = launch.show_commands("dtutor.pytorch.driver:train", 4, checkpoint="two words.pt")
+    one_line = text.replace(" \\\n    ", " ")  # long commands are shown wrapped, with continuations
     assert ("torchrun --standalone --nproc-per-node=4 -m dtutor.launch dtutor.pytorch.ddp_lessons:sleep "
-            "seconds=2.5") in text
+            "seconds=2.5") in one_line
     assert "--nnodes=2 --nproc-per-node=4 --rdzv-backend=c10d --rdzv-endpoint=HOST:29400" in text
     assert "--rdzv-conf=join_timeout=120,read_timeout=30" in text and "HOST = 127.0.0.1" in text
     training = launch.show_commands("dtutor.pytorch.driver:train", 2, strategy="ddp")
