@@ -3,7 +3,7 @@
 from conftest import require_horovod
 
 from dtutor import launch, max_difference
-from dtutor.launch.runners import TF_WORKER_ENV
+from dtutor.launch.commands import TF_WORKER_ENV
 from dtutor.strategies import STRATEGIES
 
 SETUP = {"global_batch": 32, "samples": 64, "epochs": 2, "test_samples": 0}

@@ -21,7 +21,7 @@ from conftest import launcher_recorder
 
 from dtutor.config import ConfigError
 from dtutor.launch import recipes
-from dtutor.launch.runners import tf_config
+from dtutor.launch.commands import tf_config
 from dtutor.strategies import STRATEGIES
 
 SMALL = {"samples": 256, "global_batch": 32}

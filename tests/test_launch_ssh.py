@@ -12,7 +12,7 @@ import pytest
 from conftest import launcher_recorder
 
 from dtutor.launch import ssh
-from dtutor.launch.runners import tf_config
+from dtutor.launch.commands import tf_config
 
 SMALL = {"samples": 256, "global_batch": 32}
 SSH = """#!/bin/bash

@@ -198,7 +198,7 @@ def environment(**variables: str) -> Iterator[None]:
 def start(key: tuple[str, int], cases: list[dict[str, Any]], timeout: float) -> list[list[dict[str, Any]]]:
     """One launch: its cases in turn in the same processes; every rank's measurements, in rank order."""
     from dtutor import launch
-    from dtutor.launch.runners import TF_WORKER_ENV
+    from dtutor.launch.commands import TF_WORKER_ENV
 
     launcher, nprocs = key
     options = {"timeout": timeout, "quiet": True, "threads_per_rank": 1}

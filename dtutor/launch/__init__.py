@@ -32,6 +32,7 @@ from dtutor.launch.commands import (
     horovodrun_command,
     shell_command,
     show_commands,
+    tf_config,
     torchrun_command,
 )
 from dtutor.launch.runners import (
@@ -41,7 +42,6 @@ from dtutor.launch.runners import (
     run_single,
     run_tf_workers,
     show_tf_worker_commands,
-    tf_config,
 )
 from dtutor.launch.supervisor import LaunchError, supervise
 from dtutor.launch.training import train

@@ -7,6 +7,7 @@ only inside the functions that need it, so TensorFlow workers can import this pa
 from __future__ import annotations
 
 import inspect
+import json
 import shlex
 from collections.abc import Callable
 from typing import Any
@@ -15,6 +16,8 @@ from dtutor.launch.arguments import resolve_entry, worker_arguments
 
 # The training driver of each framework (a StrategyInfo.framework of dtutor.strategies), as a worker's entry point
 DRIVERS = {"torch": "dtutor.pytorch.driver:train", "tensorflow": "dtutor.tf.driver:train"}
+# What TensorFlow workers need: Keras 2 (Horovod's Keras integration and the course's Keras code), quiet C++
+TF_WORKER_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
 # Bounded waits of a multi-node rendezvous: the nodes wait up to join_timeout s for each other; a node that
 # cannot reach HOST stops after about 2 x read_timeout s (torchrun's defaults: 600 s and about 2 minutes).
 RENDEZVOUS_CONF = "join_timeout=120,read_timeout=30"
@@ -54,6 +57,19 @@ def shell_command(words: list[str], width: int = COMMAND_WIDTH, *,
             line = f"{line} {word}" if line else ("    " if lines else "") + word
         lines += [line] if line else []
     return " \\\n".join(lines)
+
+
+def tf_config(addresses: list[str], index: int) -> str:
+    """The ``TF_CONFIG`` of worker ``index`` in a cluster of workers at ``addresses`` ("host:port")."""
+    return json.dumps({"cluster": {"worker": addresses}, "task": {"type": "worker", "index": index}})
+
+
+def tf_worker_words(entry: str, kwargs: dict[str, Any], addresses: list[str], index: int) -> list[str]:
+    """TensorFlow worker ``index``'s command, as shell words already quoted: its ``TF_CONFIG``, ``TF_WORKER_ENV``
+    and ``python -m dtutor.launch ENTRY key=value ...`` (for ``shell_command(..., quote=str)``)."""
+    settings = [f"{name}={value}" for name, value in TF_WORKER_ENV.items()]
+    worker = [shlex.quote(word) for word in ["python", *worker_arguments(entry, kwargs)]]
+    return [f"TF_CONFIG={shlex.quote(tf_config(addresses, index))}", *settings, *worker]
 
 
 def torchrun_command(

@@ -30,6 +30,7 @@ from dtutor.launch.arguments import worker_arguments
 from dtutor.launch.commands import (
     COMMAND_WIDTH,
     DRIVERS,
+    TF_WORKER_ENV,
     check_count,
     horovodrun_command,
     shell_command,
@@ -39,7 +40,6 @@ from dtutor.strategies import STRATEGIES
 
 LAUNCHERS = ("torchrun", "deepspeed", "horovodrun", "tf_workers")
 SETUP = "source .venv/bin/activate  # the course's environment (or: module load ..., conda activate ...)"
-TF_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}  # as dtutor.launch.runners.TF_WORKER_ENV
 
 PROLOGUE = [
     ("stop at the first command that fails (the job then ends FAILED)", "set -eo pipefail"),
@@ -202,7 +202,7 @@ def sbatch_script(
                    ("threads per rank", f"export OMP_NUM_THREADS={cpus_per_rank}")]
     if launcher in ("tf_workers", "horovodrun"):
         environment.append(("Keras 2 (Horovod's Keras needs it), quiet TensorFlow start-up",
-                            "export " + " ".join(f"{k}={v}" for k, v in TF_ENV.items())))
+                            "export " + " ".join(f"{k}={v}" for k, v in TF_WORKER_ENV.items())))
     if launcher == "deepspeed" and not gpus_per_node:
         environment.append(("DeepSpeed on CPUs", "export DS_ACCELERATOR=cpu"))
     for why, line in [*environment, *PROLOGUE, *BODIES[launcher](entry, kwargs, nodes, procs)]:

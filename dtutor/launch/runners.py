@@ -7,9 +7,7 @@ Every runner checks its input before any process starts, prints the equivalent t
 
 from __future__ import annotations
 
-import json
 import os
-import shlex
 import socket
 import sys
 import uuid
@@ -19,18 +17,18 @@ from typing import Any
 from dtutor.config import choose_backend
 from dtutor.launch.arguments import worker_arguments
 from dtutor.launch.commands import (
+    TF_WORKER_ENV,
     check_count,
     deepspeed_command,
     horovodrun_command,
     host_slots,
     shell_command,
     takes_backend,
+    tf_config,
+    tf_worker_words,
     torchrun_command,
 )
 from dtutor.launch.supervisor import supervise
-
-# What TensorFlow workers need: Keras 2 (Horovod's Keras integration and the course's Keras code), quiet C++
-TF_WORKER_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
 def _threads(threads_per_rank: int | None, local_processes: int) -> int:
@@ -175,11 +173,6 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
-def tf_config(addresses: list[str], index: int) -> str:
-    """The ``TF_CONFIG`` of worker ``index`` in a cluster of workers at ``addresses`` ("host:port")."""
-    return json.dumps({"cluster": {"worker": addresses}, "task": {"type": "worker", "index": index}})
-
-
 def show_tf_worker_commands(entry: str, num_workers: int = 2, *, ports: list[int] | None = None,
                             **kwargs: Any) -> str:
     """The commands to start ``num_workers`` TensorFlow workers by hand, one terminal (or host) each (long ones
@@ -187,11 +180,8 @@ def show_tf_worker_commands(entry: str, num_workers: int = 2, *, ports: list[int
     check_count("num_workers", num_workers)
     ports = ports or [12345 + i for i in range(num_workers)]
     addresses = [f"127.0.0.1:{port}" for port in ports]
-    arguments = [shlex.quote(word) for word in ["python", *worker_arguments(entry, kwargs)]]
-    settings = [f"{name}={value}" for name, value in TF_WORKER_ENV.items()]
     return "\n".join(f"# worker {i} (on several hosts: replace 127.0.0.1 with each host's address)\n"
-                     + shell_command([f"TF_CONFIG={shlex.quote(tf_config(addresses, i))}", *settings, *arguments],
-                                     quote=str)
+                     + shell_command(tf_worker_words(entry, kwargs, addresses, i), quote=str)
                      for i in range(num_workers))
 
 

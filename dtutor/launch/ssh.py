@@ -14,9 +14,8 @@ import shlex
 from typing import Any
 
 from dtutor.launch.arguments import worker_arguments
-from dtutor.launch.commands import COMMAND_WIDTH, horovodrun_command, shell_command, torchrun_command
-from dtutor.launch.recipes import TF_ENV, training_plan
-from dtutor.launch.runners import tf_config
+from dtutor.launch.commands import COMMAND_WIDTH, horovodrun_command, shell_command, tf_worker_words, torchrun_command
+from dtutor.launch.recipes import training_plan
 
 PORT = 29500  # the first machine's rendezvous port (any port free on it)
 SETUP = "cd $PWD && source .venv/bin/activate"  # on every machine: the same folder and environment
@@ -58,9 +57,7 @@ def training_commands(hosts: tuple[str, ...] = ("host1", "host2"), *, gpus_per_n
         lines = ["# horovodrun starts every machine's ranks itself, over ssh", shell_command(command)]
     else:
         addresses = [f"{host}:{port}" for host in hosts]
-        worker = [shlex.quote(word) for word in ["python", *worker_arguments(plan.entry, arguments)]]
-        settings = [f"{k}={v}" for k, v in TF_ENV.items()]
         lines = ["# one TensorFlow worker per machine, started over ssh; TF_CONFIG: every worker, and its index",
-                 *(_remote(host, setup, [f"TF_CONFIG={shlex.quote(tf_config(addresses, i))}", *settings, *worker])
+                 *(_remote(host, setup, tf_worker_words(plan.entry, arguments, addresses, i))
                    for i, host in enumerate(hosts)), "wait"]
     return "\n".join(lines) + "\n"

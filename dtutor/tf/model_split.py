@@ -246,7 +246,7 @@ def run_fresh(entry: str, timeout: float = 300.0, quiet: bool = False, **kwargs:
     its own devices (this one never imports it). Unless ``quiet``, prints the equivalent terminal command.
     """
     from dtutor import launch
-    from dtutor.launch.runners import TF_WORKER_ENV
+    from dtutor.launch.commands import TF_WORKER_ENV
 
     if entry not in ("inspect_split", "prove_split"):
         raise ValueError(f"entry: must be 'inspect_split' or 'prove_split', got {entry!r}")
