@@ -7,6 +7,7 @@ Horovod run and a Keras run are compared with the same ``max_difference``. No fr
 
 from __future__ import annotations
 
+import resource
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -37,6 +38,12 @@ class EpochStats:
         """One line for people, e.g. ``epoch 0: loss 2.3037, accuracy 0.102, 1,341 samples/s`` (no accuracy: none)."""
         accuracy = "" if self.accuracy is None else f"accuracy {self.accuracy:.3f}, "
         return f"epoch {self.epoch}: loss {self.loss:.4f}, {accuracy}{self.samples_per_second:,.0f} samples/s"
+
+
+def process_peak_memory() -> tuple[int, str]:
+    """This process's peak resident set in bytes and what it is (``peak_memory_kind``), for every driver on CPUs
+    (``getrusage``'s ``ru_maxrss`` counts KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process peak RSS"
 
 
 @dataclass

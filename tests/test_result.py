@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -62,3 +65,12 @@ def test_a_task_without_accuracy_is_summarized_by_its_losses():
     assert epoch.summary() == "epoch 1: loss 0.6777, 128 samples/s"
     assert run.summary() == "single on 1 rank(s); epoch 1: loss 0.6777, 128 samples/s; test loss 0.3373"
     assert run.as_dict()["epochs"][0]["accuracy"] is None
+
+
+def test_process_peak_memory_counts_what_a_fresh_process_allocated():
+    code = ("from dtutor.result import process_peak_memory\n"
+            "block = bytearray(b'x') * (300 * 2**20)  # 300 MiB, every page written\n"
+            "print(*process_peak_memory(), sep=',')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    peak, kind = out.stdout.strip().split(",")
+    assert kind == "process peak RSS" and 300 * 2**20 <= int(peak) < 2 * 2**30

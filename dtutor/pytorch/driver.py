@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import math
 import random
-import resource
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -53,7 +52,7 @@ from dtutor import data, models, strategies
 from dtutor.config import ConfigError, TrainConfig, check_world
 from dtutor.progress import Progress, progress
 from dtutor.pytorch.strategy import CountCorrect, LossFn, Strategy, judged_by
-from dtutor.result import EpochStats, RunResult
+from dtutor.result import EpochStats, RunResult, process_peak_memory
 
 ModelSpec = nn.Module | Callable[[], nn.Module] | None
 TEST_BATCH = 256
@@ -261,7 +260,7 @@ def peak_memory(device: torch.device) -> tuple[int, str]:
     """Peak memory of this rank: CUDA's max allocated on a GPU, else the process's peak resident set."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device), "cuda max allocated"
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process peak RSS"
+    return process_peak_memory()
 
 
 def _numpy(tensor: torch.Tensor) -> np.ndarray:

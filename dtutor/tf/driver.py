@@ -25,7 +25,6 @@ for ``mirrored``)::
 
 from __future__ import annotations
 
-import resource
 import time
 from typing import Any
 
@@ -34,7 +33,7 @@ import numpy as np
 from dtutor import data, models, strategies
 from dtutor.config import ConfigError, TrainConfig, check_world
 from dtutor.progress import Progress, progress
-from dtutor.result import EpochStats, RunResult
+from dtutor.result import EpochStats, RunResult, process_peak_memory
 from dtutor.tf.strategy import KerasStrategy
 
 TEST_BATCH = 256
@@ -153,8 +152,7 @@ def _run(config: TrainConfig, strategy: KerasStrategy) -> RunResult:
         test = data.load_mnist("test", verbose=False)
         count = min(config.test_samples, len(test))
         result.test_loss, result.test_accuracy = evaluate(model, test.images[:count], test.labels[:count])
-    result.peak_memory_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    result.peak_memory_kind = "process peak RSS"
+    result.peak_memory_bytes, result.peak_memory_kind = process_peak_memory()
     if config.return_parameters:
         result.parameters = parameters_of(model)
     return result
