@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import gc
 import os
+from collections.abc import Iterable
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from dtutor.config import choose_backend
 from dtutor.pytorch.strategy import Strategy
@@ -32,6 +34,12 @@ def join_process_group(backend: str = "auto") -> tuple[int, int, torch.device]:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     return dist.get_rank(), dist.get_world_size(), device
+
+
+def rebuild_optimizer(optimizer: torch.optim.Optimizer, parameters: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+    """An optimizer of ``optimizer``'s class and settings over ``parameters``: what this rank holds once its strategy
+    has split or sharded the model (a pipeline stage, tensor-parallel or FSDP shards)."""
+    return type(optimizer)(parameters, **optimizer.defaults)
 
 
 def leave_process_group() -> None:

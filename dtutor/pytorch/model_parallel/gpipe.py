@@ -50,6 +50,7 @@ from dtutor.layout import PIPELINE
 from dtutor.pytorch.model_parallel import stages as st
 from dtutor.pytorch.model_parallel.pipeline import Pipeline, zero_totals
 from dtutor.pytorch.model_parallel.timeline import Event, Recorder
+from dtutor.pytorch.process_group import rebuild_optimizer
 from dtutor.pytorch.strategy import Batch, LossFn, StepTotals, totals_of
 
 Action = tuple[str, int]
@@ -191,7 +192,7 @@ class PipelineByHand(Pipeline):
     def wrap(self, model: nn.Module, optimizer: Any) -> tuple[nn.Module, Any]:
         """This rank's stage of ``model`` and an optimizer of its parameters (no library stage)."""
         self.parts = self.cut(model)
-        return self.parts[self.rank], st.optimizer_for(optimizer, self.parts[self.rank].parameters())
+        return self.parts[self.rank], rebuild_optimizer(optimizer, self.parts[self.rank].parameters())
 
     def boundary_shapes(self, example: torch.Tensor) -> list[torch.Size]:
         """What each stage outputs for a micro-batch like ``example``: computed on the ``meta`` device."""

@@ -39,7 +39,12 @@ from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGP
 from dtutor import models
 from dtutor.layout import PIPELINE
 from dtutor.pytorch.model_parallel import stages as st
-from dtutor.pytorch.process_group import ProcessGroupStrategy, join_process_group, leave_process_group
+from dtutor.pytorch.process_group import (
+    ProcessGroupStrategy,
+    join_process_group,
+    leave_process_group,
+    rebuild_optimizer,
+)
 from dtutor.pytorch.strategy import Batch, LossFn, StepTotals, totals_of
 
 SCHEDULES = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}
@@ -77,7 +82,7 @@ class Pipeline(ProcessGroupStrategy):
         """This rank's stage of ``model`` and an optimizer of its parameters only."""
         part = self.cut(model)[self.rank]
         self.stage = PipelineStage(part, self.rank, self.world_size, self.device)
-        return part, st.optimizer_for(optimizer, part.parameters())
+        return part, rebuild_optimizer(optimizer, part.parameters())
 
     def train_step(self, model: nn.Module, optimizer: Any, micro_batches: list[Batch],
                    loss_fn: LossFn) -> StepTotals:

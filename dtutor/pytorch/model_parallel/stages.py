@@ -97,8 +97,3 @@ def mnist_batch(size: int, device: torch.device, offset: int = 0) -> tuple[torch
     images = data.load_mnist("train", limit=offset + size, verbose=False)
     x = torch.from_numpy(images.images[offset:]).unsqueeze(1).to(device)
     return x, torch.from_numpy(images.labels[offset:]).to(device)
-
-
-def optimizer_for(optimizer: torch.optim.Optimizer, parameters) -> torch.optim.Optimizer:
-    """An optimizer of ``optimizer``'s class and settings over ``parameters`` (a stage's, or sharded ones)."""
-    return type(optimizer)(parameters, **optimizer.defaults)

@@ -36,7 +36,12 @@ from torch.distributed.tensor.parallel import ColwiseParallel, ParallelStyle, Ro
 from dtutor.layout import DATA_X_TENSOR, TENSOR
 from dtutor.pytorch.model_parallel import stages as st
 from dtutor.pytorch.model_parallel.pipeline import zero_totals
-from dtutor.pytorch.process_group import ProcessGroupStrategy, join_process_group, leave_process_group
+from dtutor.pytorch.process_group import (
+    ProcessGroupStrategy,
+    join_process_group,
+    leave_process_group,
+    rebuild_optimizer,
+)
 from dtutor.pytorch.strategy import Batch, LossFn, StepTotals
 
 
@@ -73,7 +78,7 @@ class TensorParallel(ProcessGroupStrategy):
         self.device_mesh = init_device_mesh(self.device.type, (mesh.data, mesh.tensor),
                                             mesh_dim_names=("data", "tensor"))
         parallelize_module(model, self.device_mesh["tensor"], tensor_parallel_plan(model))
-        return model, st.optimizer_for(optimizer, model.parameters())
+        return model, rebuild_optimizer(optimizer, model.parameters())
 
     def _reported(self, totals: StepTotals) -> StepTotals:
         """The first shard of each replica reports (its tensor group computed the same outputs)."""

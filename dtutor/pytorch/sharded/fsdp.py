@@ -35,7 +35,7 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
 from dtutor.pytorch import checkpoint
-from dtutor.pytorch.process_group import ProcessGroupStrategy
+from dtutor.pytorch.process_group import ProcessGroupStrategy, rebuild_optimizer
 
 EXTRA = "epoch_and_rng.pt"  # written last: its presence means the checkpoint is complete
 
@@ -68,7 +68,7 @@ class FSDP(ProcessGroupStrategy):
         """Shard the model over all ranks, then rebuild ``optimizer`` over the shards."""
         mesh = init_device_mesh(self.device.type, (self.world_size,))
         sharded = shard_layers(model, mesh, precision_policy(self.config.precision))
-        return sharded, type(optimizer)(sharded.parameters(), **optimizer.defaults)
+        return sharded, rebuild_optimizer(optimizer, sharded.parameters())
 
     @contextlib.contextmanager
     def no_sync(self, model: nn.Module) -> Iterator[None]:
