@@ -4,6 +4,7 @@ import torch
 from dtutor import launch, max_difference
 from dtutor.pytorch import dataparallel_lessons
 from dtutor.pytorch.dataparallel import gpu_ids
+from dtutor.strategies import STRATEGIES
 
 needs_two_gpus = pytest.mark.skipif(len(gpu_ids()) < 2, reason="needs 2 CUDA GPUs")
 SETUP = {"global_batch": 32, "samples": 64, "epochs": 1, "test_samples": 0}
@@ -25,13 +26,14 @@ def test_the_strategy_trains_like_one_device():
     by_dataparallel = launch.train(1, strategy="dataparallel", **SETUP)[0]
     alone = launch.train(1, strategy="single", **SETUP)[0]
     assert by_dataparallel.strategy == "dataparallel" and by_dataparallel.world_size == 1
-    assert max_difference(by_dataparallel, alone) < 1e-6
+    assert max_difference(by_dataparallel, alone) < STRATEGIES["dataparallel"].tolerance
 
 
 def test_a_learners_own_code_under_dataparallel_equals_one_device():
     import own_code
 
-    assert max_difference(own_code.main(strategy="dataparallel"), own_code.main(strategy="single")) < 1e-6
+    by_dataparallel, alone = own_code.main(strategy="dataparallel"), own_code.main(strategy="single")
+    assert max_difference(by_dataparallel, alone) < STRATEGIES["dataparallel"].tolerance
 
 
 def test_in_process_strategies_refuse_more_processes():
