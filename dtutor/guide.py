@@ -6,8 +6,9 @@ and the reasons, each stated with the figure it rests on. The rules, in order:
 
 1. **Memory first.** Training with Adam keeps ``BYTES_PER_PARAMETER`` = 16 bytes per parameter on a
    device that holds a whole copy (fp32 weights and gradients and Adam's two moments: 4 + 4 + 8; mixed
-   precision keeps the same 16: 2 + 2 + 12, ZeRO paper section 3), and activations need room too: a copy
-   must fit in ``HEADROOM`` of a GPU's memory. Fully sharded (ZeRO-3, FSDP), each of N GPUs keeps 1/N.
+   precision keeps the same 16: 2 + 2 + 12, ZeRO paper section 3, ``sharded.formulas.paper_model_state``),
+   and activations need room too: a copy must fit in ``HEADROOM`` of a GPU's memory. Fully sharded (ZeRO-3,
+   FSDP), each of N GPUs keeps 1/N (the same formulas at stage 3).
 2. **A whole copy fits**: one GPU trains alone (``single``); several use DDP, one process per GPU, on one
    machine or many: it sends one all-reduce of the gradients per step, overlapped with backward, and keeps no
    sharded state to gather (``python -m dtutor.bench all`` counts the bytes of every strategy);
@@ -36,9 +37,10 @@ from typing import Any
 
 from dtutor.launch.commands import DRIVERS, deepspeed_command, shell_command, torchrun_command
 from dtutor.launch.runners import show_tf_worker_commands
+from dtutor.pytorch.sharded.formulas import paper_model_state
 from dtutor.strategies import STRATEGIES
 
-BYTES_PER_PARAMETER = 16  # Adam: fp32 weights, gradients and two moments (or mixed precision: 2 + 2 + 12)
+BYTES_PER_PARAMETER = paper_model_state(1, 1, stage=0).total  # Adam, mixed precision: 2 + 2 + 12 (the ZeRO paper)
 HEADROOM = 0.7  # the share of a GPU's memory the model state may take; the rest is activations and buffers
 FRAMEWORKS = tuple(DRIVERS)  # "torch" or "tensorflow", as a strategy's StrategyInfo.framework says
 GB = 1e9
@@ -55,8 +57,9 @@ class Choice:
 
 
 def model_state_gb(parameters: float, shards: int = 1) -> float:
-    """Gigabytes of model state per device for ``parameters`` parameters, split over ``shards`` devices."""
-    return parameters * BYTES_PER_PARAMETER / shards / GB
+    """Gigabytes of model state per device for ``parameters`` parameters with Adam in mixed precision: a whole
+    copy on one device, or fully sharded over ``shards`` devices (ZeRO-3, FSDP): the ZeRO paper's formulas."""
+    return paper_model_state(parameters, shards, stage=0 if shards == 1 else 3).total / GB
 
 
 def cpu_cores() -> int:
@@ -89,7 +92,7 @@ def recommend_strategy(parameters: float, gpus_per_node: int = 1, nodes: int = 1
     _check(parameters, gpus_per_node, nodes, framework, gpu_memory_gb)
     gpus, budget = gpus_per_node * nodes, HEADROOM * gpu_memory_gb
     whole, sharded = model_state_gb(parameters), model_state_gb(parameters, max(gpus, 1))
-    memory = (f"model state {whole:,.1f} GB per whole copy ({BYTES_PER_PARAMETER} bytes x {parameters:,.0f} "
+    memory = (f"model state {whole:,.1f} GB per whole copy ({BYTES_PER_PARAMETER:g} bytes x {parameters:,.0f} "
               f"parameters) against {budget:,.1f} GB usable per GPU ({HEADROOM:.0%} of {gpu_memory_gb:g} GB)")
     cores = cores or cpu_cores()
     if gpus == 0:

@@ -97,3 +97,8 @@ def test_tensorflow_sharding_is_described_as_it_is():
 def test_bad_input_is_refused_naming_the_field(arguments, message):
     with pytest.raises(ValueError, match=message):
         guide.recommend_strategy(*arguments)
+
+
+def test_model_state_is_the_zero_papers_16_bytes_per_parameter_whole_or_sharded():
+    assert guide.BYTES_PER_PARAMETER == 2 + 2 + 12  # fp16 parameters and gradients, Adam's fp32 master and moments
+    assert guide.model_state_gb(1e9) == pytest.approx(16.0) and guide.model_state_gb(1e9, 8) == pytest.approx(2.0)

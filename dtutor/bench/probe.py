@@ -9,7 +9,7 @@ one after another in the same processes, through the strategy's own class, watch
   DeepSpeed and the pipeline schedules call) and the functional ones DTensor uses (``_c10d_functional::*``)
   are operators, so it sees them all; Horovod's are counted at its optimizer's ``allreduce_async_``;
 - **model state**: just before and after each of those steps (``optimizer.step``, the innermost optimizer
-  too), ``model_state_bytes`` sums what the rank holds; the largest total is kept;
+  too), ``model_state_bytes`` sums what the rank holds (``sharded.storage.Ledger``); the largest total is kept;
 - **CPU**: the main thread's and the whole process's CPU time over the timed steps (the rest is other
   threads: gloo's, Horovod's background thread);
 - **speed**: samples/s over the epochs after the first, the slowest rank's time (the driver's own figure).
@@ -27,6 +27,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from dtutor.bench.theory import wire_factor
+from dtutor.pytorch.sharded.storage import Ledger
 
 # operator name -> (collective, which argument holds the tensors whose bytes are its size)
 C10D = {"allreduce_": ("all_reduce", 0), "allreduce_coalesced_": ("all_reduce", 0),
@@ -86,47 +87,33 @@ class CollectiveCounter(TorchDispatchMode):
         return sum(size * wire_factor(kind, self.world_size) for kind, size in self.bytes.items())
 
 
-def _storage_key(tensor: torch.Tensor) -> tuple[str, int] | None:
-    """Where a tensor's memory lives (one key per storage), None for a tensor that holds no memory."""
-    local = tensor.to_local() if hasattr(tensor, "to_local") else tensor  # a DTensor: this rank's shard
-    if local.device.type == "meta" or local.untyped_storage().nbytes() == 0:
-        return None
-    return str(local.device), local.untyped_storage().data_ptr()
-
-
 def model_state_bytes(module: torch.nn.Module, optimizers: list[Any]) -> dict[str, int]:
-    """Parameters, gradients and optimizer state this rank holds, in bytes, each storage counted once.
+    """Parameters, gradients and optimizer state this rank holds, in bytes, each storage counted once
+    (``sharded.storage.Ledger``, the course's one model-state counter: each role the bytes its views cover).
 
     Parameters: the module's (DTensor: the local shard; ZeRO-3: the partition ``ds_tensor``, and the whole
     parameter where DeepSpeed keeps it gathered). Gradients:
     ``.grad`` of those and of the optimizers' own parameters (ZeRO's fp32 partitions). Optimizer state:
     every tensor in the optimizers' ``state``, and their parameters that are not the module's (ZeRO's
-    fp32 master partitions). Communication buffers are not model state and are not counted. This is the
-    one function to replace by an exact measurement (e.g. per DeepSpeed engine) when one exists.
+    fp32 master partitions). Communication buffers are not model state and are not counted.
     """
-    seen: set[tuple[str, int]] = set()
-    totals = {"parameters": 0, "gradients": 0, "optimizer": 0}
-
-    def add(kind: str, tensor: Any) -> None:
-        if isinstance(tensor, torch.Tensor) and (key := _storage_key(tensor)) is not None and key not in seen:
-            seen.add(key)
-            local = tensor.to_local() if hasattr(tensor, "to_local") else tensor
-            totals[kind] += local.untyped_storage().nbytes()
-
+    ledger = Ledger()
     own = list(module.parameters())
     for p in own:
-        add("parameters", p)  # ZeRO-3: empty while partitioned; whole for "persistent" (small) parameters
-        add("parameters", getattr(p, "ds_tensor", None))
+        ledger.add("parameters", p)  # ZeRO-3: empty while partitioned; whole for "persistent" (small) parameters
+        ledger.add("parameters", getattr(p, "ds_tensor", None))
+    stepped = [p for o in optimizers for g in getattr(o, "param_groups", []) for p in g["params"]]
+    for p in stepped:
+        ledger.add("master_weights", p)  # the module's own parameters were claimed as parameters first
     for optimizer in optimizers:
-        for group in getattr(optimizer, "param_groups", []):
-            for p in group["params"]:
-                add("optimizer", p)
         for state in getattr(optimizer, "state", {}).values():
             for value in state.values():
-                add("optimizer", value)
-    for p in own + [p for o in optimizers for g in getattr(o, "param_groups", []) for p in g["params"]]:
-        add("gradients", p.grad)
-    return totals
+                ledger.add("optimizer_state", value if isinstance(value, torch.Tensor) else None)
+    for p in own + stepped:
+        ledger.add("gradients", p.grad)
+    totals = ledger.totals()
+    return {"parameters": totals["parameters"], "gradients": totals["gradients"],
+            "optimizer": totals["master_weights"] + totals["optimizer_state"]}
 
 
 def optimizer_chain(optimizer: Any) -> list[Any]:

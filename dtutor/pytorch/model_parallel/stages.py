@@ -18,6 +18,7 @@ import torch.distributed as dist
 from torch import nn
 
 from dtutor import data, models
+from dtutor.pytorch.sharded.storage import Ledger
 
 MAX_DIMS = 8  # a tensor header: its number of dimensions, then up to 8 sizes
 
@@ -53,12 +54,12 @@ def boundary_shapes(stages: Sequence[nn.Module], example: torch.Tensor) -> list[
 
 
 def parameter_bytes(module: nn.Module) -> int:
-    """Bytes of ``module``'s parameters on this rank (a sharded tensor counts its local shard only)."""
-    total = 0
+    """Bytes of ``module``'s parameters on this rank (a sharded tensor counts its local shard only), counted by
+    the course's one model-state counter, ``sharded.storage.Ledger`` (each storage once)."""
+    ledger = Ledger()
     for parameter in module.parameters():
-        local = parameter.to_local() if hasattr(parameter, "to_local") else parameter
-        total += local.numel() * local.element_size()
-    return total
+        ledger.add("parameters", parameter)
+    return ledger.totals()["parameters"]
 
 
 def send(tensor: torch.Tensor, to: int, blocking: bool = True) -> dist.Work | None:

@@ -48,33 +48,24 @@ Launch recipes::
 from __future__ import annotations
 
 import gc
-from collections import defaultdict
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.tensor import DTensor
 
 from dtutor import models, strategies
 from dtutor.config import TrainConfig
 from dtutor.pytorch.driver import course_optimizer
 from dtutor.pytorch.process_group import join_process_group, leave_process_group
-from dtutor.pytorch.sharded.storage import covered_bytes, resident_bytes, view_span
+from dtutor.pytorch.sharded.storage import Ledger, local_tensor
 
-ROLES = ("parameters", "master_weights", "optimizer_state", "gradients", "host_gradients", "gathered_parameters",
-         "reduce_bucket", "buffers")  # the order in which roles claim the bytes of a shared storage
-MODEL_STATE = ("parameters", "gradients", "host_gradients", "master_weights", "optimizer_state")
 GRADIENT_HOLDERS = {"averaged_gradients", "grads_in_partition", "grad_partitions_flat_buffer",
                     "_DeepSpeedZeroOptimizer_Stage3__param_id_to_grad_partition"}
 BUCKETS = "ipg_buckets"
 WALKED = ("deepspeed", "torch.optim", "torch.nn", "torch.distributed.fsdp")  # objects whose attributes are walked
 BEFORE_REDUCE, AFTER_BACKWARD = "end of backward, before the reduction", "after backward"
-
-
-def _local(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor._local_tensor if isinstance(tensor, DTensor) else tensor
 
 
 def held_tensors(root: Any) -> Iterator[tuple[tuple[str, ...], torch.Tensor]]:
@@ -88,7 +79,7 @@ def held_tensors(root: Any) -> Iterator[tuple[tuple[str, ...], torch.Tensor]]:
             continue
         seen.add(id(obj))
         if isinstance(obj, torch.Tensor):
-            yield path, _local(obj)
+            yield path, local_tensor(obj)
             children = [("grad", obj.grad)] if obj.is_leaf else []
             children += [(k, v) for k, v in getattr(obj, "__dict__", {}).items()
                          if isinstance(v, torch.Tensor | list | tuple | dict)]
@@ -102,50 +93,6 @@ def held_tensors(root: Any) -> Iterator[tuple[tuple[str, ...], torch.Tensor]]:
         else:
             continue
         stack.extend((path + (name,), child) for name, child in children if child is not None)
-
-
-class Ledger:
-    """Views by role, grouped by storage; ``totals`` counts every storage once (see the module docstring)."""
-
-    def __init__(self) -> None:
-        self.views: dict[tuple, dict[str, list[tuple[int, int]]]] = defaultdict(lambda: defaultdict(list))
-        self.sizes: dict[tuple, int] = {}
-        self.buckets: dict[tuple, int | None] = {}  # storage -> its resident bytes
-
-    def add(self, role: str, tensor: torch.Tensor | None, bucket: bool = False) -> None:
-        """Record that ``tensor`` plays ``role`` (``bucket``: it is a reduce bucket, only its capacity counts)."""
-        if tensor is None:
-            return
-        tensor = _local(tensor)
-        if tensor.device.type == "meta" or tensor.untyped_storage().nbytes() == 0:
-            return
-        storage = tensor.untyped_storage()
-        key = (tensor.device.type, tensor.device.index, storage.data_ptr())
-        self.sizes[key] = storage.nbytes()
-        if bucket:
-            self.buckets[key] = resident_bytes(tensor)
-        else:
-            self.views[key][role].append(view_span(tensor))
-
-    def totals(self) -> dict[str, int]:
-        """Bytes per role, plus ``bucket_capacity`` (the reduce buckets' allocated size, virtual where unused)."""
-        totals = dict.fromkeys(ROLES, 0)
-        for key, size in self.sizes.items():
-            taken: list[tuple[int, int]] = []
-            roles = self.views.get(key, {})
-            if key in self.buckets:  # gradients waiting in a bucket are the bucket's; its free part is virtual
-                roles = {"reduce_bucket": [s for role, spans in roles.items() if role != "buffers" for s in spans]}
-            for role in ROLES:
-                if roles.get(role):
-                    totals[role] += covered_bytes(taken + roles[role]) - covered_bytes(taken)
-                    taken += roles[role]
-            if key not in self.buckets:
-                totals["buffers"] += size - covered_bytes(taken)
-        totals["bucket_capacity"] = sum(self.sizes[key] for key in self.buckets)
-        resident = list(self.buckets.values())
-        totals["bucket_resident"] = sum(resident) if None not in resident else -1  # -1: unknown
-        totals["model_state"] = sum(totals[role] for role in MODEL_STATE)
-        return totals
 
 
 def _optimizer_ledger(ledger: Ledger, optimizer: torch.optim.Optimizer, offload: bool) -> None:
