@@ -5,8 +5,9 @@ state each rank keeps: ZeRO-1 partitions the optimizer state, ZeRO-2 the gradien
 parameters too (gathered layer by layer when needed).
 
 - ``deepspeed_zero`` and ``fsdp``: the strategies; ``deepspeed_config``: DeepSpeed's JSON, checked early;
-- ``model_state``: the model state a rank holds, measured (``storage``: which bytes a view covers and which are
-  resident); ``formulas``: the ZeRO paper's formulas and the estimator; ``widget``: the estimator in a notebook;
+- ``model_state``: the model state a rank holds, measured with ``storage.Ledger`` (the course's one model-state
+  counter: which bytes a view covers, each storage once, and which are resident); ``formulas``: the ZeRO paper's
+  formulas and the estimator; ``widget``: the estimator in a notebook;
 - ``deepspeed_zero_lessons``: the notebook's small DeepSpeed demos, each an entry point for ``dtutor.launch.run``.
 
 ``formulas``, ``widget`` and ``deepspeed_config`` import no framework (``python -m dtutor.bench zero`` measures
