@@ -106,10 +106,8 @@ def _names(source: str) -> tuple[set[str], set[str]]:
             (used if isinstance(node.ctx, ast.Load) else bound).add(node.id)
         elif isinstance(node, ast.alias):
             bound.add((node.asname or node.name).split(".")[0])
-        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.ExceptHandler)):
-            bound.add(node.name)
-        elif isinstance(node, ast.arg):
-            bound.add(node.arg)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.ExceptHandler, ast.arg)):
+            bound.add(getattr(node, "name", None) or getattr(node, "arg", ""))  # def, class, except ... as, arguments
     return bound, used - bound - set(dir(builtins))
 
 
@@ -234,8 +232,7 @@ def _wait(browser, condition, timeout: float, what: str):
 
 
 def _page(browser) -> list[dict]:
-    """Each code cell in the page: its prompt (``[3]:``, ``[*]:``, ``[ ]:``), stderr boxes, plots, progress bars,
-    interactive controls and output text."""
+    """Each code cell in the page: prompt (``[3]:``, ``[*]:``, ``[ ]:``), stderr boxes, plots, bars, controls, text."""
     return browser.execute_script(READ_PAGE)
 
 
