@@ -139,8 +139,11 @@ def tensor_parallel_demo(width: int = 64, hidden: int = 256, batch: int = 8, see
     Returns, the same on every rank: the output and gradient differences (parameter gradients read with
     ``p.grad.full_tensor()``, and the input's gradient), each parameter's local shard and full shape, the
     collectives counted in the forward and in the backward (``CommDebugMode``) with the bytes each
-    all-reduces, and this rank's parameter bytes against the unsplit block's.
+    all-reduces (measured: ``dtutor.bench.probe.CollectiveCounter`` sums the tensors the all-reduces were given),
+    and this rank's parameter bytes against the unsplit block's.
     """
+    from dtutor.bench.probe import CollectiveCounter
+
     rank, world, device = join_process_group(backend)
     if hidden % world:
         raise ValueError(f"hidden: {hidden} must divide by the {world} ranks")
@@ -155,9 +158,9 @@ def tensor_parallel_demo(width: int = 64, hidden: int = 256, batch: int = 8, see
         x.requires_grad_()
         expected = reference(x_reference)
         expected.square().mean().backward()
-        with CommDebugMode() as forward_comms:
+        with CommDebugMode() as forward_comms, CollectiveCounter(world) as forward_bytes:
             outputs = sharded(x)
-        with CommDebugMode() as backward_comms:
+        with CommDebugMode() as backward_comms, CollectiveCounter(world) as backward_bytes:
             outputs.square().mean().backward()
         grads = {name: p.grad for name, p in reference.named_parameters()}
         gradient = max(float((full_tensor(p.grad) - grads[n]).abs().max()) for n, p in sharded.named_parameters())
@@ -168,7 +171,8 @@ def tensor_parallel_demo(width: int = 64, hidden: int = 256, batch: int = 8, see
                 "gradient_difference": gradient, "local_shapes": shards,
                 "forward_collectives": _collectives(forward_comms),
                 "backward_collectives": _collectives(backward_comms),
-                "forward_all_reduce_bytes": batch * width * 4, "backward_all_reduce_bytes": batch * width * 4,
+                "forward_all_reduce_bytes": int(forward_bytes.bytes["all_reduce"]),
+                "backward_all_reduce_bytes": int(backward_bytes.bytes["all_reduce"]),
                 "parameter_bytes": st.parameter_bytes(sharded),
                 "unsplit_parameter_bytes": st.parameter_bytes(reference)}
     finally:
