@@ -124,8 +124,9 @@ COMMANDS = {  # name: (what it measures, how it runs, its own flags)
             lambda c: c.add_argument("--rounds", type=int, default=60,
                                      help="pairs of driver and hand-written runs, median (60)")]),
     "horovod": ("Horovod (PyTorch) beside DDP, 1 and 2 ranks, same model and data", _horovod, [_batch_and_repeats]),
-    "pipeline": ("the pipeline bubble (measured, theory, gap); memory and speed per split", _pipeline, [
-        lambda c: c.add_argument("--repeats", type=int, default=10, help="timed pipeline steps (10)")]),
+    "pipeline": ("the pipeline strategies trained: samples/s, the bubble by hand vs theory; memory and speed per split",
+                 _pipeline, [
+        lambda c: c.add_argument("--repeats", type=int, default=10, help="timed steps per run (10)")]),
     "zero": ("ZeRO 0-3 and FSDP model-state memory per rank against the formulas", _zero, [_mode]),
 }
 
