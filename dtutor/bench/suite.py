@@ -47,7 +47,7 @@ class Mode:
     timeout: float = 900.0
 
 
-MODES = {"quick": Mode(128, 4, 6, 1), "full": Mode(256, 2, 10, 3), "tiny": Mode(8, 2, 2, 1, timeout=600.0)}
+MODES = {"quick": Mode(64, 4, 3, 1), "full": Mode(256, 2, 10, 3), "tiny": Mode(8, 2, 2, 1, timeout=600.0)}
 
 
 @dataclass(frozen=True)
