@@ -38,10 +38,6 @@ class StrategyInfo:
     reference: str = "single"  # proven equal to: "single" (one device), "ddp", or "tf_single" (one Keras replica)
     tolerance: float = 1e-5  # largest |parameter difference| from the reference after the proof's steps (fp32)
 
-    def data_ranks(self, world_size: int) -> int:
-        """How many of ``world_size`` ranks split the data (the layout's data dimension)."""
-        return self.layout.mesh(world_size).data
-
 
 STRATEGIES: dict[str, StrategyInfo] = {
     info.name: info
