@@ -107,8 +107,9 @@ def tasks() -> dict:
 
 def every_strategy(names, backend: str = "auto"):
     """Each task trained under each strategy in ``names``, in turn, in these same processes (one launch for
-    all: the process group is joined once and kept); ``{"task/strategy": RunResult}``."""
-    from dtutor.pytorch.process_group import ProcessGroupStrategy, join_process_group, leave_process_group
+    all: the process group is joined here first, so each strategy leaves it in place);
+    ``{"task/strategy": RunResult}``."""
+    from dtutor.pytorch.process_group import join_process_group, leave_process_group
 
     distributed = any(STRATEGIES[name].launcher == "torchrun" for name in names)
     if distributed:
@@ -119,10 +120,7 @@ def every_strategy(names, backend: str = "auto"):
             config = TrainConfig(strategy=name, global_batch=16, samples=64, epochs=2, lr=0.1, backend=backend,
                                  micro_batches=4 if STRATEGIES[name].layout.splits("pipeline") else 1)
             for task, parts in tasks().items():
-                strategy = strategies.load(name)(config)
-                if isinstance(strategy, ProcessGroupStrategy):
-                    strategy.teardown = strategy.release  # the next run uses the same process group
-                results[f"{task}/{name}"] = fit(config, strategy=strategy, **parts)
+                results[f"{task}/{name}"] = fit(config, strategy=strategies.load(name)(config), **parts)
     finally:
         if distributed:
             leave_process_group()

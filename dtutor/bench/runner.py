@@ -8,7 +8,6 @@ Launch recipe (what the benchmark starts; each case is a dict of ``TrainConfig``
 
 from __future__ import annotations
 
-import gc
 import importlib
 import os
 import time
@@ -21,7 +20,7 @@ from dtutor import strategies
 from dtutor.bench.probe import CollectiveCounter, model_state_bytes, optimizer_chain
 from dtutor.bench.theory import wire_factor
 from dtutor.config import TrainConfig
-from dtutor.pytorch.process_group import ProcessGroupStrategy, join_process_group, leave_process_group
+from dtutor.pytorch.process_group import join_process_group, leave_process_group
 from dtutor.pytorch.strategy import Strategy
 
 HOROVOD_KNOBS = ("HOROVOD_CYCLE_TIME", "HOROVOD_FUSION_THRESHOLD", "HOROVOD_CACHE_CAPACITY", "HOROVOD_THREAD_AFFINITY")
@@ -31,8 +30,8 @@ class Probe:
     """Watches one strategy instance through ``fit``: bytes and model state in the steps numbered
     ``window[0]`` to ``window[1] - 1`` (of the warm-up epoch), CPU and wall clock at every step."""
 
-    def __init__(self, strategy: Strategy, window: tuple[int, int], keep_group: bool):
-        self.strategy, self.window, self.keep_group = strategy, window, keep_group
+    def __init__(self, strategy: Strategy, window: tuple[int, int]):
+        self.strategy, self.window = strategy, window
         self.steps = 0
         self.clock: list[tuple[float, float, float, float, float, float]] = []  # start and end of each step
         self.memory: dict[str, int] = {}
@@ -40,10 +39,9 @@ class Probe:
         self.horovod_bytes = 0
         self.module: torch.nn.Module | None = None
         self.optimizers: list[Any] = []
-        wrap, step, teardown = strategy.wrap, strategy.train_step, strategy.teardown
+        wrap, step = strategy.wrap, strategy.train_step
         strategy.wrap = lambda model, optimizer: self._wrapped(*wrap(model, optimizer))
         strategy.train_step = lambda *args: self._step(step, *args)
-        strategy.teardown = lambda: self._teardown(teardown)
 
     def _wrapped(self, model: torch.nn.Module, optimizer: Any) -> tuple[torch.nn.Module, Any]:
         self.module, self.optimizers = self.strategy.unwrap(model), optimizer_chain(optimizer)
@@ -103,12 +101,6 @@ class Probe:
         self.steps += 1
         return totals
 
-    def _teardown(self, teardown) -> None:
-        if self.keep_group and isinstance(self.strategy, ProcessGroupStrategy):
-            self.strategy.release()  # the next case uses the same process group
-            gc.collect()
-        else:
-            teardown()
 
     def facts(self, steps_per_epoch: int) -> dict[str, Any]:
         """What was measured: bytes per step, model state, CPU per timed step (after the first epoch)."""
@@ -148,14 +140,14 @@ def count_window(steps_per_epoch: int, count_steps: int) -> tuple[int, int]:
     return first, min(steps_per_epoch, first + count_steps)
 
 
-def run_case(case: dict[str, Any], count_steps: int, keep_group: bool) -> dict[str, Any]:
+def run_case(case: dict[str, Any], count_steps: int) -> dict[str, Any]:
     """Train one case through the driver with a ``Probe``; its measurements (and the parameters on rank 0)."""
     from dtutor.pytorch import fit
 
     config = TrainConfig.from_kwargs(**case["fields"])
     instance = implementation(case, config.strategy)(config)
     window = count_window(config.steps_per_epoch(), count_steps) if case.get("probe") else (0, 0)
-    probe = Probe(instance, window, keep_group)
+    probe = Probe(instance, window)
     result = fit(config, strategy=instance)
     return {"name": case["name"], "rank": result.rank, "world_size": result.world_size,
             "samples_per_s": result.samples_per_second(), "epochs": [e.samples_per_second for e in result.epochs],
@@ -180,7 +172,7 @@ def run_cases(cases: list[dict[str, Any]], count_steps: int = 2) -> list[dict[st
             if distributed:
                 torch.distributed.barrier()
             try:
-                found.append(run_case(case, count_steps, keep_group=distributed))
+                found.append(run_case(case, count_steps))
             except Exception as error:  # noqa: BLE001 - reported, and the next case runs
                 traceback.print_exc()
                 found.append({"name": case["name"], "error": f"{type(error).__name__}: {error}"[:500]})

@@ -53,9 +53,14 @@ class ProcessGroupStrategy(Strategy):
     """A strategy whose ranks talk through ``torch.distributed``; subclasses say how they split the work."""
 
     name = ""
+    owns_group = True  # this strategy created the process group, so its teardown destroys it
 
     def join(self) -> None:
-        """Join the process group torchrun describes; with nccl, take the GPU numbered ``LOCAL_RANK``."""
+        """Join the process group torchrun describes; with nccl, take the GPU numbered ``LOCAL_RANK``.
+
+        A group that already exists (a caller joined it first to train several runs in one launch) is used and
+        left in place for the next run: only the strategy that created a group destroys it."""
+        self.owns_group = not dist.is_initialized()
         self.rank, self.world_size, self.device = join_process_group(self.config.backend)
 
     def reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
@@ -72,6 +77,9 @@ class ProcessGroupStrategy(Strategy):
         """Drop whatever holds the process group (wrappers, schedules); subclasses add theirs."""
 
     def teardown(self) -> None:
-        """Release what holds the group, then destroy the process group."""
+        """Release what holds the group, then destroy the process group if this strategy created it."""
         self.release()
-        leave_process_group()
+        if self.owns_group:
+            leave_process_group()
+        else:
+            gc.collect()  # what held the group goes now; the group stays for the next run

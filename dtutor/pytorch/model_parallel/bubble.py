@@ -50,7 +50,7 @@ from dtutor import strategies
 from dtutor.config import TrainConfig
 from dtutor.pytorch.model_parallel.gpipe import PipelineByHand
 from dtutor.pytorch.model_parallel.timeline import Event, idle_fractions, mean_idle, replay, theory_bubble
-from dtutor.pytorch.process_group import leave_process_group
+from dtutor.pytorch.process_group import join_process_group, leave_process_group
 from dtutor.result import RunResult
 
 if TYPE_CHECKING:
@@ -110,8 +110,9 @@ def recorded_training(runs: Sequence[dict[str, Any]], width: int = 0, layers: in
             fields = {"backend": backend, **run}
             sends, input_grad = fields.pop("sends", "blocking"), fields.pop("input_grad", False)
             config = TrainConfig.from_kwargs(**fields)
+            if not results:
+                join_process_group(config.backend)  # joined here, so each run's strategy leaves it in place
             strategy = strategies.load(config.strategy)(config)
-            strategy.teardown = strategy.release  # the group stays for the next run (left below)
             if isinstance(strategy, PipelineByHand):
                 strategy.blocking, strategy.input_grad = sends == "blocking", input_grad
             task = {"model": lambda: balanced_model(layers, width),
