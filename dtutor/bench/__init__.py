@@ -9,6 +9,7 @@
     python -m dtutor.bench horovod         # Horovod (PyTorch) beside DDP, 1 and 2 ranks, same model and data
     python -m dtutor.bench pipeline        # the pipeline strategies trained: bubble by hand vs theory; memory, speed
     python -m dtutor.bench zero            # ZeRO 0-3 and FSDP model-state memory per rank against the formulas
+    python -m dtutor.bench ddp_by_hand     # DDP by hand (naive, bucketed, overlapped) vs torch DDP: time/step
     python -m dtutor.bench ddp --json out.json
     python -m dtutor.bench ddp --help      # each benchmark's own flags
 
@@ -18,7 +19,7 @@ Modules: ``scaling`` (ddp, horovod, pipeline), ``suite`` (all: the plan and the 
 ``tf_runner`` (inside the workers), ``probe`` (counting collectives, model state), ``rows`` (the table's
 rows), ``theory`` (what communication should cost), ``report`` (table, plots, README), ``allreduce``,
 ``horovod_gap``, ``zero`` (model-state memory against the ZeRO formulas), ``machine`` (where a result was
-measured).
+measured), ``ddp_by_hand`` (time per step of the hand-written DDPs and torch's).
 """
 
 import argparse
@@ -104,6 +105,14 @@ def _zero(args: argparse.Namespace) -> Any:
     return result
 
 
+def _ddp_by_hand(args: argparse.Namespace) -> Any:
+    from dtutor.bench import ddp_by_hand
+
+    result = ddp_by_hand.bench_ddp_by_hand(args.mode)
+    show(ddp_by_hand.table_ddp_by_hand(result))
+    return result
+
+
 def _mode(command: argparse.ArgumentParser) -> None:
     command.add_argument("--mode", choices=["quick", "full"], default="full",
                          help="quick (the notebook's settings) or full (the README's; the default)")
@@ -128,6 +137,8 @@ COMMANDS = {  # name: (what it measures, how it runs, its own flags)
                  _pipeline, [
         lambda c: c.add_argument("--repeats", type=int, default=10, help="timed steps per run (10)")]),
     "zero": ("ZeRO 0-3 and FSDP model-state memory per rank against the formulas", _zero, [_mode]),
+    "ddp_by_hand": ("DDP by hand (naive, bucketed, overlapped) beside torch's DDP: time per step, all-reduces per step",
+                    _ddp_by_hand, [_mode]),
 }
 
 
