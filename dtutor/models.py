@@ -40,6 +40,30 @@ def mnist_cnn() -> nn.Module:
     )
 
 
+def mnist_cnn_batchnorm() -> nn.Module:
+    """The same CNN with a ``BatchNorm2d`` after each convolution (notebook 02's BatchNorm under DDP).
+
+    The convolutions have no bias: BatchNorm subtracts the batch mean, which removes any bias, and its own shift
+    (``bias``) takes its place.
+    """
+    from torch import nn
+
+    return nn.Sequential(
+        nn.Conv2d(1, 32, kernel_size=3, bias=False),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, kernel_size=3, bias=False),
+        nn.BatchNorm2d(64),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(64 * 5 * 5, 64),
+        nn.ReLU(),
+        nn.Linear(64, 10),
+    )
+
+
 def keras_mnist_cnn(keras=None):
     """The same CNN in Keras: input (N, 28, 28, 1), output logits (N, 10).
 

@@ -16,6 +16,14 @@ def test_torch_cnn_shape_and_parameter_count():
     assert tuple(model(torch.zeros(3, 1, 28, 28)).shape) == (3, 10)
 
 
+def test_the_batchnorm_cnn_trades_each_convolution_bias_for_a_scale_and_shift():
+    model = models.mnist_cnn_batchnorm()
+    batchnorms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert [m.num_features for m in batchnorms] == [32, 64]
+    assert models.count_parameters(model) == models.MNIST_CNN_PARAMETERS - (32 + 64) + 2 * (32 + 64)
+    assert tuple(model(torch.zeros(3, 1, 28, 28)).shape) == (3, 10)
+
+
 @pytest.mark.parametrize("legacy", ["1", "0"], ids=["keras2", "keras3"])
 def test_keras_cnn_has_the_same_parameter_count(legacy):
     env = {**os.environ, "TF_USE_LEGACY_KERAS": legacy, "TF_CPP_MIN_LOG_LEVEL": "3"}
