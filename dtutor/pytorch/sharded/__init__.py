@@ -9,6 +9,8 @@ parameters too (gathered layer by layer when needed).
   counter: which bytes a view covers, each storage once, and which are resident); ``formulas``: the ZeRO paper's
   formulas and the estimator; ``widget``: the estimator in a notebook;
 - ``deepspeed_zero_lessons``: the notebook's small DeepSpeed demos, each an entry point for ``dtutor.launch.run``.
+- ``zero1_by_hand``: ZeRO-1 written out (``ShardedOptimizer``), proven equal to DDP and DeepSpeed's stage 1;
+  ``partitions``: who holds what at ZeRO-1/2/3 and FSDP, drawn from real shards and measured rows.
 
 ``formulas``, ``widget`` and ``deepspeed_config`` import no framework (``python -m dtutor.bench zero`` measures
 ``model_state`` against ``formulas``).
