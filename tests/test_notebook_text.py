@@ -29,6 +29,7 @@ MEASURED_LOOKING = re.compile(
 # Values the text states rather than measures: the course's settings, tolerances, the sizes a benchmark
 # sweeps, published hardware figures. Listed here so that each one is a decision, not an accident.
 STATED = {
+    "02": ["25 MiB", "1 MiB"],  # torch DDP's documented bucket sizes
     "04": ["1e-5", "1e-2"],
     "05": ["1 KB", "1e-5", "1e-2"],
     "06": ["120 GB", "2 GB", "1.6e-3"],
