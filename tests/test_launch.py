@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 import uuid
+from pathlib import Path
 
 import pytest
 from conftest import marked_processes
@@ -103,6 +104,20 @@ def test_bad_input_is_refused_before_any_process_starts(monkeypatch, entry, opti
     monkeypatch.setattr(subprocess, "Popen", no_processes)
     with pytest.raises(ValueError, match=message):
         launch.run(entry, quiet=True, **options)
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"script": "examples/nowhere.py"}, FileNotFoundError, "no script at examples/nowhere.py"),
+        ({"launcher": "horovodrun"}, ValueError, "launcher must be 'torchrun' or 'deepspeed', got 'horovodrun'"),
+        ({"nprocs": 0}, ValueError, "nprocs must be a whole number >= 1"),
+    ],
+)
+def test_a_bad_script_launch_is_refused_before_any_process_starts(no_process_may_start, options, error, message):
+    script = Path(__file__).resolve().parent.parent / "examples" / "ddp_train.py"  # a script that exists
+    with pytest.raises(error, match=message):
+        launch.run_script(**{"script": script, **options}, quiet=True)
 
 
 def test_commands_shown_for_one_and_two_nodes():

@@ -12,7 +12,9 @@ kernel: a notebook kernel cannot be given a hard timeout, does not show output w
 processes, and must survive a worker that crashes; a child process can be timed out and killed with
 everything it started. ``run_horovod`` (horovodrun), ``run_deepspeed`` (DeepSpeed's launcher),
 ``run_tf_workers`` (TensorFlow workers, one ``TF_CONFIG`` each) and ``run_single`` (one fresh process) work
-the same way; ``train`` picks the right one for a training strategy.
+the same way; ``train`` picks the right one for a training strategy. ``run_script`` starts a plain script
+(a file of your own, ``examples/``) under torchrun or ``deepspeed`` with the same supervision;
+``run_horovod_script`` under horovodrun, ``run_tf_script`` as TensorFlow workers (one ``TF_CONFIG`` each).
 
 Guarantees: bad input is refused before any process starts; every launch has a timeout; when a rank
 fails or the timeout expires, every process of the launch is ended and ``LaunchError`` names the
@@ -39,7 +41,10 @@ from dtutor.launch.runners import (
     run,
     run_deepspeed,
     run_horovod,
+    run_horovod_script,
+    run_script,
     run_single,
+    run_tf_script,
     run_tf_workers,
     show_tf_worker_commands,
 )
@@ -54,7 +59,10 @@ __all__ = [
     "run",
     "run_deepspeed",
     "run_horovod",
+    "run_horovod_script",
+    "run_script",
     "run_single",
+    "run_tf_script",
     "run_tf_workers",
     "shell_command",
     "show_commands",

@@ -1,5 +1,6 @@
-"""Start a launch: torchrun (``run``), horovodrun (``run_horovod``), one fresh process (``run_single``) and
-TensorFlow's multi-worker processes (``run_tf_workers``), each through ``supervisor.supervise``.
+"""Start a launch: torchrun (``run``), horovodrun (``run_horovod``), one fresh process (``run_single``),
+TensorFlow's multi-worker processes (``run_tf_workers``) and a plain script under torchrun or ``deepspeed``
+(``run_script``), each through ``supervisor.supervise``.
 
 Every runner checks its input before any process starts, prints the equivalent terminal command (unless
 ``quiet``) and returns each rank's return value in rank order, or raises ``LaunchError``.
@@ -8,9 +9,11 @@ Every runner checks its input before any process starts, prints the equivalent t
 from __future__ import annotations
 
 import os
+import shlex
 import socket
 import sys
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +97,14 @@ def _check_horovod(framework: str) -> None:
                            "rebuild it with ./course setup")
 
 
+def _check_horovod_launch(nprocs: int, hosts: str | None, framework: str) -> None:
+    """Refuse a horovodrun launch that cannot start: more processes than ``hosts`` has slots, or no Horovod
+    built for ``framework``."""
+    if hosts is not None and host_slots(hosts) < nprocs:
+        raise ValueError(f"-np {nprocs} is more than the {host_slots(hosts)} slot(s) in -H {hosts}")
+    _check_horovod(framework)
+
+
 def run_horovod(
     entry: str,
     nprocs: int = 2,
@@ -112,9 +123,7 @@ def run_horovod(
     (``TF_USE_LEGACY_KERAS=1``), which Horovod's Keras integration needs.
     """
     check_count("nprocs", nprocs)
-    if hosts is not None and host_slots(hosts) < nprocs:
-        raise ValueError(f"-np {nprocs} is more than the {host_slots(hosts)} slot(s) in -H {hosts}")
-    _check_horovod(framework)
+    _check_horovod_launch(nprocs, hosts, framework)
     command = horovodrun_command(entry, nprocs, kwargs, hosts)
     horovodrun = str(Path(sys.executable).with_name("horovodrun"))
     python = command.index("python")
@@ -141,6 +150,83 @@ def run_deepspeed(entry: str, nprocs: int = 2, *, backend: str = "auto", timeout
     env = {} if "nccl" in str(kwargs.get("backend")) else {"DS_ACCELERATOR": "cpu"}
     return supervise([actual], entry=entry, timeout=timeout, quiet=quiet, threads=_threads(threads_per_rank, nprocs),
                      envs=[env], display=shell_command(command))
+
+
+def run_script(script: str | Path, nprocs: int = 2, *, launcher: str = "torchrun", args: Sequence[str] = (),
+               timeout: float = 300.0, threads_per_rank: int | None = None, quiet: bool = False) -> None:
+    """Run a plain training script (a file, not an entry point) on ``nprocs`` processes with its real launcher.
+
+    ``launcher``: "torchrun" (``torchrun --standalone --nproc-per-node N SCRIPT ARGS``) or "deepspeed"
+    (``deepspeed --num_gpus N SCRIPT ARGS``; its CPU accelerator without enough GPUs, a free port). The same
+    supervision as ``run``: the command printed, output streamed, ``timeout``, every process ended on a failure
+    (``LaunchError`` with the last output). The script reports nothing back: it writes its own files.
+    """
+    check_count("nprocs", nprocs)
+    if not Path(script).is_file():
+        raise FileNotFoundError(f"no script at {script}")
+    words = [str(script), *(str(arg) for arg in args)]
+    env: dict[str, str] = {}
+    if launcher == "torchrun":
+        shown = ["torchrun", "--standalone", f"--nproc-per-node={nprocs}", *words]
+        actual = [sys.executable, "-m", "torch.distributed.run", *shown[1:]]
+    elif launcher == "deepspeed":
+        shown = ["deepspeed", f"--num_gpus={nprocs}", *words]
+        actual = [str(Path(sys.executable).with_name("deepspeed")), "--log_level=error",
+                  f"--master_port={free_ports(1)[0]}", *shown[1:]]
+        from dtutor.pytorch.sharded.deepspeed_zero import deepspeed_environment
+
+        deepspeed_environment()  # as every DeepSpeed run of the course: its compiled helper cached in the venv
+        env = {} if choose_backend("auto", nprocs) == "nccl" else {"DS_ACCELERATOR": "cpu"}
+    else:
+        raise ValueError(f"launcher must be 'torchrun' or 'deepspeed', got {launcher!r}")
+    supervise([actual], entry=str(script), timeout=timeout, quiet=quiet, threads=_threads(threads_per_rank, nprocs),
+              envs=[env], display=shell_command(shown))
+
+
+def run_horovod_script(script: str | Path, nprocs: int = 2, *, framework: str = "torch", args: Sequence[str] = (),
+                       hosts: str | None = None, timeout: float = 300.0, threads_per_rank: int | None = None,
+                       quiet: bool = False) -> None:
+    """Run a plain script on ``nprocs`` processes with ``horovodrun --gloo -H HOSTS python SCRIPT ARGS``.
+
+    ``run_script``'s Horovod form, checked first as ``run_horovod`` is: the file exists, Horovod is built for
+    ``framework``, ``hosts`` has the slots. The same supervision; the script writes its own files.
+    """
+    check_count("nprocs", nprocs)
+    if not Path(script).is_file():
+        raise FileNotFoundError(f"no script at {script}")
+    _check_horovod_launch(nprocs, hosts, framework)
+    shown = ["horovodrun", "-np", str(nprocs), "--gloo", "-H", hosts or f"localhost:{nprocs}", "python", str(script),
+             *(str(arg) for arg in args)]
+    actual = [str(Path(sys.executable).with_name("horovodrun")), *shown[1:6], sys.executable, *shown[7:]]
+    supervise([actual], entry=str(script), timeout=timeout, quiet=quiet, threads=_threads(threads_per_rank, nprocs),
+              envs=[dict(TF_WORKER_ENV)], display=shell_command(shown))
+
+
+def run_tf_script(script: str | Path, num_workers: int = 2, *, args: Sequence[str] = (), timeout: float = 300.0,
+                  threads_per_rank: int | None = None, quiet: bool = False) -> None:
+    """Run a plain TensorFlow script as ``num_workers`` worker processes, each with its own ``TF_CONFIG``.
+
+    ``run_script``'s TensorFlow form: MultiWorkerMirroredStrategy's workers (free ports on 127.0.0.1), or for
+    ``num_workers=1`` one process without ``TF_CONFIG`` (MirroredStrategy over that process's devices). Each
+    worker gets Keras 2 and quiet C++ logs (``TF_WORKER_ENV``); its command is printed as you would type it.
+    """
+    check_count("num_workers", num_workers)
+    if not Path(script).is_file():
+        raise FileNotFoundError(f"no script at {script}")
+    words = [f"{name}={value}" for name, value in TF_WORKER_ENV.items()]
+    words += [shlex.quote(word) for word in ["python", str(script), *(str(arg) for arg in args)]]
+    envs = [{**TF_WORKER_ENV, "DTUTOR_RANK": "0"}]
+    if num_workers > 1:
+        addresses = [f"127.0.0.1:{port}" for port in free_ports(num_workers)]
+        envs = [{**TF_WORKER_ENV, "TF_CONFIG": tf_config(addresses, i), "DTUTOR_RANK": str(i)}
+                for i in range(num_workers)]
+    shown = [shell_command([*([f"TF_CONFIG={shlex.quote(env['TF_CONFIG'])}"] if "TF_CONFIG" in env else []), *words],
+                           quote=str) for env in envs]
+    if not quiet:
+        print("\n".join(f"# worker {i}\n{command}" if num_workers > 1 else f"$ {command}"
+                        for i, command in enumerate(shown)))
+    supervise([[sys.executable, str(script), *(str(arg) for arg in args)]] * num_workers, entry=str(script),
+              timeout=timeout, quiet=quiet, threads=_threads(threads_per_rank, num_workers), envs=envs)
 
 
 def run_single(entry: str, *, timeout: float = 300.0, env: dict[str, str] | None = None, threads: int | None = None,
