@@ -16,9 +16,9 @@ TOLERANCE = STRATEGIES["horovod"].tolerance
 
 
 @pytest.fixture(scope="module")
-def two_ranks():
+def two_ranks(shared_train):
     require_horovod("torch")
-    return launch.train(2, strategy="horovod", timeout=300, quiet=True, **SETUP)
+    return shared_train(2, strategy="horovod", **SETUP)  # the run test_examples_horovod_keras checks its script against
 
 
 def test_two_workers_equal_one_device_on_the_combined_batch(two_ranks, small_reference):

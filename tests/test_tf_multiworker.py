@@ -22,8 +22,8 @@ from dtutor.strategies import STRATEGIES
 
 
 @pytest.fixture(scope="module")
-def workers():
-    return launch.train(2, strategy="multiworker", timeout=300, quiet=True, **TF_SETUP)
+def workers(shared_train):
+    return shared_train(2, strategy="multiworker", **TF_SETUP)  # test_examples_horovod_keras's script equals it
 
 
 def test_two_workers_end_bitwise_equal_and_equal_to_one_device(workers, tf_reference):
