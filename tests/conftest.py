@@ -61,17 +61,22 @@ def own_code_importable(monkeypatch) -> None:
 @pytest.fixture(scope="session")
 def shared_train():
     """``shared_train(nprocs, **fields)``: ``launch.train(nprocs, quiet=True, **fields)``, launched once per session
-    for each distinct ``nprocs`` and ``fields`` (``timeout`` and ``quiet`` aside); every test that asks for the
-    same run gets the same results (read them; do not change them). A run that fails is not kept."""
-    from dtutor import launch
+    for each distinct ``nprocs``, placement (``nnodes``, ``threads_per_rank``) and ``TrainConfig`` (fields left at
+    their defaults or written out are the same run; ``timeout`` and ``quiet`` aside); every test that asks for
+    the same run gets the same results (read them; do not change them). A run that fails is not kept. It can
+    stand in for ``launch.train`` (``test_exercises`` patches it in): it calls ``dtutor.launch.training.train``."""
+    from dtutor import TrainConfig
+    from dtutor.launch import training
 
-    runs: dict[tuple[int, str], list] = {}
+    runs: dict[tuple[int, str, str], list] = {}
 
-    def train(nprocs: int, *, timeout: float = 300, **fields) -> list:
+    def train(nprocs: int = 1, *, timeout: float = 300, **fields) -> list:
         fields.pop("quiet", None)
-        key = (nprocs, repr(sorted(fields.items())))
+        placement = {key: fields.pop(key) for key in ("nnodes", "threads_per_rank") if key in fields}
+        config = TrainConfig.from_kwargs(**fields).as_dict()
+        key = (nprocs, repr(sorted(placement.items())), repr(sorted(config.items())))
         if key not in runs:
-            runs[key] = launch.train(nprocs, timeout=timeout, quiet=True, **fields)
+            runs[key] = training.train(nprocs, timeout=timeout, quiet=True, **placement, **fields)
         return runs[key]
 
     return train

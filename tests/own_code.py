@@ -1,7 +1,8 @@
 """A learner's own code, outside ``dtutor``: a model, a dataset and an entry point that uses the driver.
 
-The tests launch ``own_code:main`` on 2 ranks exactly as a learner would launch ``mypkg.train:main``, and
-``own_code:every_strategy`` trains a regression and a classifier fed dict batches under every strategy.
+The tests call ``own_code:main`` (the learner's entry point) and launch ``own_code:every_strategy`` exactly as a
+learner would launch ``mypkg.train:main``: it trains a regression and a classifier fed dict batches under every
+strategy (torchrun's in one launch, Horovod's through horovodrun).
 """
 
 import torch

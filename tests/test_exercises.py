@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SMALL_RUN
 
 from dtutor import exercises, launch
 from dtutor.result import RunResult
@@ -64,11 +65,12 @@ def test_a_slurm_recipe_is_checked_by_the_courses_own_reading_of_it(capsys):
     assert "--gpus-per-node should be 2" in lines[1] and "backend=nccl" in lines[1]
 
 
-def test_a_real_run_is_checked_against_its_single_device_twin(capsys):
-    runs = launch.train(2, strategy="ddp", accumulation=2, global_batch=32, samples=64, test_samples=0,
-                        timeout=240, quiet=True)
+def test_a_real_run_is_checked_against_its_single_device_twin(capsys, shared_train, monkeypatch):
+    """DDP's accumulation run and its twin are test_pytorch_ddp's (each launched once per session)."""
+    monkeypatch.setattr(launch, "train", shared_train)  # the twin too
+    runs = shared_train(2, strategy="ddp", accumulation=2, **SMALL_RUN)
     assert exercises.check_same_training(runs, expect={"world_size": 2, "accumulation": 2})
-    assert capsys.readouterr().out.startswith("right: ddp on 2 rank(s), global batch 32 trained like one device")
+    assert capsys.readouterr().out.startswith("right: ddp on 2 rank(s), global batch 64 trained like one device")
 
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,10 +86,24 @@ def test_the_notebook_ends_with_exercises_checked_by_dtutor_exercises_and_worked
 
 
 @pytest.mark.parametrize("solution", SOLUTIONS, ids=[path.stem for path in SOLUTIONS])
-def test_every_worked_solution_passes_its_notebooks_own_checks(solution):
+def test_every_worked_solution_passes_its_notebooks_own_checks(solution, shared_train, monkeypatch, capsys):
+    """In this process, each launch of a solution (and of a twin the checks train) through ``shared_train``: a run
+    that another test or solution also makes is launched once per session."""
+    monkeypatch.setattr(launch, "train", shared_train)
+    right = exercises.check_solution(solution)
+    printed = capsys.readouterr().out
+    assert right, printed
+    assert printed.startswith("right: ")
+
+
+def test_a_worked_solution_runs_as_a_script_and_says_right():
+    """As a learner runs one: ``python notebooks/solutions/08_laptop_to_cluster.py`` (the same last lines in each)."""
+    solution = ROOT / "notebooks" / "solutions" / "08_laptop_to_cluster.py"
     env = {**os.environ, "DTUTOR_OFFLINE": "1", "TQDM_DISABLE": "1",
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, str(solution)], capture_output=True, text=True, timeout=900, env=env,
+    done = subprocess.run([sys.executable, str(solution)], capture_output=True, text=True, timeout=300, env=env,
                           cwd=ROOT)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert done.stdout.startswith("right: ")
+    main = 'if __name__ == "__main__":\n    raise SystemExit(0 if exercises.check_solution(__file__) else 1)\n'
+    assert [path.name for path in SOLUTIONS if not path.read_text().endswith(main)] == []

@@ -15,7 +15,7 @@ import uuid
 from types import SimpleNamespace
 
 import pytest
-from conftest import SLURM_MARK, assert_nothing_left, require_horovod
+from conftest import SLURM_MARK, SMALL_RUN, assert_nothing_left, require_horovod
 
 from dtutor import max_difference
 from dtutor.launch import recipes, slurm, slurm_local
@@ -159,7 +159,8 @@ def test_the_deepspeed_launcher_with_a_hostfile_starts_the_same_run(cluster, sha
 
 
 def test_deepspeed_zero_through_the_deepspeed_launcher_equals_the_local_run(cluster, shared_train):
-    fields = {"strategy": "deepspeed", "zero_stage": 2, "optimizer": "adam", "lr": 1e-3}  # as notebook 06's tests
+    """The local run is test_pytorch_sharded_deepspeed_zero's stage-2 run (4 steps, Adam), launched once for both."""
+    fields = {**SMALL_RUN, "strategy": "deepspeed", "zero_stage": 2, "optimizer": "adam", "lr": 1e-3}
     assert_equal_runs(*beside_the_local_run(cluster, shared_train, "deepspeed", **fields))
 
 

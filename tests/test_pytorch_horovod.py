@@ -1,7 +1,6 @@
 """Horovod (PyTorch) on 2 gloo workers through horovodrun, proven equal to one device (fp32, the registry's
 tolerance)."""
 
-import os
 import subprocess
 
 import pytest
@@ -37,17 +36,6 @@ def test_stop_and_resume_is_bitwise_equal_to_an_unbroken_run(tmp_path):
     launch.train(2, checkpoint=checkpoint, stop_after_epochs=1, **options)
     resumed = launch.train(2, checkpoint=checkpoint, **options)
     assert [e.epoch for e in resumed[0].epochs] == [1, 2] and identical(unbroken, resumed[0])
-
-
-def test_a_learners_own_code_on_two_workers_equals_one_device(monkeypatch):
-    require_horovod("torch")
-    import own_code
-
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([os.path.dirname(own_code.__file__),
-                                                      os.environ.get("PYTHONPATH", "")]))
-    results = launch.run_horovod("own_code:main", 2, timeout=300, quiet=True, strategy="horovod")
-    assert max_difference(results[0], own_code.main(strategy="single")) < TOLERANCE
-    assert identical(results[0], results[1])
 
 
 def test_allreduce_average_and_sum_on_known_tensors():

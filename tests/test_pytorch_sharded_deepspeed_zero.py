@@ -26,15 +26,15 @@ def ddp(shared_train):
 
 
 @pytest.mark.parametrize(("stage", "offload"), [(1, False), (2, False), (3, False), (3, True)])
-def test_every_zero_stage_reaches_ddps_parameters(ddp, stage, offload):
-    results = launch.train(2, strategy="deepspeed", zero_stage=stage, offload=offload, **SETUP)
+def test_every_zero_stage_reaches_ddps_parameters(ddp, shared_train, stage, offload):
+    results = shared_train(2, strategy="deepspeed", zero_stage=stage, offload=offload, **SETUP)  # stage 2: Slurm's
     assert max_difference(results[0], ddp) < TOLERANCE and identical(results[0], results[1])
     assert results[0].test_accuracy == pytest.approx(ddp.test_accuracy, abs=1e-9)
     assert max_difference(results[0], models.seeded(models.mnist_cnn, 0).state_dict()) > 1e-4  # it trained
 
 
-def test_accumulation_inside_the_engine_equals_the_big_batch(ddp):
-    results = launch.train(2, strategy="deepspeed", zero_stage=2, accumulation=2, **SETUP)
+def test_accumulation_inside_the_engine_equals_the_big_batch(ddp, shared_train):
+    results = shared_train(2, strategy="deepspeed", zero_stage=2, accumulation=2, **SETUP)  # notebook 06's exercise
     assert results[0].details["micro_batch"] == 16 and max_difference(results[0], ddp) < ACCUMULATION_TOLERANCE
 
 
@@ -65,14 +65,18 @@ def test_the_deepspeed_command_hands_the_worker_its_module():
 
 
 def test_stop_and_resume_at_stage_3_is_bitwise_equal_to_an_unbroken_run(tmp_path):
-    options = {**SETUP, "strategy": "deepspeed", "zero_stage": 3, "epochs": 3, "samples": 128, "test_samples": 0}
-    unbroken = launch.train(2, **options)[0]
+    """The unbroken run and the run stopped after epoch 0 train in turn in one launch; the resumed run in another."""
+    from dtutor.pytorch.model_parallel import bubble
+
+    fields = {**SMALL_RUN, "optimizer": "adam", "lr": 1e-3, "strategy": "deepspeed", "zero_stage": 3, "epochs": 3,
+              "samples": 128, "test_samples": 0}
     folder = str(tmp_path / "zero3")
-    first = launch.train(2, checkpoint=folder, stop_after_epochs=1, **options)
-    assert [e.epoch for e in first[0].epochs] == [0] and (Path(folder) / "latest").exists()
-    resumed = launch.train(2, checkpoint=folder, **options)
+    unbroken, first = bubble.record(2, fields, {**fields, "checkpoint": folder, "stop_after_epochs": 1}, timeout=300)
+    assert [e.epoch for e in unbroken[0].epochs] == [0, 1, 2] and [e.epoch for e in first[0].epochs] == [0]
+    assert (Path(folder) / "latest").exists()
+    resumed = launch.train(2, checkpoint=folder, **fields, quiet=True, timeout=300, threads_per_rank=1)  # as record
     assert [e.epoch for e in resumed[0].epochs] == [1, 2]
-    assert identical(unbroken, resumed[0])
+    assert identical(unbroken[0], resumed[0])
 
 
 def test_teardown_destroys_the_engine_before_the_process_group(monkeypatch):
