@@ -41,13 +41,15 @@ class AllReduceSum(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:  # noqa: D102 - see the class
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        """The sum of every rank's ``tensor``, on every rank."""
         total = tensor.clone()
         dist.all_reduce(total)
         return total
 
     @staticmethod
-    def backward(ctx, gradient: torch.Tensor) -> torch.Tensor:  # noqa: D102 - see the class
+    def backward(ctx, gradient: torch.Tensor) -> torch.Tensor:
+        """The sum of every rank's gradient at the sum: each rank's loss reached every rank's ``tensor``."""
         total = gradient.clone()
         dist.all_reduce(total)
         return total
