@@ -120,7 +120,8 @@ def _train_by_hand(seed: int, steps: int, size: int, lr: float) -> tuple[dict[st
     return _numpy(model), optimizer
 
 
-def _train_ddp(seed: int, steps: int, size: int, lr: float) -> dict[str, Any]:
+def _train_ddp(seed: int, steps: int, size: int, lr: float) -> tuple[dict[str, Any], torch.Tensor]:
+    """DDP's final parameters, and its last averaged gradient as one flat vector."""
     model = nn.parallel.DistributedDataParallel(models.seeded(models.wide_mlp, seed, **MODEL))
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     for step in range(steps):
@@ -128,7 +129,7 @@ def _train_ddp(seed: int, steps: int, size: int, lr: float) -> dict[str, Any]:
         optimizer.zero_grad()
         nn.functional.cross_entropy(model(inputs), targets).backward()
         optimizer.step()
-    return _numpy(model.module)
+    return _numpy(model.module), torch.cat([p.grad.reshape(-1) for p in model.parameters()])
 
 
 def _train_deepspeed(seed: int, steps: int, size: int, lr: float, backend: str) -> dict[str, Any]:
@@ -156,14 +157,16 @@ def prove_zero1(steps: int = 4, micro_batch: int = 8, lr: float = 1e-3, seed: in
     """Entry point (one process per rank): ``steps`` Adam steps of ``wide_mlp(**MODEL)`` on this rank's random
     batches of ``micro_batch``, three times: ``ShardedOptimizer``, torch's DDP, DeepSpeed's ZeRO-1 (``deepspeed``).
 
-    Returns this rank's final parameters of each twin, the initial ones, its shard and its inner optimizer's state
-    bytes (measured from the state tensors)."""
+    Returns this rank's final parameters of each twin, the initial ones, its shard, its inner optimizer's state
+    bytes (measured from the state tensors), and the last step's gradient of its shard: reduce-scattered here, and
+    DDP's all-reduced one (without the padding, which has no gradient)."""
     from dtutor.pytorch.process_group import join_process_group, leave_process_group
 
     rank, world, _ = join_process_group(backend)
     try:
         by_hand, optimizer = _train_by_hand(seed, steps, micro_batch, lr)
-        runs = {"by_hand": by_hand, "ddp": _train_ddp(seed, steps, micro_batch, lr)}
+        ddp, ddp_gradient = _train_ddp(seed, steps, micro_batch, lr)
+        runs = {"by_hand": by_hand, "ddp": ddp}
         if deepspeed:
             runs["deepspeed_zero1"] = _train_deepspeed(seed, steps, micro_batch, lr, backend)
         return {"rank": rank, "world_size": world, "steps": steps, "parameters": runs,
@@ -171,6 +174,8 @@ def prove_zero1(steps: int = 4, micro_batch: int = 8, lr: float = 1e-3, seed: in
                 "parameter_count": optimizer.numel, "shard_size": optimizer.shard_size,
                 "padded_size": optimizer.padded_size, "shard_start": optimizer.start,
                 "state_bytes": optimizer_state_bytes(optimizer.optimizer),
+                "shard_gradient": optimizer.shard.grad.numpy().copy(),  # the last step's, reduce-scattered and averaged
+                "ddp_gradient": ddp_gradient[optimizer.start:optimizer.start + optimizer.shard_size].numpy().copy(),
                 "state_shapes": sorted({tuple(v.shape) for s in optimizer.optimizer.state.values() for v in s.values()
                                         if isinstance(v, torch.Tensor)})}
     finally:
@@ -179,9 +184,12 @@ def prove_zero1(steps: int = 4, micro_batch: int = 8, lr: float = 1e-3, seed: in
 
 def proof(results: list[dict[str, Any]]) -> dict[str, Any]:
     """What every rank's ``prove_zero1`` result says: the by-hand twin's largest parameter difference from each
-    library twin (on rank 0), whether all ranks hold bitwise the same model, and how far training moved it."""
+    library twin (on rank 0), its largest difference from DDP's averaged gradient over every rank's shard (Adam
+    would hide a gradient off by a constant factor; this does not), whether all ranks hold bitwise the same
+    model, and how far training moved it."""
     first = results[0]["parameters"]
+    gradient = max(float(abs(r["shard_gradient"][:len(r["ddp_gradient"])] - r["ddp_gradient"]).max()) for r in results)
     return {"difference": {name: max_difference(first["by_hand"], run) for name, run in first.items()
-                           if name != "by_hand"},
+                           if name != "by_hand"}, "gradient_difference": gradient,
             "ranks_agree": all(identical(r["parameters"]["by_hand"], first["by_hand"]) for r in results),
             "moved": max_difference(first["by_hand"], results[0]["initial"])}
