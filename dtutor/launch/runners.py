@@ -223,7 +223,8 @@ def run_tf_script(script: str | Path, num_workers: int = 2, *, args: Sequence[st
     shown = [shell_command([*([f"TF_CONFIG={shlex.quote(env['TF_CONFIG'])}"] if "TF_CONFIG" in env else []), *words],
                            quote=str) for env in envs]
     if not quiet:
-        print("\n".join(f"# worker {i}\n{command}" if num_workers > 1 else f"$ {command}"
+        print("\n".join(f"# worker {i} (on several hosts: replace 127.0.0.1 with each host's address)\n{command}"
+                        if num_workers > 1 else f"$ {command}"
                         for i, command in enumerate(shown)))
     supervise([[sys.executable, str(script), *(str(arg) for arg in args)]] * num_workers, entry=str(script),
               timeout=timeout, quiet=quiet, threads=_threads(threads_per_rank, num_workers), envs=envs)
