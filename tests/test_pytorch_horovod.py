@@ -28,14 +28,19 @@ def test_two_workers_equal_one_device_on_the_combined_batch(two_ranks, small_ref
 
 
 def test_stop_and_resume_is_bitwise_equal_to_an_unbroken_run(tmp_path):
+    """The unbroken run and the run stopped after epoch 0 train in turn in one horovodrun launch
+    (``bench.runner.run_cases``); the resumed run in another."""
     require_horovod("torch")
-    options = {"strategy": "horovod", "global_batch": 64, "samples": 128, "epochs": 3, "timeout": 300,
-               "quiet": True, "test_samples": 0}
-    unbroken = launch.train(2, **options)[0]
+    fields = {"strategy": "horovod", "global_batch": 64, "samples": 128, "epochs": 3, "test_samples": 0}
     checkpoint = str(tmp_path / "horovod.pt")
-    launch.train(2, checkpoint=checkpoint, stop_after_epochs=1, **options)
-    resumed = launch.train(2, checkpoint=checkpoint, **options)
-    assert [e.epoch for e in resumed[0].epochs] == [1, 2] and identical(unbroken, resumed[0])
+    cases = [{"name": "unbroken", "fields": fields},
+             {"name": "stopped", "fields": {**fields, "checkpoint": checkpoint, "stop_after_epochs": 1}}]
+    unbroken, stopped = launch.run_horovod("dtutor.bench.runner:run_cases", 2, framework="torch", cases=cases,
+                                           quiet=True, timeout=300)[0]
+    assert [unbroken.get("error"), stopped.get("error")] == [None, None]
+    assert len(unbroken["epochs"]) == 3 and len(stopped["epochs"]) == 1
+    resumed = launch.train(2, checkpoint=checkpoint, **fields, quiet=True, timeout=300)
+    assert [e.epoch for e in resumed[0].epochs] == [1, 2] and identical(unbroken["parameters"], resumed[0])
 
 
 def test_allreduce_average_and_sum_on_known_tensors():
