@@ -99,37 +99,28 @@ def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> dict[str, int]:
     return totals
 
 
-def _batch(seed: int, step: int, rank: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _batch(seed: int, step: int, rank: int, size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed * 100_000 + step * 1_000 + rank)
-    return (torch.randn(size, MODEL["in_features"], generator=generator),
-            torch.randint(0, 10, (size,), generator=generator))
+    return (torch.randn(size, MODEL["in_features"], generator=generator).to(device),
+            torch.randint(0, 10, (size,), generator=generator).to(device))
+
+
+def _model(seed: int, device: torch.device) -> nn.Module:
+    return models.seeded(models.wide_mlp, seed, **MODEL).to(device)
 
 
 def _numpy(module: nn.Module) -> dict[str, Any]:
     return {name: tensor.detach().cpu().numpy().copy() for name, tensor in module.state_dict().items()}
 
 
-def _train_by_hand(seed: int, steps: int, size: int, lr: float) -> tuple[dict[str, Any], ShardedOptimizer]:
-    model = models.seeded(models.wide_mlp, seed, **MODEL)
-    optimizer = ShardedOptimizer(model.parameters(), torch.optim.Adam, lr=lr)
+def _train(model: nn.Module, optimizer: Any, seed: int, steps: int, size: int) -> None:
+    """The plain loop the by-hand and DDP twins share, on this rank's batches."""
+    device = next(model.parameters()).device
     for step in range(steps):
-        inputs, targets = _batch(seed, step, dist.get_rank(), size)
+        inputs, targets = _batch(seed, step, dist.get_rank(), size, device)
         optimizer.zero_grad()
         nn.functional.cross_entropy(model(inputs), targets).backward()
         optimizer.step()
-    return _numpy(model), optimizer
-
-
-def _train_ddp(seed: int, steps: int, size: int, lr: float) -> tuple[dict[str, Any], torch.Tensor]:
-    """DDP's final parameters, and its last averaged gradient as one flat vector."""
-    model = nn.parallel.DistributedDataParallel(models.seeded(models.wide_mlp, seed, **MODEL))
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    for step in range(steps):
-        inputs, targets = _batch(seed, step, dist.get_rank(), size)
-        optimizer.zero_grad()
-        nn.functional.cross_entropy(model(inputs), targets).backward()
-        optimizer.step()
-    return _numpy(model.module), torch.cat([p.grad.reshape(-1) for p in model.parameters()])
 
 
 def _train_deepspeed(seed: int, steps: int, size: int, lr: float, backend: str) -> dict[str, Any]:
@@ -141,13 +132,13 @@ def _train_deepspeed(seed: int, steps: int, size: int, lr: float, backend: str) 
                          samples=size * world, test_samples=0, backend=backend)
     strategy = DeepSpeedZeRO(config)
     strategy.join()  # the group this launch already joined, kept for the caller
-    model = models.seeded(models.wide_mlp, seed, **MODEL)
+    model = _model(seed, strategy.device)
     try:
         engine, optimizer = strategy.wrap(model, torch.optim.Adam(model.parameters(), lr=lr))
         for step in range(steps):
-            batch = _batch(seed, step, strategy.rank, size)
+            batch = _batch(seed, step, strategy.rank, size, strategy.device)
             strategy.train_step(engine, optimizer, [batch], nn.functional.cross_entropy)
-        return {name: tensor.numpy() for name, tensor in strategy.full_state_dict(engine).items()}
+        return {name: tensor.cpu().numpy() for name, tensor in strategy.full_state_dict(engine).items()}
     finally:
         strategy.teardown()
 
@@ -162,22 +153,27 @@ def prove_zero1(steps: int = 4, micro_batch: int = 8, lr: float = 1e-3, seed: in
     DDP's all-reduced one (without the padding, which has no gradient)."""
     from dtutor.pytorch.process_group import join_process_group, leave_process_group
 
-    rank, world, _ = join_process_group(backend)
+    rank, world, device = join_process_group(backend)
     try:
-        by_hand, optimizer = _train_by_hand(seed, steps, micro_batch, lr)
-        ddp, ddp_gradient = _train_ddp(seed, steps, micro_batch, lr)
-        runs = {"by_hand": by_hand, "ddp": ddp}
+        by_hand = _model(seed, device)
+        optimizer = ShardedOptimizer(by_hand.parameters(), torch.optim.Adam, lr=lr)
+        _train(by_hand, optimizer, seed, steps, micro_batch)
+        ddp = nn.parallel.DistributedDataParallel(_model(seed, device),
+                                                  device_ids=[device] if device.type == "cuda" else None)
+        _train(ddp, torch.optim.Adam(ddp.parameters(), lr=lr), seed, steps, micro_batch)
+        ddp_gradient = torch.cat([p.grad.reshape(-1) for p in ddp.parameters()])  # the last step's, averaged
+        runs = {"by_hand": _numpy(by_hand), "ddp": _numpy(ddp.module)}
         if deepspeed:
             runs["deepspeed_zero1"] = _train_deepspeed(seed, steps, micro_batch, lr, backend)
+        shard = slice(optimizer.start, optimizer.start + optimizer.shard_size)
         return {"rank": rank, "world_size": world, "steps": steps, "parameters": runs,
-                "initial": _numpy(models.seeded(models.wide_mlp, seed, **MODEL)),
-                "parameter_count": optimizer.numel, "shard_size": optimizer.shard_size,
-                "padded_size": optimizer.padded_size, "shard_start": optimizer.start,
-                "state_bytes": optimizer_state_bytes(optimizer.optimizer),
-                "shard_gradient": optimizer.shard.grad.numpy().copy(),  # the last step's, reduce-scattered and averaged
-                "ddp_gradient": ddp_gradient[optimizer.start:optimizer.start + optimizer.shard_size].numpy().copy(),
+                "initial": _numpy(_model(seed, device)), "parameter_count": optimizer.numel,
+                "shard_size": optimizer.shard_size, "padded_size": optimizer.padded_size,
+                "shard_start": optimizer.start, "state_bytes": optimizer_state_bytes(optimizer.optimizer),
                 "state_shapes": sorted({tuple(v.shape) for s in optimizer.optimizer.state.values() for v in s.values()
-                                        if isinstance(v, torch.Tensor)})}
+                                        if isinstance(v, torch.Tensor)}),
+                "shard_gradient": optimizer.shard.grad.cpu().numpy().copy(),  # reduce-scattered and averaged
+                "ddp_gradient": ddp_gradient[shard].cpu().numpy().copy()}
     finally:
         leave_process_group()
 
