@@ -35,7 +35,7 @@ from dtutor.result import RunResult, max_difference
 from dtutor.strategies import STRATEGIES
 
 TOLERANCE = 1e-5  # float32 rounding of a gradient average computed in another order
-VERDICTS = ("right", "not quite", "not yet", "wrong", "not attempted yet")  # the first word(s) of every verdict
+VERDICTS = ("right", "not quite", "not yet", "wrong", "hung", "not attempted yet")  # the first word(s) of every verdict
 
 
 class Verdict:

@@ -1,10 +1,12 @@
-"""Worked solutions of notebook 06's exercises: ZeRO-2 with accumulation, and ZeRO-2's memory per GPU.
+"""Worked solutions of notebook 06's exercises: ZeRO-2 with accumulation, ZeRO-2's memory per GPU, and ZeRO-1 by
+hand (the course's ``ShardedOptimizer``).
 
 Run them (CI does, through the notebook's own check cells): ``python notebooks/solutions/06_deepspeed_zero_fsdp.py``.
 """
 
-from dtutor import exercises, launch  # noqa: F401 - the check cells use them
+from dtutor import code_exercises, exercises, launch  # noqa: F401 - the check cells use them
 from dtutor.pytorch.sharded import formulas  # noqa: F401 - the check cells use it
+from dtutor.pytorch.sharded.zero1_by_hand import ShardedOptimizer
 
 SETUP = dict(global_batch=64, samples=256, test_samples=64, optimizer="adam", lr=1e-3, quiet=True, timeout=300)
 
@@ -15,6 +17,7 @@ def answers() -> dict:
     return {
         "my_run": launch.train(2, strategy="deepspeed", zero_stage=2, accumulation=2, **SETUP),
         "my_stage2_gb": (2 * parameters + (2 + k) * parameters / gpus) / 1e9,  # 15 + 13.125 = 28.125
+        "MyShardedOptimizer": ShardedOptimizer,
     }
 
 
