@@ -24,6 +24,7 @@ from dtutor.pytorch.sharded import formulas
 
 PARTS = formulas.COMPONENTS  # parameters, gradients, optimizer (state + any fp32 master copy)
 COLORS = {"parameters": "tab:blue", "gradients": "tab:orange", "optimizer": "tab:green"}
+NAMES = {"parameters": "parameters", "gradients": "gradients", "optimizer": "optimizer state"}
 Span = tuple[float, float]  # [start, end) as fractions of the whole part, in flat order
 
 
@@ -86,9 +87,9 @@ def plot_partitions(holdings: list[dict[str, Any]]):
                 y = -(rank * (len(PARTS) + 1) + index)
                 start, end = spans[part]
                 panel.barh(y, 1.0, color="white", edgecolor="lightgrey")
-                panel.barh(y, end - start, left=start, color=COLORS[part], label=part if rank == 0 else None)
+                panel.barh(y, end - start, left=start, color=COLORS[part], label=NAMES[part] if rank == 0 else None)
                 panel.text(1.02, y, f"{end - start:.0%}", va="center", fontsize=7)
-                labels[y] = f"rank {rank} {part}"
+                labels[y] = f"rank {rank} {NAMES[part]}"
         panel.set_xlim(0, 1.25)
         panel.set_xticks([])
         panel.set_title(f"{holding['name']}\n(spans: {holding['where']})", fontsize=9)
