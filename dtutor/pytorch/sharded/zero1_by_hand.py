@@ -2,7 +2,7 @@
 
 ``ShardedOptimizer(params, optimizer_class, **defaults)`` wraps any ``torch.optim`` optimizer. The parameters are
 flattened into one vector, padded with zeros to a multiple of the world size N and cut into N equal shards;
-rank r's inner optimizer (e.g. ``torch.optim.Adam``) is built over an fp32 copy of shard r only, so its state
+rank r's inner optimizer (e.g. ``torch.optim.Adam``) is built over a copy of shard r only, so its state
 (Adam's two moments) is 1/N of DDP's. Every rank still holds the whole model and computes whole gradients, as in
 DDP; ``step`` then does with two collectives what DDP's all-reduce does, plus the sharded update:
 
