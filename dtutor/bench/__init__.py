@@ -4,6 +4,7 @@
     python -m dtutor.bench all --mode full --json all.json    # the README's run (quick: the notebook's)
     python -m dtutor.bench readme --json all.json             # rewrite README.md's table from that file
     python -m dtutor.bench allreduce       # all-reduce time, algbw and busbw, 4 KB to 64 MB, 2 and 4 ranks
+    python -m dtutor.bench ring            # ring all-reduce by hand vs gloo's, 4 KiB to 64 MiB, 4 ranks: α-β fits
     python -m dtutor.bench horovod_gap     # why Horovod scales worse than DDP here, measured
     python -m dtutor.bench ddp             # DDP scaling 1 -> 2 ranks (1 thread each) and the driver's overhead
     python -m dtutor.bench horovod         # Horovod (PyTorch) beside DDP, 1 and 2 ranks, same model and data
@@ -18,7 +19,8 @@ Each prints its tables (``dtutor.tables``: pandas DataFrames as text) and, with 
 Modules: ``scaling`` (ddp, horovod, pipeline), ``suite`` (all: the plan and the launches), ``runner`` and
 ``tf_runner`` (inside the workers), ``probe`` (counting collectives, model state), ``rows`` (the table's
 rows), ``theory`` (what communication should cost), ``report`` (table, plots, README), ``allreduce``,
-``horovod_gap``, ``zero`` (model-state memory against the ZeRO formulas), ``machine`` (where a result was
+``ring`` (the ring by hand against gloo's all-reduce, the α-β fits), ``horovod_gap``, ``zero`` (model-state
+memory against the ZeRO formulas), ``machine`` (where a result was
 measured), ``ddp_by_hand`` (time per step of the hand-written DDPs and torch's).
 """
 
@@ -69,6 +71,14 @@ def _allreduce(args: argparse.Namespace) -> Any:
     results = allreduce.bench_ranks((2, 4), quick=args.mode != "full")
     show(*(allreduce.table_allreduce(result) for result in results), allreduce.table_ranks(results))
     return results
+
+
+def _ring(args: argparse.Namespace) -> Any:
+    from dtutor.bench import ring
+
+    result = ring.bench_ring(args.ranks, quick=args.mode == "quick")
+    show(ring.table_times(result), ring.table_fits(result))
+    return result
 
 
 def _horovod_gap(args: argparse.Namespace) -> Any:
@@ -127,6 +137,8 @@ COMMANDS = {  # name: (what it measures, how it runs, its own flags)
     "all": ("every strategy of the registry, 1 and 2 workers: one table", _all, [_mode]),
     "readme": ("rewrite README.md's table from the JSON of 'all --json FILE'", _readme, []),
     "allreduce": ("all-reduce time, algbw and busbw, 4 KB to 64 MB, 2 and 4 ranks", _allreduce, [_mode]),
+    "ring": ("ring all-reduce by hand vs gloo's all-reduce, 4 KiB to 64 MiB: times and fitted α, β", _ring, [_mode,
+             lambda c: c.add_argument("--ranks", type=int, default=4, help="ranks in the ring (4)")]),
     "horovod_gap": ("why Horovod scales worse than DDP here, measured", _horovod_gap, [
         lambda c: c.add_argument("--rounds", type=int, default=5, help="rounds of every variant (5)")]),
     "ddp": ("DDP scaling 1 -> 2 ranks (1 thread each) and the driver's overhead", _ddp, [_batch_and_repeats,

@@ -48,15 +48,36 @@ def default_sizes() -> list[int]:
     return sorted({*SIZES, DDP_BUCKET_BYTES, CNN_GRADIENT_BYTES})
 
 
-def _time_loop(tensor, iterations: int, synchronize) -> float:
+def _time_loop(tensor, iterations: int, synchronize, operation: Callable | None = None) -> float:
     import torch.distributed as dist
 
+    operation = operation or dist.all_reduce
     dist.barrier()
     start = time.perf_counter()
     for _ in range(iterations):
-        dist.all_reduce(tensor)
+        operation(tensor)
     synchronize()
     return (time.perf_counter() - start) / iterations
+
+
+def time_collective(tensor, synchronize, budget: float, loops: int, max_iterations: int,
+                    operation: Callable | None = None) -> tuple[float, int]:
+    """Seconds per call of ``operation(tensor)`` (default ``dist.all_reduce``), the slowest rank's, median over
+    ``loops`` loops of about ``budget`` seconds each (at least 2 iterations), after ``WARMUP`` untimed calls; and
+    the iterations per loop (every rank picks the same)."""
+    import torch
+    import torch.distributed as dist
+
+    def slowest(seconds: float) -> float:
+        value = torch.tensor([seconds], dtype=torch.float64, device=tensor.device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return value.item()
+
+    _time_loop(tensor, WARMUP, synchronize, operation)  # again, just before this size is timed
+    first = slowest(_time_loop(tensor, 1, synchronize, operation))
+    iterations = int(min(max_iterations, max(2, budget / max(first, 1e-6))))
+    times = [slowest(_time_loop(tensor, iterations, synchronize, operation)) for _ in range(loops)]
+    return statistics.median(times), iterations
 
 
 def measure(sizes: list[int] | None = None, budget: float = 0.3, loops: int = 3, backend: str = "auto",
@@ -82,17 +103,7 @@ def measure(sizes: list[int] | None = None, budget: float = 0.3, loops: int = 3,
             _time_loop(tensor, WARMUP, synchronize)
         rows = []
         for tensor in tensors:
-            _time_loop(tensor, WARMUP, synchronize)  # again, just before this size is timed
-            first = torch.tensor([_time_loop(tensor, 1, synchronize)], dtype=torch.float64, device=device)
-            dist.all_reduce(first, op=dist.ReduceOp.MAX)  # every rank picks the same iteration count
-            iterations = int(min(max_iterations, max(2, budget / max(first.item(), 1e-6))))
-            times = []
-            for _ in range(loops):
-                each = torch.tensor([_time_loop(tensor, iterations, synchronize)], dtype=torch.float64,
-                                    device=device)
-                dist.all_reduce(each, op=dist.ReduceOp.MAX)
-                times.append(each.item())
-            seconds = statistics.median(times)
+            seconds, iterations = time_collective(tensor, synchronize, budget, loops, max_iterations)
             algbw = tensor.numel() * BYTES_FP32 / seconds
             rows.append({"bytes": tensor.numel() * BYTES_FP32, "seconds": seconds, "algbw": algbw,
                          "busbw": bus_bandwidth(algbw, world), "iterations": iterations, "ranks": world,
