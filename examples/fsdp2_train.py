@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--output", default="fsdp2_cnn.pt", help="the checkpoint rank 0 writes")
     args = parser.parse_args()
 
-    gpus = torch.cuda.is_available()
+    gpus = torch.cuda.device_count() >= int(os.environ["LOCAL_WORLD_SIZE"])  # one GPU per process, or CPUs
     dist.init_process_group("nccl" if gpus else "gloo")  # reads RANK, WORLD_SIZE, MASTER_ADDR/PORT from torchrun
     rank, world_size = dist.get_rank(), dist.get_world_size()
     device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if gpus else torch.device("cpu")
