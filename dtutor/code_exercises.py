@@ -41,7 +41,6 @@ from dtutor.exercises import Verdict, _say
 ENTRY = "dtutor.pytorch.exercise_ranks:check_answers"
 TIMEOUT = 10.0  # seconds a rank waits in a collective (or runs the learner's code) before the answer counts as hung
 STARTUP = 120.0  # seconds a launch may take to start its ranks on a busy machine, on top of the answers' time
-TOLERANCE = 1e-5  # float32 rounding of the same sums in another order
 PLACE_WIDTH = 75  # characters of "where" a rank raised or waits, in a verdict line
 
 
@@ -64,7 +63,7 @@ EXERCISES = {exercise.name: exercise for exercise in [
              "one all-reduce per parameter, then a division by the world size.", "my_average_gradients(model)"),
     Exercise("sharded_optimizer", 2, "3 Adam steps on 2 ranks equal one Adam over the whole model and the global "
              "batch (max |difference| {worst:.2g}), each rank holding the state of its shard only.",
-             "MyShardedOptimizer(params, optimizer_class, **defaults) with .step() and .zero_grad()"),
+             "MyShardedOptimizer(params, optimizer_class, **defaults)"),
     Exercise("one_f_one_b", 3, "every stage of 3 ran the course's 1F1B order, and its gradients equal the course's "
              "pipeline's (max |difference| {worst:.2g}).", "my_one_f_one_b(stage, stages, micro_batches)"),
     Exercise("train_step_with_log", 2, "every rank joins the loss's all-reduce: no rank waits for a collective the "
@@ -224,21 +223,23 @@ def run_answers(answers: Sequence[tuple[str, Any]], *, timeout: float = TIMEOUT,
                 show: bool = False) -> list[tuple[str, str]]:
     """Check every ``(exercise, answer)`` of ``answers`` (exercises on the same number of ranks) in one launch;
     return each one's verdict (word, text). ``show`` prints the answer files and the equivalent torchrun command."""
-    from dtutor.launch import LaunchError, run, shell_command, torchrun_command
+    from dtutor.launch import LaunchError, run, shell_command
 
     specs = [EXERCISES[exercise] for exercise, _ in answers]
     if len({spec.nprocs for spec in specs}) != 1:
         raise ValueError("run_answers: the exercises must run on the same number of ranks")
-    pairs = [[exercise, str(answer_file(answer))] for exercise, answer in answers]
-    arguments = {"answers": pairs, "wait": timeout, "tolerance": TOLERANCE}
+    files = [str(answer_file(answer)) for _, answer in answers]
+    arguments = {"answers": ",".join(f"{exercise}:{path}" for (exercise, _), path in zip(answers, files, strict=True)),
+                 "wait": timeout}
     if show:
-        print("your code, written out for the ranks:", ", ".join(path for _, path in pairs))
-        print("$", shell_command(torchrun_command(ENTRY, specs[0].nprocs, arguments)))
+        print("your code, written out for the ranks:", ", ".join(files))
+        words = [f"--nproc-per-node={specs[0].nprocs}", "-m", "dtutor.launch", ENTRY, f"answers={arguments['answers']}"]
+        print("$", shell_command(["torchrun", "--standalone", *words, f"wait={timeout:g}"]))
     try:
-        reports = run(ENTRY, specs[0].nprocs, timeout=STARTUP + len(pairs) * (2 * timeout + 10), quiet=quiet,
+        reports = run(ENTRY, specs[0].nprocs, timeout=STARTUP + len(answers) * (2 * timeout + 10), quiet=quiet,
                       **arguments)
     except LaunchError as error:
-        return [("wrong", _launch_failure(error))] * len(pairs)
+        return [("wrong", _launch_failure(error))] * len(answers)
     return [verdict_of([rank[index] for rank in reports], spec, timeout) for index, spec in enumerate(specs)]
 
 

@@ -42,6 +42,7 @@ MLP = {"width": 5, "depth": 1, "in_features": 6}  # wide_mlp: 95 parameters (odd
 PIPELINE_MLP = {"width": 8, "depth": 2, "in_features": 6}  # wide_mlp: 3 layers, one per stage on 3 ranks
 MICRO_BATCHES, LR, STEPS = 4, 0.01, 3
 GRACE = 5.0  # seconds a finished rank waits, past the timeout, for the others to report
+TOLERANCE = 1e-5  # float32 rounding of the same sums in another order
 STARTUP = 120.0  # seconds the ranks wait for each other to start (importing torch on a busy machine)
 Comparison = tuple[str, Any, Any]  # what, expected, got (tensors; or plain values compared with ==)
 
@@ -257,15 +258,16 @@ def _store_barrier(store: dist.Store, key: str, world: int, deadline: float) -> 
         time.sleep(0.05)
 
 
-def check_answers(answers: list[list[str]], wait: float = 10.0, tolerance: float = 1e-5) -> list[dict]:
-    """Entry point (every rank): this rank's report on each ``[exercise, answer file]`` of ``answers``, one process
-    group per answer, whose collectives give up after ``wait`` seconds."""
-    unknown = sorted({exercise for exercise, _ in answers} - set(EXERCISES))
+def check_answers(answers: str, wait: float = 10.0, tolerance: float = TOLERANCE) -> list[dict]:
+    """Entry point (every rank): this rank's report on each answer of ``answers`` ("exercise:file,exercise:file"),
+    one process group per answer, whose collectives give up after ``wait`` seconds."""
+    pairs = [answer.partition(":")[::2] for answer in answers.split(",")]
+    unknown = sorted({exercise for exercise, _ in pairs} - set(EXERCISES))
     if unknown:
         raise ValueError(f"exercise: must be one of {', '.join(EXERCISES)}, got {', '.join(unknown)}")
     store, rank, world = next(dist.rendezvous("env://", timeout=datetime.timedelta(seconds=STARTUP)))
     reports = []
-    for index, (exercise, answer_file) in enumerate(answers):
+    for index, (exercise, answer_file) in enumerate(pairs):
         _store_barrier(store, f"dtutor-ready-{index}", world, time.monotonic() + STARTUP)  # start the group together
         group_store = dist.PrefixStore(f"dtutor-answer-{index}/", store)
         dist.init_process_group("gloo", store=group_store, rank=rank, world_size=world,
