@@ -56,18 +56,17 @@ class Exercise:
 
 
 EXERCISES = {exercise.name: exercise for exercise in [
-    Exercise("ring_all_reduce", 4, "on 4 ranks every tensor holds the sum of the 4, as dist.all_reduce gives it (max "
-             "|difference| {worst:.2g}): a reduce-scatter, then an all-gather, each N - 1 steps around the ring.",
-             "my_ring_all_reduce(tensor)"),
+    Exercise("ring_all_reduce", 4, "every rank's tensor holds the sum over the 4 ranks, as with dist.all_reduce (max "
+             "|difference| {worst:.2g}): reduce-scatter, then all-gather.", "my_ring_all_reduce(tensor)"),
     Exercise("average_gradients", 2, "every gradient equals torch DDP's on 2 ranks (max |difference| {worst:.2g}): "
-             "one all-reduce per parameter, then a division by the world size.", "my_average_gradients(model)"),
-    Exercise("sharded_optimizer", 2, "3 Adam steps on 2 ranks equal one Adam over the whole model and the global "
-             "batch (max |difference| {worst:.2g}), each rank holding the state of its shard only.",
+             "one all-reduce per parameter, then divide by N.", "my_average_gradients(model)"),
+    Exercise("sharded_optimizer", 2, "3 Adam steps on 2 ranks equal one Adam on the whole model and batch (max "
+             "|difference| {worst:.2g}); no rank holds all of Adam's state.",
              "MyShardedOptimizer(params, optimizer_class, **defaults)"),
     Exercise("one_f_one_b", 3, "every stage of 3 ran the course's 1F1B order, and its gradients equal the course's "
              "pipeline's (max |difference| {worst:.2g}).", "my_one_f_one_b(stage, stages, micro_batches)"),
-    Exercise("train_step_with_log", 2, "every rank joins the loss's all-reduce: no rank waits for a collective the "
-             "others never call, and the step equals torch DDP's (max |difference| {worst:.2g}).",
+    Exercise("train_step_with_log", 2, "every rank joins the loss's all-reduce, so none waits for a collective the "
+             "others skip; the step equals torch DDP's (max |difference| {worst:.2g}).",
              "my_train_step(model, optimizer, inputs, targets)"),
 ]}
 

@@ -172,8 +172,11 @@ def test_the_solution_is_right_a_wrong_answer_wrong_and_a_hanging_one_hung(exerc
     assert where in hung[1]
 
 
-def test_every_exercise_has_its_three_answers_here():
+def test_every_exercise_has_its_three_answers_here_and_its_right_line_fits_150_characters():
     assert set(ANSWERS) == set(WRONG) == set(HUNG) == set(code_exercises.EXERCISES)
+    for spec in code_exercises.EXERCISES.values():
+        assert len("right: " + spec.right.format(worst=7.5e-9)) <= 150, spec.name
+        assert len(f"not attempted yet: write {spec.writes} in the cell above, then run this cell again") <= 150
 
 
 def placeholder_function(tensor):
