@@ -223,6 +223,23 @@ def test_the_answer_file_holds_its_imports_helpers_and_source_or_imports_a_cours
     assert path.read_text() == code and path == code_exercises.answer_file(ring_sending_first)
 
 
+def looping_forever(model):
+    while True:
+        model.zero_grad()
+
+
+def test_code_that_never_returns_is_stopped_by_the_alarm_and_reported_waiting():
+    from dtutor.pytorch import exercise_ranks
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)  # in this process, no launch
+    try:
+        report = exercise_ranks.run_answer("average_gradients", str(code_exercises.answer_file(looping_forever)),
+                                           exercise_ranks.TOLERANCE, 0.2)
+    finally:
+        dist.destroy_process_group()
+    assert report["outcome"] == "waiting" and "of looping_forever: `" in report["where"], report
+
+
 def test_a_rank_that_raised_is_named_and_a_gloo_abort_is_explained():
     spec = code_exercises.EXERCISES["average_gradients"]
     reports = [{"rank": 0, "outcome": "waiting", "where": "line 2 of f: `dist.all_reduce(x)`"},
