@@ -9,7 +9,8 @@ from dtutor import bench
 OWN_FLAGS = {"all": {"--mode", "--json"}, "readme": {"--json", "--readme"}, "allreduce": {"--mode", "--json"},
              "horovod_gap": {"--rounds", "--json"}, "ddp": {"--batch-per-rank", "--repeats", "--rounds", "--json"},
              "horovod": {"--batch-per-rank", "--repeats", "--json"}, "pipeline": {"--repeats", "--json"},
-             "zero": {"--mode", "--json"}, "ring": {"--mode", "--ranks", "--json"}}
+             "zero": {"--mode", "--json"}, "ring": {"--mode", "--ranks", "--json"},
+             "ddp_by_hand": {"--mode", "--json"}}
 
 
 def _flags(command) -> set[str]:
