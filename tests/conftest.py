@@ -64,21 +64,37 @@ def shared_train():
     for each distinct ``nprocs``, placement (``nnodes``, ``threads_per_rank``) and ``TrainConfig`` (fields left at
     their defaults or written out are the same run; ``timeout`` and ``quiet`` aside); every test that asks for
     the same run gets the same results (read them; do not change them). A run that fails is not kept. It can
-    stand in for ``launch.train`` (``test_exercises`` patches it in): it calls ``dtutor.launch.training.train``."""
+    stand in for ``launch.train`` (``test_exercises`` patches it in): it calls ``dtutor.launch.training.train``.
+
+    ``shared_train.many(nprocs, [fields, ...])``: the same for several runs (no placement): those not launched yet
+    train in turn in one launch (``launch.train_many``); per run, every rank's results."""
     from dtutor import TrainConfig
     from dtutor.launch import training
 
     runs: dict[tuple[int, str, str], list] = {}
 
+    def key(nprocs: int, placement: dict, fields: dict) -> tuple[int, str, str]:
+        config = TrainConfig.from_kwargs(**fields).as_dict()
+        return nprocs, repr(sorted(placement.items())), repr(sorted(config.items()))
+
     def train(nprocs: int = 1, *, timeout: float = 300, **fields) -> list:
         fields.pop("quiet", None)
-        placement = {key: fields.pop(key) for key in ("nnodes", "threads_per_rank") if key in fields}
-        config = TrainConfig.from_kwargs(**fields).as_dict()
-        key = (nprocs, repr(sorted(placement.items())), repr(sorted(config.items())))
-        if key not in runs:
-            runs[key] = training.train(nprocs, timeout=timeout, quiet=True, **placement, **fields)
-        return runs[key]
+        placement = {name: fields.pop(name) for name in ("nnodes", "threads_per_rank") if name in fields}
+        found = key(nprocs, placement, fields)
+        if found not in runs:
+            runs[found] = training.train(nprocs, timeout=timeout, quiet=True, **placement, **fields)
+        return runs[found]
 
+    def many(nprocs: int, asked: list[dict], *, timeout: float = 300) -> list[list]:
+        asked = [{name: value for name, value in run.items() if name not in ("quiet", "timeout")} for run in asked]
+        keys = [key(nprocs, {}, fields) for fields in asked]
+        missing = {k: fields for k, fields in zip(keys, asked, strict=True) if k not in runs}
+        if missing:
+            runs.update(zip(missing, training.train_many(nprocs, list(missing.values()), timeout=timeout, quiet=True),
+                            strict=True))
+        return [runs[k] for k in keys]
+
+    train.many = many
     return train
 
 

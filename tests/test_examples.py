@@ -2,7 +2,7 @@
 through ``launch.run_script`` and proven equal to the course driver's run of the same strategy, within the
 registry's tolerance (measured 0.0 for all three: the same sums in the same order).
 
-One launch of the driver trains the three references in turn (``bench.runner.run_cases``) with the scripts'
+One launch of the driver trains the three references in turn (``launch.train_many``) with the scripts'
 settings: 2 epochs (so a script that forgot ``set_epoch`` would read the wrong order) and seed 1 (so a script
 that ignored ``--seed`` would start elsewhere).
 """
@@ -35,10 +35,8 @@ DRIVER_RUNS = {
 @pytest.fixture(scope="module")
 def driver() -> dict[str, dict]:
     """The driver's parameters after each strategy's run (rank 0's), from one launch."""
-    cases = [{"name": name, "fields": {**RUN, **fields}} for name, fields in DRIVER_RUNS.items()]
-    found = launch.run("dtutor.bench.runner:run_cases", NPROCS, timeout=300, quiet=True, cases=cases)[0]
-    assert [case.get("error") for case in found] == [None] * len(cases)
-    return {case["name"]: case["parameters"] for case in found}
+    trained = launch.train_many(NPROCS, [{**RUN, **fields} for fields in DRIVER_RUNS.values()], timeout=300, quiet=True)
+    return {name: results[0].parameters for name, results in zip(DRIVER_RUNS, trained, strict=True)}
 
 
 def script_options(name: str, output: Path, batch: bool = True) -> list[str]:

@@ -173,3 +173,69 @@ def test_tensorflow_strategies_keep_torch_out_of_the_caller():
             "print(sorted(m for m in ('torch', 'tensorflow') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# --- train_many: several runs, one launch
+
+class ManyRecorder:
+    """Stands in for a runner under ``train_many``: each rank returns one RunResult per run, tagged with its index."""
+
+    def __init__(self):
+        self.calls: list[tuple[tuple, dict[str, Any]]] = []
+
+    def __call__(self, entry: str, nprocs: int, **kwargs: Any) -> list[list[RunResult]]:
+        self.calls.append(((entry, nprocs), kwargs))
+        return [[RunResult(rank=rank, world_size=nprocs, config={"run": index}) for index in range(len(kwargs["runs"]))]
+                for rank in range(nprocs)]
+
+
+@pytest.mark.parametrize(("strategy", "runner"), [("ddp", "run"), ("horovod", "run_horovod")])
+def test_train_many_checks_every_run_then_launches_once(monkeypatch, strategy, runner):
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: pytest.fail("a process was started"))
+    recorder = ManyRecorder()
+    monkeypatch.setattr(training, runner, recorder)
+    runs = [{"strategy": strategy, "epochs": 1}, {"strategy": strategy, "epochs": 3, "lr": 0.5}]
+    trained = launch.train_many(2, runs, quiet=True)
+    ((entry, nprocs), kwargs), = recorder.calls
+    assert (entry, nprocs) == (training.IN_TURN, 2) and kwargs["quiet"] is True
+    assert kwargs["runs"] == [training.prepare(2, 1, run).as_arguments() for run in runs]
+    assert [run["backend"] for run in kwargs["runs"]] == [choose_backend("auto", 2)] * 2
+    assert kwargs.get("group_backend") == (choose_backend("auto", 2) if runner == "run" else None)
+    if runner == "run_horovod":
+        assert kwargs["framework"] == "torch"
+    assert [[(r.rank, r.config["run"]) for r in ranks] for ranks in trained] == [[(0, 0), (1, 0)], [(0, 1), (1, 1)]]
+
+
+@pytest.mark.parametrize(("runs", "message"), [
+    ([], "runs: one or more runs"),
+    ([{"strategy": "ddp"}, {"strategy": "mirrored"}], "runs: one or more runs, all under torchrun"),
+    ([{"strategy": "ddp"}, {"strategy": "ddp", "backend": "nccl"}], "'nccl' needs one GPU per rank|one backend"),
+    ([{"strategy": "ddp"}, {"strategy": "ddp", "lr": "fast"}], "lr: must be a number > 0, got 'fast'"),
+])
+def test_train_many_refuses_runs_before_anything_starts(recorders, runs, message):
+    with pytest.raises(ValueError, match=message):
+        launch.train_many(2, runs)
+    assert not any(recorder.calls for recorder in recorders.values())
+
+
+def test_runs_in_turn_join_the_group_once_and_leave_it_once_even_after_an_error(monkeypatch):
+    from dtutor.pytorch import process_group
+
+    events: list[str] = []
+    monkeypatch.setattr(process_group, "join_process_group", lambda backend: events.append(f"join {backend}"))
+    monkeypatch.setattr(process_group, "leave_process_group", lambda: events.append("leave"))
+    assert training.fit_in_turn([1, 2], lambda run: events.append(f"fit {run}") or run, "gloo") == [1, 2]
+    assert events == ["join gloo", "fit 1", "fit 2", "leave"]
+    events.clear()
+    with pytest.raises(ZeroDivisionError):
+        training.fit_in_turn([1, 0], lambda run: events.append(f"fit {run}") or 1 / run, "gloo")
+    assert events == ["join gloo", "fit 1", "fit 0", "leave"]
+    events.clear()
+    training.fit_in_turn([1], lambda run: events.append(f"fit {run}"))  # horovodrun: each strategy joins itself
+    assert events == ["fit 1"]
+
+
+def test_train_in_turn_hands_each_runs_fields_to_the_driver(recorders):
+    results = training.train_in_turn([{"strategy": "single", "epochs": 1}, {"strategy": "single", "epochs": 2}])
+    assert [kwargs for _, kwargs in recorders["torch"].calls] == [{"strategy": "single", "epochs": e} for e in (1, 2)]
+    assert results == recorders["torch"].returned

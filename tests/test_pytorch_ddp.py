@@ -22,7 +22,8 @@ def reference(shared_train):
 
 @pytest.fixture(scope="module")
 def two_ranks(shared_train):
-    return shared_train(2, strategy="ddp", **SETUP)
+    """DDP on ``SETUP``; the accumulation test's run trains in the same launch (``shared_train.many``)."""
+    return shared_train.many(2, [{"strategy": "ddp", **SETUP}, {"strategy": "ddp", "accumulation": 2, **SETUP}])[0]
 
 
 def test_two_ranks_equal_one_device_on_the_combined_batch(two_ranks, reference):
@@ -41,7 +42,7 @@ def test_metrics_are_global_the_same_on_every_rank_and_match_one_device(two_rank
     assert first.test_accuracy == pytest.approx(reference.test_accuracy, abs=1e-9)
 
 
-def test_gradient_accumulation_with_no_sync_equals_the_big_batch(reference, shared_train):
+def test_gradient_accumulation_with_no_sync_equals_the_big_batch(reference, two_ranks, shared_train):
     results = shared_train(2, strategy="ddp", accumulation=2, **SETUP)  # also FSDP's reference with accumulation
     assert {r.details["micro_batch"] for r in results} == {16}
     assert max_difference(results[0], reference) < TOLERANCE
@@ -55,15 +56,13 @@ def test_two_nodes_on_localhost_match_the_single_node_run(two_ranks):
 
 def test_stop_and_resume_is_bitwise_equal_to_an_unbroken_run(tmp_path):
     """The unbroken run and the run stopped after epoch 0 train in turn in one launch; the resumed run in another."""
-    from dtutor.pytorch.model_parallel import bubble
-
     fields = {"strategy": "ddp", "global_batch": 64, "samples": 128, "epochs": 3, "test_samples": 0}
     checkpoint = str(tmp_path / "ddp.pt")
-    unbroken, first = bubble.record(2, fields, {**fields, "checkpoint": checkpoint, "stop_after_epochs": 1},
-                                    timeout=240)
+    unbroken, first = launch.train_many(2, [fields, {**fields, "checkpoint": checkpoint, "stop_after_epochs": 1}],
+                                        timeout=240, quiet=True)
     assert [e.epoch for e in unbroken[0].epochs] == [0, 1, 2] and [e.epoch for e in first[0].epochs] == [0]
     assert Path(checkpoint).exists()
-    resumed = launch.train(2, checkpoint=checkpoint, **fields, timeout=240, quiet=True, threads_per_rank=1)  # as record
+    resumed = launch.train(2, checkpoint=checkpoint, **fields, timeout=240, quiet=True)
     assert [e.epoch for e in resumed[0].epochs] == [1, 2]
     assert identical(unbroken[0], resumed[0])
 

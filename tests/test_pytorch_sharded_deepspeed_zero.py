@@ -20,12 +20,19 @@ ACCUMULATION_TOLERANCE = 1e-5
 BF16_TOLERANCE = 4e-3
 
 
+STAGES = [(1, False), (2, False), (3, False), (3, True)]
+
+
 @pytest.fixture(scope="module")
 def ddp(shared_train):
-    return shared_train(2, strategy="ddp", **SETUP)[0]  # also FSDP's reference with Adam
+    """DDP (also FSDP's reference with Adam); every DeepSpeed run of the tests below trains in the same launch."""
+    runs = [{"strategy": "ddp"}, *({"strategy": "deepspeed", "zero_stage": stage, "offload": offload}
+                                   for stage, offload in STAGES),
+            {"strategy": "deepspeed", "zero_stage": 2, "accumulation": 2}]
+    return shared_train.many(2, [{**run, **SETUP} for run in runs])[0][0]
 
 
-@pytest.mark.parametrize(("stage", "offload"), [(1, False), (2, False), (3, False), (3, True)])
+@pytest.mark.parametrize(("stage", "offload"), STAGES)
 def test_every_zero_stage_reaches_ddps_parameters(ddp, shared_train, stage, offload):
     results = shared_train(2, strategy="deepspeed", zero_stage=stage, offload=offload, **SETUP)  # stage 2: Slurm's
     assert max_difference(results[0], ddp) < TOLERANCE and identical(results[0], results[1])
@@ -39,15 +46,13 @@ def test_accumulation_inside_the_engine_equals_the_big_batch(ddp, shared_train):
 
 
 def test_bf16_is_close_to_fp32_but_not_equal():
-    """One launch trains the runs in turn (``bench.runner.run_cases``): DDP in fp32 is the reference."""
+    """One launch trains the runs in turn (``launch.train_many``): DDP in fp32 is the reference."""
     common = {"global_batch": 64, "samples": 256, "epochs": 1, "test_samples": 0, "backend": "gloo"}
     bf16 = {"strategy": "deepspeed", "zero_stage": 1, "precision": "bf16"}
     fields = {"ddp_fp32": {"strategy": "ddp"}, "bf16": bf16,
               "bf16_twice_the_rate": {**bf16, "lr": 2 * TrainConfig().lr}}
-    cases = [{"name": name, "fields": {**common, **more}} for name, more in fields.items()]
-    found = launch.run("dtutor.bench.runner:run_cases", 2, timeout=300, quiet=True, cases=cases)[0]
-    assert [case.get("error") for case in found] == [None] * len(cases)
-    runs = {case["name"]: case["parameters"] for case in found}
+    trained = launch.train_many(2, [{**common, **more} for more in fields.values()], timeout=300, quiet=True)
+    runs = {name: results[0] for name, results in zip(fields, trained, strict=True)}
     distance = {name: max_difference(runs[name], runs["ddp_fp32"]) for name in ("bf16", "bf16_twice_the_rate")}
     assert 0 < distance["bf16"] < BF16_TOLERANCE < distance["bf16_twice_the_rate"], distance  # rounding, not hidden
 
@@ -66,15 +71,14 @@ def test_the_deepspeed_command_hands_the_worker_its_module():
 
 def test_stop_and_resume_at_stage_3_is_bitwise_equal_to_an_unbroken_run(tmp_path):
     """The unbroken run and the run stopped after epoch 0 train in turn in one launch; the resumed run in another."""
-    from dtutor.pytorch.model_parallel import bubble
-
     fields = {**SMALL_RUN, "optimizer": "adam", "lr": 1e-3, "strategy": "deepspeed", "zero_stage": 3, "epochs": 3,
               "samples": 128, "test_samples": 0}
     folder = str(tmp_path / "zero3")
-    unbroken, first = bubble.record(2, fields, {**fields, "checkpoint": folder, "stop_after_epochs": 1}, timeout=300)
+    unbroken, first = launch.train_many(2, [fields, {**fields, "checkpoint": folder, "stop_after_epochs": 1}],
+                                        timeout=300, quiet=True)
     assert [e.epoch for e in unbroken[0].epochs] == [0, 1, 2] and [e.epoch for e in first[0].epochs] == [0]
     assert (Path(folder) / "latest").exists()
-    resumed = launch.train(2, checkpoint=folder, **fields, quiet=True, timeout=300, threads_per_rank=1)  # as record
+    resumed = launch.train(2, checkpoint=folder, **fields, quiet=True, timeout=300)
     assert [e.epoch for e in resumed[0].epochs] == [1, 2]
     assert identical(unbroken[0], resumed[0])
 

@@ -21,14 +21,15 @@ def test_fsdp_reaches_ddps_parameters(fields, shared_train):
 
 
 def test_stop_and_resume_from_sharded_files_is_bitwise_equal_to_an_unbroken_run(tmp_path):
-    options = {**SETUP, "strategy": "fsdp", "epochs": 3, "samples": 128, "test_samples": 0}
-    unbroken = launch.train(2, **options)[0]
+    """The unbroken run and the run stopped after epoch 0 train in turn in one launch; the resumed run in another."""
+    fields = {**SMALL_RUN, "strategy": "fsdp", "epochs": 3, "samples": 128, "test_samples": 0}
     folder = str(tmp_path / "fsdp")
-    first = launch.train(2, checkpoint=folder, stop_after_epochs=1, **options)
-    assert [e.epoch for e in first[0].epochs] == [0]
-    resumed = launch.train(2, checkpoint=folder, **options)
+    unbroken, first = launch.train_many(2, [fields, {**fields, "checkpoint": folder, "stop_after_epochs": 1}],
+                                        timeout=300, quiet=True)
+    assert [e.epoch for e in unbroken[0].epochs] == [0, 1, 2] and [e.epoch for e in first[0].epochs] == [0]
+    resumed = launch.train(2, checkpoint=folder, **fields, timeout=300, quiet=True)
     assert [e.epoch for e in resumed[0].epochs] == [1, 2]
-    assert identical(unbroken, resumed[0])
+    assert identical(unbroken[0], resumed[0])
 
 
 # bf16 keeps 8 significant bits: DeepSpeed stores the weights in bf16 (a weight near 0.5 to within 2^-9 x 0.5 = 1e-3),
@@ -40,16 +41,14 @@ BF16_FLOOR = 1e-4  # FSDP's bf16 run differs from its fp32 run by more: the poli
 
 
 def test_bf16_through_fsdps_mixed_precision_policy_is_close_to_deepspeeds_bf16():
-    """One launch trains the runs in turn (``bench.runner.run_cases``); DeepSpeed's bf16 is the reference."""
+    """One launch trains the runs in turn (``launch.train_many``); DeepSpeed's bf16 is the reference."""
     common = {"global_batch": 64, "samples": 256, "epochs": 1, "test_samples": 0, "backend": "gloo"}
     fields = {"fsdp_bf16": {"strategy": "fsdp", "precision": "bf16"},
               "deepspeed_bf16": {"strategy": "deepspeed", "zero_stage": 1, "precision": "bf16"},
               "fsdp_fp32": {"strategy": "fsdp"}, "fsdp_bf16_twice_the_rate": {"strategy": "fsdp", "precision": "bf16",
                                                                               "lr": 2 * TrainConfig().lr}}
-    cases = [{"name": name, "fields": {**common, **more}} for name, more in fields.items()]
-    found = launch.run("dtutor.bench.runner:run_cases", 2, timeout=300, quiet=True, cases=cases)[0]
-    assert [case.get("error") for case in found] == [None] * len(cases)
-    runs = {case["name"]: case["parameters"] for case in found}
+    trained = launch.train_many(2, [{**common, **more} for more in fields.values()], timeout=300, quiet=True)
+    runs = {name: results[0] for name, results in zip(fields, trained, strict=True)}
     distance = {name: max_difference(runs[name], runs["deepspeed_bf16"]) for name in runs}
     assert distance["fsdp_bf16"] < BF16_TOLERANCE < distance["fsdp_bf16_twice_the_rate"], distance
     assert max_difference(runs["fsdp_bf16"], runs["fsdp_fp32"]) > BF16_FLOOR

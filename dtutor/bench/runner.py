@@ -20,7 +20,6 @@ from dtutor import strategies
 from dtutor.bench.probe import CollectiveCounter, model_state_bytes, optimizer_chain
 from dtutor.bench.theory import wire_factor
 from dtutor.config import TrainConfig
-from dtutor.pytorch.process_group import join_process_group, leave_process_group
 from dtutor.pytorch.strategy import Strategy
 
 HOROVOD_KNOBS = ("HOROVOD_CYCLE_TIME", "HOROVOD_FUSION_THRESHOLD", "HOROVOD_CACHE_CAPACITY", "HOROVOD_THREAD_AFFINITY")
@@ -160,23 +159,21 @@ def run_cases(cases: list[dict[str, Any]], count_steps: int = 2) -> list[dict[st
     """Entry point (every rank): each case trained and measured in turn (module docs); one dict per case.
     Bytes and model state are counted only in cases marked ``"probe": True`` (the timed runs stay unwatched).
 
-    Under torchrun the process group is joined first and kept; a case that fails is reported as
-    ``{"name": ..., "error": ...}`` and the next one runs.
+    Under torchrun the process group is joined once for all cases (``launch.training.fit_in_turn``); a case that
+    fails is reported as ``{"name": ..., "error": ...}`` and the next one runs.
     """
+    from dtutor.launch.training import fit_in_turn
+
     distributed = "TORCHELASTIC_RUN_ID" in os.environ
-    if distributed:
-        join_process_group(next(iter(cases), {}).get("fields", {}).get("backend", "auto"))
-    found = []
-    try:
-        for case in cases:
-            if distributed:
-                torch.distributed.barrier()
-            try:
-                found.append(run_case(case, count_steps))
-            except Exception as error:  # noqa: BLE001 - reported, and the next case runs
-                traceback.print_exc()
-                found.append({"name": case["name"], "error": f"{type(error).__name__}: {error}"[:500]})
-    finally:
+
+    def measured(case: dict[str, Any]) -> dict[str, Any]:
         if distributed:
-            leave_process_group()
-    return found
+            torch.distributed.barrier()
+        try:
+            return run_case(case, count_steps)
+        except Exception as error:  # noqa: BLE001 - reported, and the next case runs
+            traceback.print_exc()
+            return {"name": case["name"], "error": f"{type(error).__name__}: {error}"[:500]}
+
+    backend = next(iter(cases), {}).get("fields", {}).get("backend", "auto") if distributed else ""
+    return fit_in_turn(cases, measured, group_backend=backend)

@@ -21,11 +21,11 @@ fails or the timeout expires, every process of the launch is ended and ``LaunchE
 failing rank with its traceback.
 
 Modules: ``arguments`` (entry points, ``key=value`` words), ``commands`` (launcher commands),
-``supervisor`` (processes, output, timeout, results), ``runners`` (the launches), ``training`` (``train``),
-``worker`` (what ``python -m dtutor.launch`` runs); for clusters, imported by name: ``recipes`` (Slurm batch
-scripts for every launcher), ``ssh`` (the same jobs on machines reached by ssh), ``slurm`` (submit, wait,
-collect) and ``slurm_local`` (a throwaway Slurm cluster on this machine). Importing this package imports
-neither torch nor TensorFlow.
+``supervisor`` (processes, output, timeout, results), ``runners`` (the launches), ``training`` (``train``,
+``train_many``), ``worker`` (what ``python -m dtutor.launch`` runs); for clusters, imported by name:
+``recipes`` (Slurm batch scripts for every launcher), ``ssh`` (the same jobs on machines reached by ssh),
+``slurm`` (submit, wait, collect) and ``slurm_local`` (a throwaway Slurm cluster on this machine). Importing this
+package imports neither torch nor TensorFlow.
 """
 
 from dtutor.launch.arguments import worker_arguments
@@ -49,7 +49,7 @@ from dtutor.launch.runners import (
     show_tf_worker_commands,
 )
 from dtutor.launch.supervisor import LaunchError, supervise
-from dtutor.launch.training import train
+from dtutor.launch.training import train, train_many
 from dtutor.launch.worker import worker_rank
 
 __all__ = [
@@ -71,6 +71,7 @@ __all__ = [
     "tf_config",
     "torchrun_command",
     "train",
+    "train_many",
     "worker_arguments",
     "worker_rank",
 ]

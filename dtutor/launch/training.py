@@ -9,6 +9,10 @@ the strategy's launcher runs the framework's training driver:
 - ``horovodrun``: ``run_horovod`` with the PyTorch or the TensorFlow driver;
 - ``tf_workers``: ``run_tf_workers("dtutor.tf.driver:train", nprocs)``;
 - ``inprocess``: the driver is called in this process (``nprocs`` = replicas for TensorFlow's mirrored).
+
+``train_many(nprocs, [fields, ...])`` trains several runs in turn in ONE launch (``train_in_turn`` on every rank:
+the process group is joined once, each run goes through the driver, the group is left once): a launch costs
+seconds of starting Python, importing torch and joining, often more than a small run itself.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import contextlib
 import importlib
 import io
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from dtutor import data
@@ -29,6 +33,8 @@ from dtutor.strategies import STRATEGIES, StrategyInfo
 
 if TYPE_CHECKING:
     from dtutor.result import RunResult
+
+IN_TURN = "dtutor.launch.training:train_in_turn"
 
 @contextlib.contextmanager
 def quietly() -> Iterator[None]:
@@ -112,3 +118,59 @@ def train(
         with quietly() if quiet else contextlib.nullcontext():
             return _run_in_process(config, info.framework, nprocs)
     raise AssertionError(f"strategy {info.name!r} has an unknown launcher {info.launcher!r}")
+
+
+def fit_in_turn(runs: Sequence[dict[str, Any]], fit_one: Callable[[dict[str, Any]], Any],
+                group_backend: str = "") -> list[Any]:
+    """Every rank: ``fit_one(run)`` for each run in turn. With ``group_backend`` (under torchrun) the process group is
+    joined once before the first run and left once after the last (also on an error): each strategy finds it
+    joined and leaves it in place (``ProcessGroupStrategy.owns_group``). Without (horovodrun), each run's strategy
+    joins and leaves on its own."""
+    from dtutor.pytorch.process_group import join_process_group, leave_process_group
+
+    if group_backend:
+        join_process_group(group_backend)
+    try:
+        return [fit_one(run) for run in runs]
+    finally:
+        if group_backend:
+            leave_process_group()
+
+
+def train_in_turn(runs: Sequence[dict[str, Any]], group_backend: str = "") -> list[RunResult]:
+    """Entry point of ``train_many`` (every rank): the PyTorch driver trains each run (``TrainConfig`` fields) in
+    turn (``fit_in_turn``); this rank's ``RunResult`` per run."""
+    from dtutor.pytorch.driver import train as driver
+
+    return fit_in_turn(runs, lambda fields: driver(**fields), group_backend)
+
+
+def train_many(
+    nprocs: int,
+    runs: Sequence[dict[str, Any]],
+    *,
+    timeout: float = 300.0,
+    quiet: bool = False,
+    threads_per_rank: int | None = None,
+) -> list[list[RunResult]]:
+    """Train each of ``runs`` (``TrainConfig`` fields, each checked here as ``train`` checks them) in turn, in one
+    launch of ``nprocs`` processes; per run, every rank's ``RunResult``.
+
+    The runs share a launcher: torchrun (with one backend) or horovodrun (PyTorch's Horovod). A run that
+    resumes from another's checkpoint belongs in a later launch: resuming in a fresh process is what it proves.
+    ``timeout`` (for the whole launch), ``quiet`` and ``threads_per_rank`` as for ``train``.
+    """
+    configs = [prepare(nprocs, 1, fields) for fields in runs]
+    launchers = {(STRATEGIES[c.strategy].launcher, STRATEGIES[c.strategy].framework) for c in configs}
+    backends = {c.backend for c in configs}
+    if not configs or len(launchers) != 1 or len(backends) != 1 or \
+            launchers - {("torchrun", "torch"), ("horovodrun", "torch")}:
+        raise ValueError(f"runs: one or more runs, all under torchrun with one backend or all PyTorch under "
+                         f"horovodrun; got {sorted(launchers)} with backends {sorted(backends)}")
+    options = {"timeout": timeout, "quiet": quiet, "threads_per_rank": threads_per_rank,
+               "runs": [config.as_arguments() for config in configs]}
+    if launchers == {("torchrun", "torch")}:
+        per_rank = run(IN_TURN, nprocs, group_backend=configs[0].backend, **options)
+    else:
+        per_rank = run_horovod(IN_TURN, nprocs, framework="torch", **options)
+    return [[results[index] for results in per_rank] for index in range(len(configs))]

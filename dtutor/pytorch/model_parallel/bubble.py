@@ -50,7 +50,6 @@ from dtutor import strategies
 from dtutor.config import TrainConfig
 from dtutor.pytorch.model_parallel.gpipe import PipelineByHand
 from dtutor.pytorch.model_parallel.timeline import Event, idle_fractions, mean_idle, replay, theory_bubble
-from dtutor.pytorch.process_group import join_process_group, leave_process_group
 from dtutor.result import RunResult
 
 if TYPE_CHECKING:
@@ -95,34 +94,30 @@ def balanced_data(samples: int, width: int, seed: int) -> TensorDataset:
 def recorded_training(runs: Sequence[dict[str, Any]], width: int = 0, layers: int = 0,
                       backend: str = "auto") -> list[RunResult]:
     """Entry point: ``fit`` once per run of ``runs`` (``TrainConfig`` fields; a hand-written pipeline's ``sends``
-    and ``input_grad`` too), in one process group: each run's strategy joins it (the first creates it) and it
-    is left once, after the last run, so a whole table takes one launch.
+    and ``input_grad`` too), in turn in one process group (``launch.training.fit_in_turn``), so a whole table
+    takes one launch.
 
     ``width`` > 0 trains ``balanced_model(layers, width)`` on ``balanced_data`` instead of the course's CNN on
     MNIST. Each result's ``details["stage_steps"]``: per step, this stage's events and peak activations held
     (none for the library's schedules).
     """
+    from dtutor.launch.training import fit_in_turn
     from dtutor.pytorch.driver import fit
 
-    results = []
-    try:
-        for run in runs:
-            fields = {"backend": backend, **run}
-            sends, input_grad = fields.pop("sends", "blocking"), fields.pop("input_grad", False)
-            config = TrainConfig.from_kwargs(**fields)
-            if not results:
-                join_process_group(config.backend)  # joined here, so each run's strategy leaves it in place
-            strategy = strategies.load(config.strategy)(config)
-            if isinstance(strategy, PipelineByHand):
-                strategy.blocking, strategy.input_grad = sends == "blocking", input_grad
-            task = {"model": lambda: balanced_model(layers, width),
-                    "train_data": balanced_data(config.samples, width, config.seed)} if width else {}
-            result = fit(config, strategy=strategy, **task)
-            result.details["stage_steps"] = [(step.events, step.peak_held) for step in getattr(strategy, "steps", [])]
-            results.append(result)
-    finally:
-        leave_process_group()
-    return results
+    def fit_recorded(run: dict[str, Any]) -> RunResult:
+        fields = {"backend": backend, **run}
+        sends, input_grad = fields.pop("sends", "blocking"), fields.pop("input_grad", False)
+        config = TrainConfig.from_kwargs(**fields)
+        strategy = strategies.load(config.strategy)(config)
+        if isinstance(strategy, PipelineByHand):
+            strategy.blocking, strategy.input_grad = sends == "blocking", input_grad
+        task = {"model": lambda: balanced_model(layers, width),
+                "train_data": balanced_data(config.samples, width, config.seed)} if width else {}
+        result = fit(config, strategy=strategy, **task)
+        result.details["stage_steps"] = [(step.events, step.peak_held) for step in getattr(strategy, "steps", [])]
+        return result
+
+    return fit_in_turn(runs, fit_recorded, group_backend=next(iter(runs), {}).get("backend", backend))
 
 
 def record(nprocs: int, *runs: dict[str, Any], width: int = 0, layers_per_stage: int = 1,
