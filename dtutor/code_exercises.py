@@ -29,7 +29,6 @@ import inspect
 import linecache
 import os
 import sys
-import tempfile
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from dtutor.exercises import Verdict, _say
 ENTRY = "dtutor.pytorch.exercise_ranks:check_answers"
 TIMEOUT = 10.0  # seconds a rank waits in a collective (or runs the learner's code) before the answer counts as hung
 STARTUP = 120.0  # seconds a launch may take to start its ranks on a busy machine, on top of the answers' time
+ANSWER_FOLDER = "dtutor-exercises"  # relative: beside the notebook, or wherever the check runs
 PLACE_WIDTH = 75  # characters of "where" a rank raised or waits, in a verdict line
 
 
@@ -145,9 +145,10 @@ def answer_code(answer: Any) -> str:
 
 
 def answer_file(answer: Any) -> Path:
-    """The answer's code (``answer_code``) in a file named by its content: the same code, the same path."""
+    """The answer's code (``answer_code``) in a file named by its content (the same code, the same path), in the
+    folder ``dtutor-exercises`` beside the notebook (the current folder), where the learner can open it."""
     code = answer_code(answer)
-    folder = Path(tempfile.gettempdir()) / "dtutor-exercises"
+    folder = Path(ANSWER_FOLDER)
     folder.mkdir(exist_ok=True)
     path = folder / f"{answer.__name__}-{hashlib.sha1(code.encode()).hexdigest()[:8]}.py"
     if not path.exists():
