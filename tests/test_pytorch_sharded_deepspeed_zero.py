@@ -95,3 +95,16 @@ def test_teardown_destroys_the_engine_before_the_process_group(monkeypatch):
     monkeypatch.setattr(process_group, "leave_process_group", lambda: events.append("group destroyed"))
     strategy.teardown()
     assert events == ["engine destroyed", "group destroyed"] and strategy.engine is None
+
+
+def test_deepspeeds_helper_is_built_by_the_environments_own_ninja_wherever_it_runs(monkeypatch):
+    """The system's ninja hashes the build commands differently: each switch rebuilt the helper (~30 s; a Slurm job
+    puts the environment first on PATH, a local launch did not)."""
+    import shutil
+    import sys
+
+    from dtutor.pytorch.sharded.deepspeed_zero import deepspeed_environment
+
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    deepspeed_environment()
+    assert shutil.which("ninja") == str(Path(sys.executable).parent / "ninja")

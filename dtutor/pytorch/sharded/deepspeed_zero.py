@@ -50,10 +50,17 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 def deepspeed_environment() -> None:
     """Before DeepSpeed is imported: its CPU accelerator where there is no GPU, and its compiled helpers
-    (built once, about 20 s) cached inside the virtual environment rather than the home folder."""
+    (built once, about 20 s) cached inside the virtual environment rather than the home folder, built by the
+    environment's own ``ninja`` wherever the process runs. Another ``ninja`` on ``PATH`` (the system's, where the
+    environment is not activated: a Slurm job puts it first, a local launch not) hashes the same build commands
+    differently, and each switch between the two rebuilt the helper (about 30 s)."""
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
+    scripts = Path(sys.executable).parent
+    path = os.environ.get("PATH", "")
+    if (scripts / "ninja").exists() and path.split(os.pathsep)[0] != str(scripts):
+        os.environ["PATH"] = os.pathsep.join([str(scripts), path])
 
 
 def prebuild() -> None:
