@@ -65,8 +65,26 @@ def test_scaling_plot_title_states_the_measured_efficiency_and_ceiling():
 
 
 def test_two_independent_processes_measure_the_ceiling():
-    rate = bench.ceiling(batch_per_rank=32, samples=128)
+    rate = bench.ceiling(batch_per_rank=32, samples=128, epochs=2)
     assert rate > 0
+
+
+def test_every_run_of_the_scaling_rounds_trains_the_samples_and_epochs_asked_for(monkeypatch):
+    """The notebook's quicker settings reach each launch (the launches replaced by recorders: nothing starts)."""
+    from types import SimpleNamespace
+
+    from dtutor import launch
+
+    trained, ran = [], []
+    monkeypatch.setattr(launch, "train", lambda nprocs, **kw: trained.append((nprocs, kw)) or
+                        [SimpleNamespace(samples_per_second=lambda: 100.0 * nprocs)])
+    monkeypatch.setattr(launch, "run", lambda entry, nprocs, **kw: ran.append(kw) or [90.0, 90.0])
+    rows = bench.bench_horovod_vs_ddp(batch_per_rank=64, repeats=1, samples=512, epochs=3)
+    assert [(nprocs, kw["strategy"], kw["global_batch"], kw["samples"], kw["epochs"]) for nprocs, kw in trained] == \
+        [(n, strategy, 64 * n, 512, 3) for strategy in ("ddp", "horovod") for n in (1, 2)]
+    assert [(kw["batch_per_rank"], kw["samples"], kw["epochs"]) for kw in ran] == [(64, 256, 3)] * 2
+    assert [(row["strategy"], row["efficiency"], row["of_ceiling"]) for row in rows] == \
+        [("ddp", 1.0, pytest.approx(200 / 180)), ("horovod", 1.0, pytest.approx(200 / 180))]
 
 
 def test_repeats_must_be_positive():

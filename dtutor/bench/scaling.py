@@ -49,15 +49,18 @@ def independent_throughput(batch_per_rank: int = 256, samples: int = 512, epochs
     return result.samples_per_second()
 
 
-def ceiling(batch_per_rank: int = 256, samples: int = 1024, timeout: float = 300.0) -> float:
-    """Summed samples/s of 2 processes that train alone at once (one thread each): 2 ranks' ceiling here."""
+def ceiling(batch_per_rank: int = 256, samples: int = 1024, epochs: int = 8, timeout: float = 300.0) -> float:
+    """Summed samples/s of 2 processes that train alone at once (one thread each, ``samples`` between them):
+    2 ranks' ceiling here."""
     rates = launch.run("dtutor.bench.scaling:independent_throughput", 2, threads_per_rank=1, quiet=True,
-                       timeout=timeout, batch_per_rank=batch_per_rank, samples=samples // 2)
+                       timeout=timeout, batch_per_rank=batch_per_rank, samples=samples // 2, epochs=epochs)
     return sum(rates)
 
 
-def scaling(strategy: str, batch_per_rank: int = 256, repeats: int = 5, log: Log = None) -> dict[str, float]:
-    """Samples/s on 1 and 2 ranks, of 2 independent processes (the ceiling), and the ratios, in ``repeats`` rounds.
+def scaling(strategy: str, batch_per_rank: int = 256, repeats: int = 5, log: Log = None, samples: int = 1024,
+            epochs: int = 8) -> dict[str, float]:
+    """Samples/s on 1 and 2 ranks, of 2 independent processes (the ceiling), and the ratios, in ``repeats`` rounds;
+    each run trains ``samples`` for ``epochs`` (the first a warm-up).
 
     On a shared 2-core virtual machine single runs vary by tens of percent (a lone process may also run at
     a higher clock while the other core idles), so each round runs 1 rank, 2 ranks and the ceiling back to
@@ -69,9 +72,9 @@ def scaling(strategy: str, batch_per_rank: int = 256, repeats: int = 5, log: Log
     rounds = []
     for index in range(repeats):
         measured = {}
-        for name, measure in (("1 rank", lambda: throughput(strategy, 1, batch_per_rank)),
-                              ("2 ranks", lambda: throughput(strategy, 2, batch_per_rank)),
-                              ("2 independent processes", lambda: ceiling(batch_per_rank))):
+        for name, measure in (("1 rank", lambda: throughput(strategy, 1, batch_per_rank, samples, epochs)),
+                              ("2 ranks", lambda: throughput(strategy, 2, batch_per_rank, samples, epochs)),
+                              ("2 independent processes", lambda: ceiling(batch_per_rank, samples, epochs))):
             measured[name] = measure()
             if log:
                 log(f"{strategy}, round {index + 1}/{repeats}: {name}, {measured[name]:,.0f} samples/s")
@@ -223,9 +226,12 @@ def table_ddp(result: dict[str, Any], verdict: bool = False) -> pd.DataFrame:
                    for name, value, note in rows])
 
 
-def bench_horovod_vs_ddp(batch_per_rank: int = 256, repeats: int = 5, log: Log = None) -> list[dict[str, Any]]:
-    """Samples/s of Horovod (PyTorch) and DDP with 1 and 2 ranks, and their ceiling, one thread each, one run."""
-    return [{"strategy": name, **scaling(name, batch_per_rank, repeats, log)} for name in ("ddp", "horovod")]
+def bench_horovod_vs_ddp(batch_per_rank: int = 256, repeats: int = 5, log: Log = None, samples: int = 1024,
+                         epochs: int = 8) -> list[dict[str, Any]]:
+    """Samples/s of Horovod (PyTorch) and DDP with 1 and 2 ranks, and their ceiling, one thread each, one run;
+    each run trains ``samples`` for ``epochs`` (the first a warm-up; fewer: a quicker, noisier measurement)."""
+    return [{"strategy": name, **scaling(name, batch_per_rank, repeats, log, samples, epochs)}
+            for name in ("ddp", "horovod")]
 
 
 HEADERS = {"strategy": "strategy", "samples_per_s_1": "samples/s, 1 rank", "samples_per_s_2": "samples/s, 2 ranks",
