@@ -9,12 +9,15 @@ from dtutor.strategies import STRATEGIES
 
 SETUP = {**SMALL_RUN, "timeout": 300, "quiet": True}
 TOLERANCE = STRATEGIES["fsdp"].tolerance  # reduce-scatter then all-gather sums the same two numbers as DDP's all-reduce
+FIELDS = [{"optimizer": "adam", "lr": 1e-3}, {"accumulation": 2}]
 
 
-@pytest.mark.parametrize("fields", [{"optimizer": "adam", "lr": 1e-3}, {"accumulation": 2}])
+@pytest.mark.parametrize("fields", FIELDS)
 def test_fsdp_reaches_ddps_parameters(fields, shared_train):
-    ddp = shared_train(2, strategy="ddp", **fields, **SETUP)[0]  # the same runs as DeepSpeed's and DDP's tests
-    results = launch.train(2, strategy="fsdp", **fields, **SETUP)
+    """DDP's runs are DeepSpeed's and DDP's tests' (shared); both FSDP runs train in one launch, on first use."""
+    shared_train.many(2, [{"strategy": name, **each, **SETUP} for name in ("ddp", "fsdp") for each in FIELDS])
+    ddp = shared_train(2, strategy="ddp", **fields, **SETUP)[0]
+    results = shared_train(2, strategy="fsdp", **fields, **SETUP)
     assert max_difference(results[0], ddp) < TOLERANCE and identical(results[0], results[1])
     assert results[0].test_accuracy == pytest.approx(ddp.test_accuracy, abs=1e-9)
     assert results[0].epochs[0].loss == pytest.approx(ddp.epochs[0].loss, rel=1e-6)
