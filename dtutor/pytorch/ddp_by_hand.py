@@ -162,22 +162,24 @@ def train_version(version: str, model: nn.Module, batches: Sequence[tuple[torch.
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     count_steps = len(batches) if count_steps is None else count_steps
     calls, seconds = [], []
-    for step, (images, labels) in enumerate(batches):
-        counter = CollectiveCounter(dist.get_world_size())
-        dist.barrier()  # the ranks start each step together
-        start = time.perf_counter()
-        with counter if step < count_steps else nullcontext():
-            optimizer.zero_grad(set_to_none=True)
-            nn.functional.cross_entropy(module(images), labels).backward()
-            sync()
-            optimizer.step()
-        if step < count_steps:
-            calls.append(counter.calls["all_reduce"])
-        else:
-            seconds.append(time.perf_counter() - start)
+    try:
+        for step, (images, labels) in enumerate(batches):
+            counter = CollectiveCounter(dist.get_world_size())
+            dist.barrier()  # the ranks start each step together
+            start = time.perf_counter()
+            with counter if step < count_steps else nullcontext():
+                optimizer.zero_grad(set_to_none=True)
+                nn.functional.cross_entropy(module(images), labels).backward()
+                sync()
+                optimizer.step()
+            if step < count_steps:
+                calls.append(counter.calls["all_reduce"])
+            else:
+                seconds.append(time.perf_counter() - start)
+    finally:  # the hooks go with the run, also when a step fails
+        if isinstance(holder, OverlappedGradientSync):
+            holder.remove()
     started = holder.started_before_wait if isinstance(holder, OverlappedGradientSync) else []
-    if isinstance(holder, OverlappedGradientSync):
-        holder.remove()
     return {"all_reduce_calls": calls, "seconds": seconds, "started_before_wait": started}
 
 
