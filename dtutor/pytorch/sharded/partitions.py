@@ -18,6 +18,7 @@ Two sources, both measured, none typed in:
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from dtutor.pytorch.sharded import formulas
@@ -34,19 +35,12 @@ def by_hand_holdings(results: list[dict[str, Any]]) -> dict[str, Any]:
     spans = []
     for result in sorted(results, key=lambda r: r["rank"]):
         whole = result["padded_size"]
-        shard = max(_numel(shape) for shape in result["state_shapes"])  # Adam's moments: one value per element
+        shard = max(math.prod(shape) for shape in result["state_shapes"])  # Adam's moments: one value per element
         start = result["shard_start"]
         spans.append({"parameters": (0.0, result["parameter_count"] / whole),
                       "gradients": (0.0, result["parameter_count"] / whole),
                       "optimizer": (start / whole, (start + shard) / whole)})
     return {"name": "ZeRO-1 by hand", "spans": spans, "where": "measured"}
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    count = 1
-    for size in shape:
-        count *= size
-    return count
 
 
 def placed(share: float, rank: int, ranks: int) -> Span:
