@@ -23,6 +23,14 @@ WAIT = 3.0  # seconds a rank waits in a collective before its answer counts as h
 SOLUTIONS = Path(__file__).resolve().parent.parent / "notebooks" / "solutions"
 
 
+@pytest.fixture(autouse=True, scope="module")
+def answer_folder(tmp_path_factory):
+    """The answer files go to a temporary folder, not ./dtutor-exercises wherever pytest was started."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(code_exercises, "ANSWER_FOLDER", str(tmp_path_factory.mktemp("dtutor-exercises")))
+        yield
+
+
 def ring_without_all_gather(tensor):
     """Wrong: the reduce-scatter alone; each rank ends with one chunk of the sum."""
     rank, world = dist.get_rank(), dist.get_world_size()
