@@ -6,7 +6,10 @@ thread each, in one launch. The first two steps of each are counted (``Collectiv
 and never timed: torch's DDP puts every gradient in one bucket for its first step and rebuilds its buckets
 after it, so the second step shows the calls of every later one. Then ``steps`` steps are timed, each by its
 slowest rank; the table gives their median and spread (the interquartile range). torch's DDP gets the same
-bucket size (``bucket_cap_mb``) as the hand-written versions.
+bucket size (``bucket_cap_mb``) as the hand-written versions. Launch recipe (what ``bench_ddp_by_hand`` starts)::
+
+    torchrun --standalone --nproc-per-node=2 -m dtutor.launch dtutor.bench.ddp_by_hand:time_versions \\
+        width=64 depth=2 batch_per_rank=16 bucket_bytes=16384 steps=5
 """
 
 from __future__ import annotations

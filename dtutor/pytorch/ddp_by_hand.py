@@ -10,7 +10,9 @@
 Buckets follow the parameters in reverse order (the order backward produces their gradients), as torch's DDP
 first assigns them. ``compare`` (an entry point, every rank) trains the three, torch's DDP and an unsynced
 control from the same seed on the same data split, counting each step's all-reduce calls with the course's
-``CollectiveCounter``; ``dtutor.bench.ddp_by_hand`` times them with ``train_version``.
+``CollectiveCounter``; ``dtutor.bench.ddp_by_hand`` times them with ``train_version``::
+
+    torchrun --standalone --nproc-per-node=2 -m dtutor.launch dtutor.pytorch.ddp_by_hand:compare steps=4
 """
 
 from __future__ import annotations

@@ -11,7 +11,9 @@ whose backward all-reduces the gradient, so the loss of every rank reaches every
 
 ``batchnorm_under_ddp`` (launch it on 2 ranks) trains the course's CNN with BatchNorm three ways from the same
 weights and data: DDP with plain BatchNorm, DDP with ``SyncedBatchNorm2d``, and (rank 0) one device with the
-whole global batch; ``differences`` measures how far apart they end.
+whole global batch; ``differences`` measures how far apart they end::
+
+    torchrun --standalone --nproc-per-node=2 -m dtutor.launch dtutor.pytorch.sync_batchnorm:batchnorm_under_ddp steps=16
 """
 
 from __future__ import annotations

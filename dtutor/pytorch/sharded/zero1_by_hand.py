@@ -19,6 +19,7 @@ DDP with the whole Adam, and DeepSpeed's ZeRO stage 1, and returns each rank's p
 bytes; ``proof`` compares them.
 
     dtutor.launch.run("dtutor.pytorch.sharded.zero1_by_hand:prove_zero1", 2, steps=4)
+    torchrun --standalone --nproc-per-node=2 -m dtutor.launch dtutor.pytorch.sharded.zero1_by_hand:prove_zero1 steps=4
 """
 
 from __future__ import annotations
