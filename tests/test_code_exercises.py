@@ -145,7 +145,7 @@ ANSWERS = {  # exercise: (the worked solution, a wrong answer, a hanging answer)
                                     step_returning_own_loss, step_logging_on_rank_zero),
 }
 WRONG = {  # how each wrong answer is reported: the rank and what differs
-    "ring_all_reduce": "rank 0, tensor `tensor` (summed in place), max |difference| ",
+    "ring_all_reduce": "rank 0, tensor `tensor` of 24 elements (summed in place), max |difference| ",
     "average_gradients": "rank 0, tensor 1.weight.grad, max |difference| ",
     "sharded_optimizer": "rank 0, optimizer state held (elements) (expected less than the whole model's 190, got 190)",
     "one_f_one_b": "rank 0, action 4 of stage 0's order (expected ('B', 0), got ('F', 3))",

@@ -69,14 +69,18 @@ def _ddp_reference(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor
 
 
 def ring_all_reduce(answer: Callable, rank: int, world: int) -> list[Comparison]:
-    """``answer(tensor)`` against ``dist.all_reduce`` of a copy (whole numbers: sums exact in any order)."""
-    tensor = torch.randint(-9, 10, (6 * world,), generator=_generator(rank)).float()
-    expected = tensor.clone()
-    dist.all_reduce(expected)
-    returned = answer(tensor)
-    checks: list[Comparison] = [("`tensor` (summed in place)", expected, tensor)]
-    if returned is not tensor:
-        checks.append(("returned", expected, returned))
+    """``answer(tensor)`` against ``dist.all_reduce`` of a copy (whole numbers: sums exact in any order), for a
+    size that the world divides and one that it does not (chunks of unequal length)."""
+    generator = _generator(rank)
+    checks: list[Comparison] = []
+    for size in (6 * world, 6 * world + 1):
+        tensor = torch.randint(-9, 10, (size,), generator=generator).float()
+        expected = tensor.clone()
+        dist.all_reduce(expected)
+        returned = answer(tensor)
+        checks.append((f"`tensor` of {size} elements (summed in place)", expected, tensor))
+        if returned is not tensor:
+            checks.append((f"returned, {size} elements", expected, returned))
     return checks
 
 
