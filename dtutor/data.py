@@ -242,3 +242,20 @@ def shard(data: MnistData, world_size: int, rank: int) -> MnistData:
     index = shard_indices(len(data), world_size, rank)
     return MnistData(data.images[index], data.labels[index], f"{data.source}, shard {rank}/{world_size}",
                      data.detail)
+
+
+def global_batches(steps: int, global_batch: int) -> list:
+    """The first ``steps x global_batch`` training images as ``steps`` global batches of (images, labels) tensors,
+    in order (the from-scratch lessons of notebook 02 train on them without a sampler)."""
+    images, labels = torch_dataset(load_mnist("train", limit=steps * global_batch, verbose=False)).tensors
+    starts = range(0, steps * global_batch, global_batch)
+    return [(images[k:k + global_batch], labels[k:k + global_batch]) for k in starts]
+
+
+def rank_share(batches: list, world_size: int, rank: int) -> list:
+    """Rank ``rank``'s micro-batch of each global batch of ``batches``: every ``world_size``-th sample
+    (``shard_indices``, as ``DistributedSampler`` splits a batch)."""
+    import torch
+
+    index = torch.from_numpy(shard_indices(len(batches[0][1]), world_size, rank))
+    return [(inputs[index], targets[index]) for inputs, targets in batches]

@@ -131,3 +131,14 @@ def test_shard_matches_distributed_sampler_without_shuffle():
     assert list(sampler) == data.shard_indices(12, 3, 1).tolist()
     with pytest.raises(ValueError):
         data.shard_indices(12, 2, 2)
+
+
+def test_global_batches_in_order_and_each_ranks_share_of_them():
+    import torch
+
+    images, labels = data.torch_dataset(data.load_mnist(limit=24, verbose=False)).tensors
+    batches = data.global_batches(3, 8)
+    assert len(batches) == 3 and all(torch.equal(b[0], images[8 * k:8 * k + 8]) for k, b in enumerate(batches))
+    shares = [data.rank_share(batches, 2, rank) for rank in range(2)]
+    assert torch.equal(shares[1][2][1], labels[[17, 19, 21, 23]])  # rank 1: the odd samples of the third batch
+    assert all(len(share[k][0]) == 4 for share in shares for k in range(3))

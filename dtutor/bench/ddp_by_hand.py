@@ -35,13 +35,13 @@ def time_versions(width: int, depth: int, batch_per_rank: int, bucket_bytes: int
     import torch
     import torch.distributed as dist
 
-    from dtutor import models
-    from dtutor.pytorch.ddp_by_hand import rank_batches, train_version
+    from dtutor import data, models
+    from dtutor.pytorch.ddp_by_hand import train_version
     from dtutor.pytorch.process_group import join_process_group, leave_process_group
 
     rank, world_size, _ = join_process_group(backend)
     try:
-        batch = rank_batches(batch_per_rank * world_size, batch_per_rank * world_size, rank, world_size)
+        batch = data.rank_share(data.global_batches(1, batch_per_rank * world_size), world_size, rank)
         versions = {}
         for version in TIMED:
             model = models.seeded(models.wide_mlp, 0, width=width, depth=depth)

@@ -140,18 +140,6 @@ def prepare(version: str, model: nn.Module, bucket_bytes: int) -> tuple[nn.Modul
     raise ValueError(f"version must be one of {', '.join(VERSIONS)}, got {version!r}")
 
 
-def rank_batches(samples: int, global_batch: int, rank: int,
-                 world_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """This rank's part of each global batch of the first ``samples`` MNIST images (every N-th sample, as
-    ``data.shard_indices`` and ``DistributedSampler`` split them)."""
-    images, labels = data.torch_dataset(data.load_mnist("train", limit=samples, verbose=False)).tensors
-    batches = []
-    for start in range(0, samples, global_batch):
-        mine = start + torch.from_numpy(data.shard_indices(global_batch, world_size, rank))
-        batches.append((images[mine], labels[mine]))
-    return batches
-
-
 def train_version(version: str, model: nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tensor]], *,
                   bucket_bytes: int, lr: float = 0.05, count_steps: int | None = None) -> dict[str, Any]:
     """Train ``model`` one SGD step (momentum 0.9) per batch, its gradients synced by ``version``.
@@ -192,7 +180,7 @@ def compare(steps: int = 4, global_batch: int = 64, bucket_bytes: int = 64 * 102
     and the overlapped version's buckets in flight when backward returned, plus the buckets' parameter names."""
     rank, world_size, _ = join_process_group(backend)
     try:
-        batches = rank_batches(steps * global_batch, global_batch, rank, world_size)
+        batches = data.rank_share(data.global_batches(steps, global_batch), world_size, rank)
         result: dict[str, Any] = {"rank": rank, "parameters": {}, "all_reduce_calls": {}}
         for version in VERSIONS:
             model = models.seeded(models.mnist_cnn, 0)

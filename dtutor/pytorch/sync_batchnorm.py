@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from dtutor import data, models
+from dtutor import models
+from dtutor.data import global_batches, rank_share
 from dtutor.pytorch.process_group import join_process_group, leave_process_group
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -114,19 +115,6 @@ def train_steps(model: nn.Module, batches: Sequence[Batch], learning_rate: float
         F.cross_entropy(model(inputs), targets).backward()
         optimizer.step()
     return model
-
-
-def global_batches(steps: int, global_batch: int) -> list[Batch]:
-    """The course's first ``steps x global_batch`` training images, cut into ``steps`` global batches."""
-    images, labels = data.torch_dataset(data.load_mnist("train", limit=steps * global_batch, verbose=False)).tensors
-    return [(images[k:k + global_batch], labels[k:k + global_batch])
-            for k in range(0, steps * global_batch, global_batch)]
-
-
-def rank_share(batches: Sequence[Batch], world_size: int, rank: int) -> list[Batch]:
-    """Rank ``rank``'s micro-batch of each global batch (every ``world_size``-th sample, as ``data.shard``)."""
-    index = torch.from_numpy(data.shard_indices(len(batches[0][1]), world_size, rank))
-    return [(inputs[index], targets[index]) for inputs, targets in batches]
 
 
 def state(model: nn.Module) -> dict[str, torch.Tensor]:
