@@ -41,6 +41,8 @@ ENTRY = "dtutor.pytorch.exercise_ranks:check_answers"
 TIMEOUT = 10.0  # seconds a rank waits in a collective (or runs the learner's code) before the answer counts as hung
 STARTUP = 120.0  # seconds a launch may take to start its ranks on a busy machine, on top of the answers' time
 ANSWER_FOLDER = "dtutor-exercises"  # relative: beside the notebook, or wherever the check runs
+RIGHT_BEFORE: dict[tuple[str, str], tuple[str, str]] = {}  # (exercise, answer file's name): a right verdict this
+# process already saw; a file is named by its code, so the same name is the same answer and is not launched again
 PLACE_WIDTH = 75  # characters of "where" a rank raised or waits, in a verdict line
 
 
@@ -235,12 +237,21 @@ def run_answers(answers: Sequence[tuple[str, Any]], *, timeout: float = TIMEOUT,
         print("your code, written out for the ranks:", ", ".join(files))
         words = [f"--nproc-per-node={specs[0].nprocs}", "-m", "dtutor.launch", ENTRY, f"answers={arguments['answers']}"]
         print("$", shell_command(["torchrun", "--standalone", *words, f"wait={timeout:g}"]))
-    try:
-        reports = run(ENTRY, specs[0].nprocs, timeout=STARTUP + len(answers) * (2 * timeout + 10), quiet=quiet,
-                      **arguments)
-    except LaunchError as error:
-        return [("wrong", _launch_failure(error))] * len(answers)
-    return [verdict_of([rank[index] for rank in reports], spec, timeout) for index, spec in enumerate(specs)]
+    known = [(exercise, Path(path).name) for (exercise, _), path in zip(answers, files, strict=True)]
+    verdicts = {index: RIGHT_BEFORE[key] for index, key in enumerate(known) if key in RIGHT_BEFORE}
+    missing = [index for index in range(len(answers)) if index not in verdicts]
+    if missing:
+        arguments["answers"] = ",".join(f"{answers[index][0]}:{files[index]}" for index in missing)
+        try:
+            reports = run(ENTRY, specs[0].nprocs, timeout=STARTUP + len(missing) * (2 * timeout + 10), quiet=quiet,
+                          **arguments)
+        except LaunchError as error:
+            return [verdicts.get(index, ("wrong", _launch_failure(error))) for index in range(len(answers))]
+        for place, index in enumerate(missing):
+            verdicts[index] = verdict_of([rank[place] for rank in reports], specs[index], timeout)
+            if verdicts[index][0] == "right":
+                RIGHT_BEFORE[known[index]] = verdicts[index]
+    return [verdicts[index] for index in range(len(answers))]
 
 
 def check(exercise: str, answer: Any, *, timeout: float = TIMEOUT) -> Verdict:

@@ -257,3 +257,12 @@ def test_a_rank_that_raised_is_named_and_a_gloo_abort_is_explained():
     error = RuntimeError("failed; last output:\nwhat(): Received data size doesn't match expected size.")
     assert "different collectives" in code_exercises._launch_failure(error)
     assert "hung" in exercises.VERDICTS
+
+
+def test_a_right_answer_seen_before_is_not_launched_again(monkeypatch):
+    right = verdicts(2)["average_gradients"][0]
+    monkeypatch.setattr("dtutor.launch.run", lambda *args, **kwargs: pytest.fail("launched again"))
+    assert code_exercises.run_answers([("average_gradients", average_gradients)]) == [right]
+    wrong_answer = ANSWERS["average_gradients"]()[1]
+    with pytest.raises(pytest.fail.Exception, match="launched again"):  # only right verdicts are kept
+        code_exercises.run_answers([("average_gradients", wrong_answer)])
