@@ -3,17 +3,22 @@ import os
 os.environ.setdefault("DTUTOR_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
+import mmap  # noqa: E402
 import pickle  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import textwrap  # noqa: E402
 import uuid  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
 
 import psutil  # noqa: E402
 import pytest  # noqa: E402
 
 from dtutor.devices import horovod_frameworks  # noqa: E402
+
+if TYPE_CHECKING:
+    import torch
 
 
 def require_horovod(framework: str) -> None:
@@ -172,6 +177,14 @@ def no_process_may_start(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorflow", None)  # `import tensorflow` now raises ImportError
     yield
     assert psutil.Process().children(recursive=True) == []
+
+
+def never_written(nbytes: int, dtype: "torch.dtype | None" = None) -> "torch.Tensor":
+    """A tensor on a fresh anonymous mapping, none of its pages touched yet. ``torch.empty`` is not: glibc may hand
+    it memory an earlier test wrote and freed (the heap's top keeps up to 64 MB), so its pages may be resident."""
+    import torch  # here: conftest itself imports no framework
+
+    return torch.frombuffer(mmap.mmap(-1, nbytes), dtype=dtype or torch.uint8)  # the tensor keeps the mapping alive
 
 
 # --- Slurm: the throwaway cluster's leftovers

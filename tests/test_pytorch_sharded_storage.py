@@ -2,6 +2,7 @@
 ledger that counts each storage once by role."""
 
 import torch
+from conftest import never_written
 
 from dtutor.pytorch.sharded import storage
 
@@ -21,8 +22,7 @@ def test_overlapping_views_count_once():
 
 
 def test_resident_bytes_follow_what_was_written():
-    # 64 MB: above glibc's largest mmap threshold (32 MB), so fresh pages, never memory an earlier test freed
-    block = torch.empty(64 * 2**20, dtype=torch.uint8)
+    block = never_written(64 * 2**20)
     before = storage.resident_bytes(block)
     block.fill_(1)
     assert before < 32 * 2**20 <= storage.resident_bytes(block)
@@ -49,7 +49,7 @@ def test_what_no_role_views_is_a_buffer_and_meta_tensors_hold_nothing():
 
 
 def test_a_reduce_bucket_counts_only_what_gradients_view():
-    bucket = torch.empty(10_000_000)  # 40 MB, never written: virtual
+    bucket = never_written(40_000_000, torch.float32)  # 40 MB, never written: virtual, as DeepSpeed's empty bucket
     ledger = storage.Ledger()
     ledger.add("reduce_bucket", bucket, bucket=True)
     ledger.add("gradients", bucket[:1000].view(10, 100))  # a p.grad waiting in the bucket
