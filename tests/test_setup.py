@@ -11,6 +11,7 @@ import tomllib
 import urllib.request
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,8 +84,10 @@ def test_ruff_is_clean():
     assert result.returncode == 0, result.stdout[-3000:]
 
 
-def test_course_test_runs_the_notebooks_even_after_a_unit_test_fails(tmp_path):
-    """``./course test`` runs both parts, reports each, and exits non-zero when either failed."""
+@pytest.mark.parametrize("in_turn", ["0", "1"], ids=["side-by-side", "in-turn"])
+def test_course_test_runs_the_notebooks_even_after_a_unit_test_fails(tmp_path, in_turn):
+    """``./course test`` runs both parts (side by side, or in turn with ``DTUTOR_TEST_IN_TURN=1``), shows the
+    notebooks' report after the units', reports each, and exits non-zero when either failed."""
     import hashlib
     import shutil
     import stat
@@ -95,12 +98,17 @@ def test_course_test_runs_the_notebooks_even_after_a_unit_test_fails(tmp_path):
     venv_bin.mkdir(parents=True)
     fake_python = venv_bin / "python"  # a stand-in for the venv's python: unit tests fail, nbval passes
     fake_python.write_text('#!/bin/sh\necho "$*" >> "$(dirname "$0")/calls"\n'
-                           'case "$*" in *--nbval*) exit 0;; *) exit 1;; esac\n')
+                           'case "$*" in *--nbval*) echo "nbval report"; exit 0;; *) sleep 1; echo "units report"; '
+                           'exit 1;; esac\n')
     fake_python.chmod(fake_python.stat().st_mode | stat.S_IXUSR)
     # the set-up stamp: the fingerprint of the files setup watches (here, only the copied script)
     (tmp_path / ".venv" / ".dtutor-setup").write_text(hashlib.sha256(course.read_bytes()).hexdigest()[:16] + "\n")
-    done = subprocess.run(["bash", str(course), "test", "-q"], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(["bash", str(course), "test", "-q"], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "DTUTOR_TEST_IN_TURN": in_turn})
     calls = (venv_bin / "calls").read_text().splitlines()
-    assert [call.split()[:3] for call in calls] == [["-m", "pytest", "tests/"], ["-m", "pytest", "--nbval"]]
+    assert sorted(call.split()[:3] for call in calls) == [["-m", "pytest", "--nbval"], ["-m", "pytest", "tests/"]]
+    assert all(call.split()[-1] == "-q" for call in calls)  # the arguments reach both
     assert done.returncode != 0
-    assert "unit tests: FAILED (pytest exit code 1); notebooks under nbval: passed" in done.stdout
+    assert done.stdout.index("units report") < done.stdout.index("nbval report")
+    last = done.stdout.splitlines()[-1]
+    assert last == "[test] unit tests: FAILED (pytest exit code 1); notebooks under nbval: passed"
