@@ -1,0 +1,135 @@
+"""The bugs that hang a distributed job (notebook 09), each a small entry point for ``launch.run`` on 2 ranks, gloo.
+
+Each is plain ``torch.distributed`` code, written as a practitioner would, with the bug marked ``# BUG``; its
+keyword option (``fixed=True``, or ``join=True``) runs the fix, which finishes and returns what each rank saw.
+Started buggy, a hang lasts until the launch's timeout, and the hang finder (``dtutor.launch.hang_finder``) then
+names the collective each rank waits in::
+
+    launch.run("dtutor.failures.bugs:skip_collective", nprocs=2, timeout=10)              # hangs: rank 1 skipped it
+    launch.run("dtutor.failures.bugs:skip_collective", nprocs=2, timeout=60, fixed=True)  # finishes
+
+In a terminal: ``torchrun --standalone --nproc-per-node 2 -m dtutor.launch dtutor.failures.bugs:wrong_order``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.algorithms.join import Join
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from dtutor.pytorch.process_group import join_process_group, leave_process_group
+
+NUM_CLASSES = 5
+
+
+def skip_collective(fixed: bool = False) -> dict:
+    """Only rank 0 averages the loss to log it; every rank then meets at a barrier. Rank 1 never joins the all-reduce,
+    so rank 0 waits in ``all_reduce`` and rank 1 in ``barrier``. Fixed: every rank takes part in the all-reduce."""
+    rank, world_size, _ = join_process_group("gloo")
+    loss = torch.tensor(float(rank + 1))
+    if rank == 0 or fixed:  # BUG (unless fixed): a collective inside rank-dependent control flow
+        dist.all_reduce(loss)
+        print(f"mean loss {loss.item() / world_size}")
+    dist.barrier()  # e.g. before saving a checkpoint
+    leave_process_group()
+    return {"rank": rank, "loss_sum": loss.item()}
+
+
+def mismatched_shapes(fixed: bool = False) -> dict:
+    """Each rank counts the labels in its shard with ``bincount``, whose length is the largest label it saw plus one:
+    3 on rank 0, 5 on rank 1. The ranks all-reduce tensors of different shapes. Fixed: ``minlength=NUM_CLASSES``."""
+    rank, _, _ = join_process_group("gloo")
+    labels = torch.tensor([0, 1, 2, 2]) if rank == 0 else torch.tensor([0, 3, 4, 4])
+    counts = torch.bincount(labels, minlength=NUM_CLASSES if fixed else 0)  # BUG (unless fixed): length varies
+    dist.all_reduce(counts)
+    leave_process_group()
+    return {"rank": rank, "counts": counts.tolist()}
+
+
+def unmatched_send(fixed: bool = False) -> dict:
+    """Two ranks swap a tensor, each receiving first, then sending: both wait in ``recv`` for a send that never comes.
+    Fixed: start the send without waiting (``isend``), receive, then wait for the send."""
+    rank, _, _ = join_process_group("gloo")
+    peer = 1 - rank
+    mine, theirs = torch.tensor([float(rank)]), torch.zeros(1)
+    if fixed:
+        request = dist.isend(mine, dst=peer)
+        dist.recv(theirs, src=peer)
+        request.wait()
+    else:  # BUG: both ranks receive first, so no send is ever matched
+        dist.recv(theirs, src=peer)
+        dist.send(mine, dst=peer)
+    leave_process_group()
+    return {"rank": rank, "received": theirs.item()}
+
+
+def wrong_order(fixed: bool = False) -> dict:
+    """Rank 0 broadcasts a seed, then all-reduces the loss; rank 1 calls them the other way round, so each waits in
+    a different collective. Fixed: the same order on every rank."""
+    rank, _, _ = join_process_group("gloo")
+    seed, loss = torch.tensor([1234 if rank == 0 else 0]), torch.tensor(float(rank + 1))
+    if rank == 0 or fixed:
+        dist.broadcast(seed, src=0)
+        dist.all_reduce(loss)
+    else:  # BUG: this rank calls the two collectives in the other order
+        dist.all_reduce(loss)
+        dist.broadcast(seed, src=0)
+    leave_process_group()
+    return {"rank": rank, "seed": int(seed.item()), "loss_sum": loss.item()}
+
+
+class TwoHeads(nn.Module):
+    """A model with a head that ``forward`` never uses (left over from an experiment)."""
+
+    def __init__(self):
+        super().__init__()
+        self.used, self.unused = nn.Linear(4, 1), nn.Linear(4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.used(x)
+
+
+def _train(model: nn.Module, batches: int, rank: int) -> None:
+    """``batches`` SGD steps on this rank's own random data."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    generator = torch.Generator().manual_seed(rank)
+    for _ in range(batches):
+        x, y = torch.randn(8, 4, generator=generator), torch.randn(8, 1, generator=generator)
+        optimizer.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        optimizer.step()
+
+
+def unused_parameter(fixed: bool = False, steps: int = 3) -> dict:
+    """DDP over ``TwoHeads``: the unused head's gradient never arrives, so DDP's reduction of the first step never
+    finishes, and the second step's forward raises. Fixed: ``find_unused_parameters=True``."""
+    rank, _, _ = join_process_group("gloo")
+    torch.manual_seed(0)
+    model = DDP(TwoHeads(), find_unused_parameters=fixed)  # BUG (unless fixed): DDP expects every gradient
+    _train(model, steps, rank)
+    weights = model.module.used.weight.detach().flatten().tolist()
+    unused_grad = model.module.unused.weight.grad
+    del model
+    leave_process_group()
+    return {"rank": rank, "steps": steps, "weights": weights, "unused_grad_is_none": unused_grad is None}
+
+
+def uneven_inputs(join: bool = False) -> dict:
+    """DDP where rank 0 has 3 batches and rank 1 only 2: rank 1 leaves the loop and waits at a barrier while rank 0
+    waits in its third backward for rank 1's gradients. Fixed (``join=True``): DDP's ``Join`` context manager,
+    in which a rank that ran out of data shadows the others' all-reduces until every rank is done."""
+    rank, _, _ = join_process_group("gloo")
+    torch.manual_seed(0)
+    model, batches = DDP(nn.Linear(4, 1)), 3 - rank  # rank 1's shard is shorter
+    if join:
+        with Join([model]):
+            _train(model, batches, rank)
+    else:  # BUG: the ranks run different numbers of steps
+        _train(model, batches, rank)
+    dist.barrier()  # e.g. before saving a checkpoint
+    weights = model.module.weight.detach().flatten().tolist()
+    del model
+    leave_process_group()
+    return {"rank": rank, "batches": batches, "weights": weights}
