@@ -27,10 +27,11 @@ HOST_HELP = ("HOST = the address of the machine you start first (its name, or an
              "# to try it on one machine: two terminals, HOST = 127.0.0.1)")
 
 
-def check_count(name: str, value: int) -> None:
-    """Refuse a process or node count that is not a whole number >= 1 (``ValueError`` naming ``name``)."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+def check_count(name: str, value: int, minimum: int = 1) -> None:
+    """Refuse a count (processes, nodes, restarts) that is not a whole number >= ``minimum`` (``ValueError``
+    naming ``name``)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be a whole number >= {minimum}, got {value!r}")
 
 
 def shell_command(words: list[str], width: int = COMMAND_WIDTH, *,
@@ -74,17 +75,20 @@ def tf_worker_words(entry: str, kwargs: dict[str, Any], addresses: list[str], in
 
 def torchrun_command(
     entry: str, nprocs: int, kwargs: dict[str, Any], *, nnodes: int = 1, endpoint: str = "HOST:29400",
-    job_id: str = "dtutor",
+    job_id: str = "dtutor", max_restarts: int = 0,
 ) -> list[str]:
     """The torchrun command for one node (``--standalone``) or for ``nnodes`` nodes (c10d rendezvous).
 
     The multi-node form bounds its waits (``RENDEZVOUS_CONF``): torchrun stops with a ``Rendezvous...Error``
-    instead of waiting for a node that never comes or a HOST that cannot be reached.
+    instead of waiting for a node that never comes or a HOST that cannot be reached. ``max_restarts`` > 0 adds
+    ``--max-restarts=N``: when a worker fails, torchrun stops the whole group and starts it again, up to N times
+    (``--standalone`` is a c10d rendezvous on a free local port, so a single node restarts the same way).
     """
+    restarts = [f"--max-restarts={max_restarts}"] if max_restarts else []
     if nnodes == 1:
-        head = ["torchrun", "--standalone", f"--nproc-per-node={nprocs}"]
+        head = ["torchrun", "--standalone", f"--nproc-per-node={nprocs}", *restarts]
     else:
-        head = ["torchrun", f"--nnodes={nnodes}", f"--nproc-per-node={nprocs}", "--rdzv-backend=c10d",
+        head = ["torchrun", f"--nnodes={nnodes}", f"--nproc-per-node={nprocs}", *restarts, "--rdzv-backend=c10d",
                 f"--rdzv-endpoint={endpoint}", f"--rdzv-id={job_id}", f"--rdzv-conf={RENDEZVOUS_CONF}"]
     return head + worker_arguments(entry, kwargs)
 

@@ -58,6 +58,7 @@ def run(
     timeout: float = 300.0,
     threads_per_rank: int | None = None,
     quiet: bool = False,
+    max_restarts: int = 0,
     **kwargs: Any,
 ) -> list[Any]:
     """Run ``entry`` ("module:function") on ``nprocs`` processes per node with torchrun; return each rank's result.
@@ -67,18 +68,22 @@ def run(
     through ``**kwargs`` (auto: nccl when there are enough GPUs, else gloo). ``threads_per_rank`` sets
     ``OMP_NUM_THREADS`` (default: the cores divided among the local processes). Output lines are prefixed
     ``[rank N]``; ``quiet`` hides them. Raises ``LaunchError`` if a rank fails or ``timeout`` seconds pass.
+    ``max_restarts`` (torchrun's ``--max-restarts``): a failed rank first makes torchrun restart every rank, up
+    to that many times (``TORCHELASTIC_RESTART_COUNT`` tells a worker its attempt); ``timeout`` covers them all.
     """
     check_count("nprocs", nprocs)
     check_count("nnodes", nnodes)
+    check_count("max_restarts", max_restarts, minimum=0)
     kwargs = _with_backend(entry, backend, nprocs, kwargs)
     python = [sys.executable, "-m", "torch.distributed.run"]
     if nnodes == 1:
-        commands = [python + torchrun_command(entry, nprocs, kwargs)[1:]]
+        commands = [python + torchrun_command(entry, nprocs, kwargs, max_restarts=max_restarts)[1:]]
     else:
         from torch.distributed.elastic.utils.distributed import get_free_port
 
         endpoint, job = f"127.0.0.1:{get_free_port()}", f"dtutor-{uuid.uuid4().hex[:8]}"
-        command = torchrun_command(entry, nprocs, kwargs, nnodes=nnodes, endpoint=endpoint, job_id=job)
+        command = torchrun_command(entry, nprocs, kwargs, nnodes=nnodes, endpoint=endpoint, job_id=job,
+                                   max_restarts=max_restarts)
         commands = [python + command[1:]] * nnodes
     display = shell_command(["torchrun", *commands[0][3:]]) + (f"   # x{nnodes} nodes" if nnodes > 1 else "")
     return supervise(commands, entry=entry, timeout=timeout, quiet=quiet,

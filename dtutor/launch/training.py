@@ -94,6 +94,7 @@ def train(
     timeout: float = 300.0,
     quiet: bool = False,
     threads_per_rank: int | None = None,
+    max_restarts: int = 0,
     **fields: Any,
 ) -> list[RunResult]:
     """Train with ``fields["strategy"]`` on ``nprocs`` processes per node; return each rank's ``RunResult``.
@@ -102,13 +103,20 @@ def train(
     before any process starts. ``nnodes > 1`` (torchrun strategies only) simulates that many machines
     here. In-process strategies return one result: PyTorch's need ``nprocs=1``; TensorFlow's mirrored
     uses ``nprocs`` replicas. ``timeout``, ``quiet`` and ``threads_per_rank`` apply to launched processes
-    (see ``run``); an in-process run has no timeout, and ``quiet`` hides what it prints.
+    (see ``run``); an in-process run has no timeout, and ``quiet`` hides what it prints. ``max_restarts``
+    (torchrun strategies only): torchrun restarts every rank after a failure, up to that many times; with a
+    ``checkpoint`` the restarted ranks resume after its epoch (``dtutor.failures.elastic``).
     """
     config = prepare(nprocs, nnodes, fields)
     info = STRATEGIES[config.strategy]
+    check_count("max_restarts", max_restarts, minimum=0)
+    if max_restarts and info.launcher != "torchrun":
+        raise ValueError(f"max_restarts: {info.name!r} runs under {info.launcher}, which restarts nothing; "
+                         f"only torchrun strategies restart (use max_restarts=0), got {max_restarts}")
     options = {"timeout": timeout, "quiet": quiet, "threads_per_rank": threads_per_rank}
     if info.launcher == "torchrun":
-        return run(DRIVERS["torch"], nprocs, nnodes=nnodes, **options, **config.as_arguments())
+        return run(DRIVERS["torch"], nprocs, nnodes=nnodes, max_restarts=max_restarts, **options,
+                   **config.as_arguments())
     if info.launcher == "horovodrun":
         return run_horovod(DRIVERS[info.framework], nprocs, framework=info.framework, **options,
                            **config.as_arguments())
