@@ -95,6 +95,7 @@ def test_a_timeout_ends_every_process(process_marker):
         ("dtutor.pytorch.ddp_lessons:sleep", {"seconds": object()}, "cannot be sent to the workers"),
         ("dtutor.pytorch.ddp_lessons:sleep", {"minutes": 3}, "cannot take these arguments"),
         ("dtutor.pytorch.ddp_lessons:sleep", {"timeout": 0}, "timeout must be positive"),
+        ("dtutor.pytorch.ddp_lessons:sleep", {"max_restarts": 1.5}, "max_restarts must be a whole number >= 0"),
     ],
 )
 def test_bad_input_is_refused_before_any_process_starts(monkeypatch, entry, options, message):
@@ -128,6 +129,9 @@ def test_commands_shown_for_one_and_two_nodes():
             "seconds=2.5") in one_line
     assert "--nnodes=2 --nproc-per-node=4 --rdzv-backend=c10d --rdzv-endpoint=HOST:29400" in text
     assert "--rdzv-conf=join_timeout=120,read_timeout=30" in text and "HOST = 127.0.0.1" in text
+    restarting = [launch.torchrun_command("dtutor.pytorch.driver:train", 2, {}, nnodes=nodes, max_restarts=3)
+                  for nodes in (1, 2)]
+    assert all("--max-restarts=3" in words for words in restarting) and "--rdzv-backend=c10d" in restarting[1]
     training = launch.show_commands("dtutor.pytorch.driver:train", 2, strategy="ddp")
     assert training.count("backend=gloo") == 2 and training.count("backend=nccl") == 2  # CPU and GPU forms
     assert "seconds=2.5 backend" not in text  # an entry point without a backend gets none

@@ -92,6 +92,8 @@ def _only_call(recorders: dict[str, Recorder], used: str) -> tuple[tuple, dict[s
         (2, {"strategy": "ddp", "micro_batches": 2}, "micro_batches: only pipeline strategies"),
         (2, {"strategy": "pipeline_gpipe", "accumulation": 2}, "accumulation: a pipeline accumulates"),
         (2, {"strategy": "tensor_parallel", "checkpoint": "x.pt"}, "checkpoint: 'tensor_parallel' keeps no"),
+        (2, {"max_restarts": -1}, "max_restarts must be a whole number >= 0, got -1"),
+        (2, {"strategy": "horovod", "max_restarts": 1}, "max_restarts: 'horovod' runs under horovodrun"),
     ],
 )
 def test_bad_input_is_refused_before_anything_starts(recorders, nprocs, options, message):
@@ -111,7 +113,8 @@ def test_ddp_runs_the_torch_driver_through_torchrun_with_a_concrete_backend(reco
     args, kwargs = _only_call(recorders, "run")
     assert args == (TORCH_DRIVER, 2)
     expected = TrainConfig(strategy="ddp", epochs=2, global_batch=128, backend=choose_backend("auto", 2))
-    assert kwargs == {"nnodes": 2, "timeout": 60, "quiet": True, "threads_per_rank": 1, **expected.as_arguments()}
+    assert kwargs == {"nnodes": 2, "timeout": 60, "quiet": True, "threads_per_rank": 1, "max_restarts": 0,
+                      **expected.as_arguments()}
     assert kwargs["backend"] in ("gloo", "nccl") and results is recorders["run"].returned[0]  # the ranks' results
 
 
