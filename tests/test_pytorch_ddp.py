@@ -54,12 +54,13 @@ def test_two_nodes_on_localhost_match_the_single_node_run(two_ranks):
     assert max_difference(results[0], two_ranks[0]) < TOLERANCE
 
 
-def test_stop_and_resume_is_bitwise_equal_to_an_unbroken_run(tmp_path):
-    """The unbroken run and the run stopped after epoch 0 train in turn in one launch; the resumed run in another."""
+def test_stop_and_resume_is_bitwise_equal_to_an_unbroken_run(tmp_path, shared_train):
+    """The unbroken run and the run stopped after epoch 0 train in turn in one launch (the unbroken run is shared with
+    test_failures_elastic's restarts); the resumed run in another."""
     fields = {"strategy": "ddp", "global_batch": 64, "samples": 128, "epochs": 3, "test_samples": 0}
     checkpoint = str(tmp_path / "ddp.pt")
-    unbroken, first = launch.train_many(2, [fields, {**fields, "checkpoint": checkpoint, "stop_after_epochs": 1}],
-                                        timeout=240, quiet=True)
+    unbroken, first = shared_train.many(2, [fields, {**fields, "checkpoint": checkpoint, "stop_after_epochs": 1}],
+                                        timeout=240)
     assert [e.epoch for e in unbroken[0].epochs] == [0, 1, 2] and [e.epoch for e in first[0].epochs] == [0]
     assert Path(checkpoint).exists()
     resumed = launch.train(2, checkpoint=checkpoint, **fields, timeout=240, quiet=True)
