@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dtutor.launch.hang_finder import HangReport, find_hang
 from dtutor.launch.recipes import training_sbatch
 from dtutor.launch.supervisor import NOISE, TAIL_LINES, LaunchError, first_failure, read_results
 from dtutor.launch.worker import RESULT_DIR_ENV
@@ -71,8 +72,9 @@ class SlurmJobError(LaunchError):
     """A Slurm job that did not complete: ``job`` says how it ended; ``rank`` and ``remote_traceback`` which
     rank failed first, when one did (read from the job's output)."""
 
-    def __init__(self, message: str, job: Job, rank: int | None = None, remote_traceback: str = ""):
-        super().__init__(message, rank=rank, remote_traceback=remote_traceback)
+    def __init__(self, message: str, job: Job, rank: int | None = None, remote_traceback: str = "",
+                 hang: HangReport | None = None):
+        super().__init__(message, rank=rank, remote_traceback=remote_traceback, hang=hang)
         self.job = job
 
 
@@ -163,11 +165,12 @@ class _Progress:
                     self.say(found.group(0))
 
 
-def wait(job: Job, timeout: float, *, quiet: bool = False, poll: float = 0.5) -> Job:
+def wait(job: Job, timeout: float, *, quiet: bool = False, poll: float = 0.5, result_dir: Path | None = None) -> Job:
     """Wait until ``job`` ends, printing its progress (unless ``quiet``; see ``_Progress``).
 
     At most ``timeout`` seconds: then, or on an interruption, the job is cancelled; a timeout raises
-    ``SlurmJobError``.
+    ``SlurmJobError``, which says where each rank waited (``hang_finder``, from the ranks' ``result_dir``; the
+    stacks of ranks on this machine) before the job was cancelled.
     """
     if timeout <= 0:
         raise ValueError(f"timeout must be positive, got {timeout}")
@@ -176,9 +179,10 @@ def wait(job: Job, timeout: float, *, quiet: bool = False, poll: float = 0.5) ->
         while not refresh(job).ended:
             progress.poll()
             if time.monotonic() > deadline:
+                hang = find_hang(result_dir) if result_dir is not None and result_dir.is_dir() else HangReport()
                 cancel(job)
-                raise SlurmJobError(f"job {job.job_id} did not finish within {timeout:g} s; it was cancelled "
-                                    f"({job.state})", job)
+                lines = [f"job {job.job_id} did not finish within {timeout:g} s; it was cancelled ({job.state})"]
+                raise SlurmJobError("\n".join(lines + [f"  {line}" for line in hang.lines()]), job, hang=hang)
             time.sleep(poll)
     except KeyboardInterrupt:
         cancel(job)
@@ -258,7 +262,8 @@ def collect(submission: Submission, *, timeout: float = 300.0, quiet: bool = Fal
     """Wait at most ``timeout`` seconds for a started job; each rank's result, or ``SlurmJobError`` (see
     ``verdict``). The results folder is removed once read."""
     try:
-        return verdict(wait(submission.job, timeout, quiet=quiet), submission.result_dir)
+        return verdict(wait(submission.job, timeout, quiet=quiet, result_dir=submission.result_dir),
+                       submission.result_dir)
     finally:
         shutil.rmtree(submission.result_dir, ignore_errors=True)
 

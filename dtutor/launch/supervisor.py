@@ -26,6 +26,7 @@ from typing import Any
 
 import psutil
 
+from dtutor.launch.hang_finder import HangReport, find_hang
 from dtutor.launch.worker import RESULT_DIR_ENV
 from dtutor.progress import PROGRESS_ENV, RelayedBar
 
@@ -41,12 +42,16 @@ def one_prefix(line: str) -> str:
 
 
 class LaunchError(RuntimeError):
-    """A launch failed: ``rank`` is the first rank that failed (None if unknown), ``remote_traceback`` its traceback."""
+    """A launch failed: ``rank`` is the first rank that failed (None if unknown), ``remote_traceback`` its traceback.
+    A launch that timed out has each unfinished rank's Python stack in ``stacks`` and where it waits in ``waiting``
+    (rank -> ``{"op", "file", "line", "function", ...}``, see ``hang_finder``)."""
 
-    def __init__(self, message: str, rank: int | None = None, remote_traceback: str = ""):
+    def __init__(self, message: str, rank: int | None = None, remote_traceback: str = "",
+                 hang: HangReport | None = None):
         super().__init__(message)
         self.rank = rank
         self.remote_traceback = remote_traceback
+        self.stacks, self.waiting = (hang.stacks, hang.waiting) if hang else ({}, {})
 
 
 @dataclass
@@ -56,6 +61,7 @@ class _Outcome:
     failed: bool = False
     timed_out: bool = False
     tail: list[str] = field(default_factory=list)
+    hang: HangReport | None = None  # a timed-out launch: each rank's stack, taken before its processes were ended
 
 
 def kill_tree(processes: list[subprocess.Popen], grace: float = 5.0) -> None:
@@ -140,14 +146,19 @@ def _stream(processes: list[subprocess.Popen], deadline: float, quiet: bool) -> 
     return outcome
 
 
-def _run(commands: list[list[str]], envs: list[dict[str, str]], deadline: float, quiet: bool) -> _Outcome:
-    """Start one process per command (each in its own session), stream them, then end all that remain."""
+def _run(commands: list[list[str]], envs: list[dict[str, str]], deadline: float, quiet: bool,
+         result_dir: Path) -> _Outcome:
+    """Start one process per command (each in its own session), stream them, then end all that remain (after a
+    timeout, once the hang finder has taken every rank's stack)."""
     processes: list[subprocess.Popen] = []
     try:
         for command, env in zip(commands, envs, strict=True):
             processes.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                               text=True, bufsize=1, start_new_session=True))
-        return _stream(processes, deadline, quiet)
+        outcome = _stream(processes, deadline, quiet)
+        if outcome.timed_out:
+            outcome.hang = find_hang(result_dir)
+        return outcome
     finally:
         kill_tree(processes)  # a no-op after a clean finish; also runs on a failure or KeyboardInterrupt
 
@@ -159,7 +170,11 @@ def _verdict(result_dir: Path, outcome: _Outcome, entry: str, timeout: float) ->
         rank, text = failure
         raise LaunchError(f"rank {rank} of {entry} failed:\n{text}", rank=rank, remote_traceback=text)
     if outcome.timed_out:
-        raise LaunchError(f"{entry} did not finish within {timeout:g} s; all its processes were ended.")
+        hang = outcome.hang or HangReport()
+        lines = [f"  {line}" for line in hang.lines()]
+        found = (f", once {hang.tool} had found each rank here:" if hang.stacks else ":") if lines else "."
+        raise LaunchError("\n".join([f"{entry} did not finish within {timeout:g} s; all its processes were ended{found}",
+                                     *lines]), hang=hang)
     if outcome.failed:
         raise LaunchError(f"{entry} failed before a rank could report; last output:\n" + "\n".join(outcome.tail))
     return read_results(result_dir)
@@ -195,7 +210,7 @@ def supervise(
         print("$", display)
     try:
         per_command = [{**base, **extra} for extra in (envs or [{}] * len(commands))]
-        outcome = _run(commands, per_command, time.monotonic() + timeout, quiet)
+        outcome = _run(commands, per_command, time.monotonic() + timeout, quiet, result_dir)
         return _verdict(result_dir, outcome, entry, timeout)
     finally:
         shutil.rmtree(result_dir, ignore_errors=True)

@@ -3,8 +3,9 @@
 The worker finds its rank (from whichever launcher started it), prefixes its output lines with
 ``[rank N]`` (not under horovodrun, which prefixes them itself), calls the entry point with the arguments,
 and reports to the supervisor through the folder in ``DTUTOR_RESULT_DIR``: the pickled return value, or the
-time and traceback of the failure (one line for a refused value, ``ConfigError``). Started by hand in a
-terminal (no such folder), rank 0 prints a one-line ``result: ...`` instead.
+time and traceback of the failure (one line for a refused value, ``ConfigError``); and, asked by the hang finder
+(``SIGUSR1``), its stacks. Started by hand in a terminal (no such folder), rank 0 prints a one-line
+``result: ...`` instead.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from dtutor.config import ConfigError
+from dtutor.launch import hang_finder
 from dtutor.launch.arguments import parse_arguments, resolve_entry
 
 RESULT_DIR_ENV = "DTUTOR_RESULT_DIR"
@@ -144,6 +146,8 @@ def main(argv: list[str]) -> None:
     stdout, stderr = _Prefixed(sys.stdout, prefix), _Prefixed(sys.stderr, prefix)
     sys.stdout, sys.stderr = stdout, stderr
     result_dir = Path(os.environ[RESULT_DIR_ENV]) if RESULT_DIR_ENV in os.environ else None
+    if result_dir is not None:
+        hang_finder.arm(result_dir, rank)  # on SIGUSR1 this rank's stacks go to rankN.stack (a hung launch)
     try:
         result = resolve_entry(entry)(**kwargs)
         stdout.finish()

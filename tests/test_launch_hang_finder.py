@@ -1,0 +1,88 @@
+"""Tests for dtutor.launch.hang_finder: a hung launch (three of dtutor.failures.bugs' hangs) ends within its timeout,
+leaves nothing behind, and its LaunchError names the collective and the line each rank waits on, as py-spy or (with
+py-spy taken away) each worker's faulthandler found it."""
+
+import inspect
+import pickle
+import socket
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import marked_processes
+
+from dtutor import launch
+from dtutor.failures import bugs
+from dtutor.launch import hang_finder
+
+TIMEOUT = 7  # seconds: the ranks are in their collectives after about 4
+
+
+def line_of(function, code: str) -> int:
+    """The number of the line of ``function``'s source (in its file) whose text is ``code``."""
+    lines, first = inspect.getsourcelines(function)
+    (number,) = [first + i for i, line in enumerate(lines) if line.strip().startswith(code)]
+    return number
+
+
+# bug -> rank -> (the torch.distributed call it waits in, the start of its line of code)
+HANGS = {
+    "skip_collective": {0: ("all_reduce", "dist.all_reduce(loss)"), 1: ("barrier", "dist.barrier()")},
+    "unmatched_send": {0: ("recv", "dist.recv(theirs, src=peer)"), 1: ("recv", "dist.recv(theirs, src=peer)")},
+    "wrong_order": {0: ("broadcast", "dist.broadcast(seed, src=0)"), 1: ("all_reduce", "dist.all_reduce(loss)")},
+}
+
+
+@pytest.mark.parametrize(("bug", "tool"), [("skip_collective", "py-spy dump"), ("unmatched_send", "faulthandler"),
+                                           ("wrong_order", "py-spy dump")])
+def test_a_hung_launch_names_where_each_rank_waits(bug, tool, process_marker, monkeypatch):
+    if tool == "faulthandler":
+        monkeypatch.setattr(hang_finder, "py_spy", lambda: None)
+    started = time.monotonic()
+    with pytest.raises(launch.LaunchError) as caught:
+        launch.run(f"dtutor.failures.bugs:{bug}", nprocs=2, timeout=TIMEOUT, quiet=True)
+    assert time.monotonic() - started < TIMEOUT + 10
+    assert marked_processes(process_marker) == []
+    function, error = getattr(bugs, bug), caught.value
+    expected = {rank: {"op": op, "file": "bugs.py", "line": line_of(function, code), "function": bug}
+                for rank, (op, code) in HANGS[bug].items()}
+    assert {rank: {key: where[key] for key in expected[0]} for rank, where in error.waiting.items()} == expected
+    message = str(error).splitlines()
+    assert message[0].endswith(f"did not finish within {TIMEOUT} s; all its processes were ended, once {tool} had "
+                               "found each rank here:")
+    for rank, where in expected.items():
+        assert message[1 + rank].startswith(f"  rank {rank} waits in {where['op']} at bugs.py:{where['line']} ({bug}): "
+                                            f"{HANGS[bug][rank][1]}")
+    assert all(len(line) <= 150 for line in message) and len(message) == 3
+    stack_marks = {"py-spy dump": '"MainThread"', "faulthandler": "(most recent call first)"}
+    assert sorted(error.stacks) == [0, 1] and all(stack_marks[tool] in stack for stack in error.stacks.values())
+
+
+def test_outside_torch_distributed_the_call_its_own_code_made_is_named():
+    torch_dir = Path(torch.__file__).parent
+    stack = f"""Thread 0x00007f0000000001 (most recent call first):
+  File "{torch_dir}/utils/data/_utils/worker.py", line 10 in _worker_loop
+
+Current thread 0x00007f0000000002 (most recent call first):
+  File "{torch_dir}/autograd/graph.py", line 829 in _engine_run_backward
+  File "{torch_dir}/autograd/__init__.py", line 364 in backward
+  File "{torch_dir}/_tensor.py", line 630 in backward
+  File "/nowhere/train.py", line 42 in train_step
+  File "/nowhere/train.py", line 50 in <module>
+"""
+    assert hang_finder.where_it_waits(stack) == {"op": "backward", "file": "train.py", "line": 42,
+                                                 "function": "train_step", "path": "/nowhere/train.py", "code": ""}
+    assert hang_finder.where_it_waits(stack.replace(f"{torch_dir}/autograd/graph.py", "/nowhere/io.py")) == {
+        "op": None, "file": "io.py", "line": 829, "function": "_engine_run_backward", "path": "/nowhere/io.py",
+        "code": ""}
+
+
+def test_a_finished_rank_and_a_rank_on_another_host_are_said_so(tmp_path, no_process_may_start):
+    (tmp_path / "rank0.pkl").write_bytes(pickle.dumps({"done": True}))
+    (tmp_path / "rank0.pid").write_text(f"{socket.gethostname()} 1\n")
+    (tmp_path / "rank1.pid").write_text("node7 4242\n")
+    report = hang_finder.find_hang(tmp_path, timeout=0.1)
+    assert report.lines() == ["rank 0 finished (its result is in)",
+                              "rank 1 runs on node7: take its stack there (py-spy dump --pid 4242)"]
+    assert report.stacks == report.waiting == {}
