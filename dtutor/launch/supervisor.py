@@ -173,8 +173,8 @@ def _verdict(result_dir: Path, outcome: _Outcome, entry: str, timeout: float) ->
         hang = outcome.hang or HangReport()
         lines = [f"  {line}" for line in hang.lines()]
         found = (f", once {hang.tool} had found each rank here:" if hang.stacks else ":") if lines else "."
-        raise LaunchError("\n".join([f"{entry} did not finish within {timeout:g} s; all its processes were ended{found}",
-                                     *lines]), hang=hang)
+        first = f"{entry} did not finish within {timeout:g} s; all its processes were ended{found}"
+        raise LaunchError("\n".join([first, *lines]), hang=hang)
     if outcome.failed:
         raise LaunchError(f"{entry} failed before a rank could report; last output:\n" + "\n".join(outcome.tail))
     return read_results(result_dir)
