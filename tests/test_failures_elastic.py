@@ -28,8 +28,11 @@ def test_a_restart_resumes_from_the_checkpoint_bitwise_equal_to_an_unbroken_run(
     assert (report.restarts, report.resumed_from_epoch, report.epochs) == (1, 1, [1, 2])
     assert [r.rank for r in report.results] == [0, 1] and Path(checkpoint).exists()
     assert identical(report.results[0], unbroken[0]) and identical(report.results[1], unbroken[0])
-    assert "--max-restarts=1" in shown and "[rank 1] killed with SIGKILL at step 3 (attempt 0)" in shown
-    assert "resumed from ddp.pt after epoch 0" in shown  # the restarted rank 0 says so
+    assert "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 torchrun --standalone --nproc-per-node=2 --max-restarts=1" in shown
+    assert "[rank 1] killed with SIGKILL at the start of its optimizer step 3" in shown
+    assert "failed (exitcode: -9) local_rank: 1" in shown  # torchrun's own line: the kill it saw
+    assert "[rank 0] torchrun restarted every rank: restart 1 of at most 1" in shown
+    assert "[rank 0] resumed from ddp.pt after epoch 0" in shown  # the restarted rank 0 says so
     assert report.summary() == ("rank 1 was killed in epoch 1; torchrun restarted all 2 ranks 1 time(s); the last "
                                 "attempt trained epochs 1-2: it resumed from the checkpoint of epoch 0")
 

@@ -28,16 +28,11 @@ from dtutor.config import TrainConfig
 from dtutor.launch.commands import check_count
 from dtutor.launch.runners import run
 from dtutor.launch.training import prepare
+from dtutor.launch.worker import restart_count
 from dtutor.result import RunResult
 from dtutor.strategies import STRATEGIES
 
-RESTART_COUNT_ENV = "TORCHELASTIC_RESTART_COUNT"  # torchrun's count of the group's restarts so far, in every worker
 CRASHING_ENTRY = "dtutor.failures.elastic:train_killed_once"
-
-
-def attempt() -> int:
-    """This worker's attempt: 0 on the first start, N after torchrun's N-th restart of the group."""
-    return int(os.environ.get(RESTART_COUNT_ENV, "0"))
 
 
 def kill_at_step(strategy: Any, rank: int, step: int) -> None:
@@ -50,7 +45,7 @@ def kill_at_step(strategy: Any, rank: int, step: int) -> None:
         nonlocal steps
         steps += 1
         if steps == step and strategy.rank == rank:
-            print(f"killed with SIGKILL at step {step} (attempt {attempt()})", flush=True)
+            print(f"killed with SIGKILL at the start of its optimizer step {step}", flush=True)
             sys.stderr.flush()
             os.kill(os.getpid(), signal.SIGKILL)
         return train_step(*args, **kwargs)
@@ -68,10 +63,10 @@ def train_killed_once(crash_at_epoch: int, crash_rank: int = 1, **fields: Any) -
 
     config = TrainConfig.from_kwargs(**fields)
     strategy = strategies.load(config.strategy)(config)
-    if attempt() == 0:
+    if restart_count() == 0:
         kill_at_step(strategy, crash_rank, crash_at_epoch * config.steps_per_epoch() + 1)
     result = fit(config, strategy=strategy)
-    result.details["restarts"] = attempt()
+    result.details["restarts"] = restart_count()
     return result
 
 

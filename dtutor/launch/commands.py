@@ -21,6 +21,9 @@ TF_WORKER_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
 # Bounded waits of a multi-node rendezvous: the nodes wait up to join_timeout s for each other; a node that
 # cannot reach HOST stops after about 2 x read_timeout s (torchrun's defaults: 600 s and about 2 minutes).
 RENDEZVOUS_CONF = "join_timeout=120,read_timeout=30"
+# With restarts, every attempt gets a rendezvous store of its own: torch 2.13's restarted workers otherwise read the
+# dead attempt's gloo/nccl addresses from the store torchrun shares with them and fail to connect (pytorch#135712)
+RESTART_ENV = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
 COMMAND_WIDTH = 100  # a shown command longer than this is wrapped with ` \\` continuations
 WORKER_STARTS = ("-m", "--module", "python")  # where the launcher's options end and the worker's command starts
 HOST_HELP = ("HOST = the address of the machine you start first (its name, or an IP from `hostname -I`;\n"
@@ -82,7 +85,8 @@ def torchrun_command(
     The multi-node form bounds its waits (``RENDEZVOUS_CONF``): torchrun stops with a ``Rendezvous...Error``
     instead of waiting for a node that never comes or a HOST that cannot be reached. ``max_restarts`` > 0 adds
     ``--max-restarts=N``: when a worker fails, torchrun stops the whole group and starts it again, up to N times
-    (``--standalone`` is a c10d rendezvous on a free local port, so a single node restarts the same way).
+    (``--standalone`` is a c10d rendezvous on a free local port, so a single node restarts the same way); run it
+    with ``RESTART_ENV`` in its environment.
     """
     restarts = [f"--max-restarts={max_restarts}"] if max_restarts else []
     if nnodes == 1:

@@ -20,6 +20,7 @@ from typing import Any
 from dtutor.config import choose_backend
 from dtutor.launch.arguments import worker_arguments
 from dtutor.launch.commands import (
+    RESTART_ENV,
     TF_WORKER_ENV,
     check_count,
     deepspeed_command,
@@ -70,6 +71,7 @@ def run(
     ``[rank N]``; ``quiet`` hides them. Raises ``LaunchError`` if a rank fails or ``timeout`` seconds pass.
     ``max_restarts`` (torchrun's ``--max-restarts``): a failed rank first makes torchrun restart every rank, up
     to that many times (``TORCHELASTIC_RESTART_COUNT`` tells a worker its attempt); ``timeout`` covers them all.
+    Each attempt gets a rendezvous store of its own (``RESTART_ENV``, shown before the command).
     """
     check_count("nprocs", nprocs)
     check_count("nnodes", nnodes)
@@ -85,9 +87,11 @@ def run(
         command = torchrun_command(entry, nprocs, kwargs, nnodes=nnodes, endpoint=endpoint, job_id=job,
                                    max_restarts=max_restarts)
         commands = [python + command[1:]] * nnodes
-    display = shell_command(["torchrun", *commands[0][3:]]) + (f"   # x{nnodes} nodes" if nnodes > 1 else "")
+    env = RESTART_ENV if max_restarts else {}
+    display = shell_command([*(f"{name}={value}" for name, value in env.items()), "torchrun", *commands[0][3:]])
+    display += f"   # x{nnodes} nodes" if nnodes > 1 else ""
     return supervise(commands, entry=entry, timeout=timeout, quiet=quiet,
-                     threads=_threads(threads_per_rank, nprocs * nnodes), display=display)
+                     threads=_threads(threads_per_rank, nprocs * nnodes), envs=[env] * nnodes, display=display)
 
 
 def _check_horovod(framework: str) -> None:

@@ -27,6 +27,7 @@ from dtutor.launch.arguments import parse_arguments, resolve_entry
 
 RESULT_DIR_ENV = "DTUTOR_RESULT_DIR"
 RANK_VARIABLES = ("DTUTOR_RANK", "RANK", "HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK")
+RESTART_COUNT_ENV = "TORCHELASTIC_RESTART_COUNT"  # torchrun --max-restarts: how often it restarted the group so far
 RESULT_WIDTH = 200  # characters of a terminal run's result line: RunResult's one-line repr fits whole
 CLEAR_TO_END = "\x1b[K"  # the terminal's "erase to the end of the line"
 
@@ -79,6 +80,24 @@ def worker_rank() -> int:
     if "TF_CONFIG" in os.environ:
         return int(json.loads(os.environ["TF_CONFIG"]).get("task", {}).get("index", 0))
     return 0
+
+
+def restart_count() -> int:
+    """How many times torchrun (``--max-restarts``) restarted this worker's group before it: 0 on the first attempt."""
+    return int(os.environ.get(RESTART_COUNT_ENV, "0"))
+
+
+def _begin_restart(result_dir: Path | None, rank: int) -> None:
+    """After a torchrun restart: drop this rank's failure report from the attempt before (a launch's verdict is
+    its last attempt's) and, on rank 0, say which restart this is."""
+    restart = restart_count()
+    if restart == 0:
+        return
+    if result_dir is not None:
+        (result_dir / f"rank{rank}.err").unlink(missing_ok=True)
+    if rank == 0:
+        print(f"torchrun restarted every rank: restart {restart} of at most "
+              f"{os.environ.get('TORCHELASTIC_MAX_RESTARTS', '?')}")
 
 
 def short_repr(value: Any, width: int = RESULT_WIDTH) -> str:
@@ -148,6 +167,7 @@ def main(argv: list[str]) -> None:
     result_dir = Path(os.environ[RESULT_DIR_ENV]) if RESULT_DIR_ENV in os.environ else None
     if result_dir is not None:
         hang_finder.arm(result_dir, rank)  # on SIGUSR1 this rank's stacks go to rankN.stack (a hung launch)
+    _begin_restart(result_dir, rank)
     try:
         result = resolve_entry(entry)(**kwargs)
         stdout.finish()
