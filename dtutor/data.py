@@ -9,7 +9,8 @@ Where the images come from, in order:
    images, scaled up to 28x28 the way MNIST centres a 20x20 digit in a 28x28 frame), shuffled once with a
    fixed seed, then cut into 1,500 training and 297 test images. (scikit-learn stores them writer by writer,
    and its last writers' digits are unusually hard: an SVM scores 0.93 on the last 297 and 0.96 to 0.99 on
-   every other block of 297; the shuffle gives the test set the same writers as the training set.)
+   every other block of 297; the shuffle gives the test set the same writers as the training set.) They are
+   made once and kept in that folder (``FALLBACK_CACHE``), since every worker of every launch loads them.
 
 The loader says once per process, in one short line, which one it used (``MnistData.source``); the long
 reason is in ``MnistData.detail``.
@@ -23,6 +24,7 @@ import os
 import time
 import urllib.error
 import urllib.request
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +43,7 @@ MNIST_MIRRORS = (
 FALLBACK_SIZE = 1797  # scikit-learn's handwritten digits
 FALLBACK_TEST_SIZE = 297  # of scikit-learn's 1,797 digits (after the shuffle); the other 1,500 are for training
 FALLBACK_SEED = 0  # the one shuffle of the offline digits, the same in every process
+FALLBACK_CACHE = f"offline-digits-seed{FALLBACK_SEED}.npz"  # made once: scikit-learn and SciPy cost ~1 s a process
 RETRY_DOWNLOAD_AFTER_S = 600.0  # a failed download is not tried again within this time (any process)
 FAILURE_MARKER = ".download-failed"  # in the data folder: the time and the error of the last failed download
 _said: set[str] = set()  # the data sources this process has already named
@@ -117,7 +120,8 @@ def _load_original(folder: Path, split: str) -> MnistData:
     return MnistData(images, labels, f"MNIST from {folder.name}/", f"the original MNIST files in {folder}")
 
 
-def _load_fallback(split: str, why: str, detail: str) -> MnistData:
+def _make_offline_digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 1,797 digits in one fixed shuffle, each 8x8 image scaled to 20x20 inside a 28x28 frame."""
     from scipy.ndimage import zoom
     from sklearn.datasets import load_digits
 
@@ -126,10 +130,35 @@ def _load_fallback(split: str, why: str, detail: str) -> MnistData:
     small = digits.images[order].astype(np.float32) / 16.0  # (1797, 8, 8) in [0, 1]
     big = np.zeros((len(small), 28, 28), dtype=np.float32)
     big[:, 4:24, 4:24] = np.clip(zoom(small, (1, 2.5, 2.5), order=1), 0.0, 1.0)
-    labels = digits.target[order].astype(np.int64)
+    return big, digits.target[order].astype(np.int64)
+
+
+def offline_digits() -> tuple[np.ndarray, np.ndarray]:
+    """The offline digits (images, labels): from ``FALLBACK_CACHE`` in the data folder when it is there, else made
+    and saved there (written to a temporary name, then renamed, so a process never reads a half-written file)."""
+    cache = data_dir() / FALLBACK_CACHE
+    try:
+        with np.load(cache) as saved:
+            return saved["images"], saved["labels"]
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        pass
+    images, labels = _make_offline_digits()
+    partial = cache.with_name(f"{cache.name}.{os.getpid()}.partial")
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        with open(partial, "wb") as f:
+            np.savez(f, images=images, labels=labels)
+        os.replace(partial, cache)
+    except OSError:
+        partial.unlink(missing_ok=True)  # a read-only folder: every process makes them again
+    return images, labels
+
+
+def _load_fallback(split: str, why: str, detail: str) -> MnistData:
+    images, labels = offline_digits()
     cut = len(labels) - FALLBACK_TEST_SIZE
     part = slice(0, cut) if split == "train" else slice(cut, None)
-    return MnistData(big[part], labels[part], f"offline digits ({why})",
+    return MnistData(images[part], labels[part], f"offline digits ({why})",
                      f"scikit-learn's handwritten digits, 8x8 scaled to 28x28: {detail}")
 
 

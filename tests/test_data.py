@@ -43,6 +43,22 @@ def test_the_offline_digits_are_shuffled_once_the_same_way():
     assert np.array_equal(data.load_mnist(verbose=False).labels, train.labels)
 
 
+def test_the_offline_digits_are_made_once_and_read_back_the_same(fresh, monkeypatch):
+    made = data.offline_digits()  # an empty folder: made, then saved
+    assert (fresh / data.FALLBACK_CACHE).exists() and list(fresh.glob("*.partial")) == []
+
+    def refuse():
+        raise AssertionError("made again although saved")
+
+    monkeypatch.setattr(data, "_make_offline_digits", refuse)
+    read = data.offline_digits()
+    assert all(np.array_equal(a, b) and a.dtype == b.dtype for a, b in zip(made, read, strict=True))
+    (fresh / data.FALLBACK_CACHE).write_bytes(b"half a file")  # a damaged file is made again, not trusted
+    monkeypatch.undo()
+    monkeypatch.setenv("DTUTOR_DATA", str(fresh))
+    assert np.array_equal(data.offline_digits()[0], made[0])
+
+
 def test_original_files_in_the_cache_are_read(tmp_path, monkeypatch):
     monkeypatch.setenv("DTUTOR_DATA", str(tmp_path))
     rng = np.random.default_rng(0)
@@ -66,7 +82,8 @@ def test_a_download_with_a_bad_checksum_is_refused_and_the_fallback_says_why(fre
     monkeypatch.setattr(data.urllib.request, "urlopen", lambda url, timeout: io.BytesIO(b"not mnist"))
     loaded = data.load_mnist(limit=8, verbose=False)
     assert loaded.source == "offline digits (download failed)" and "checksum mismatch" in loaded.detail
-    assert [path.name for path in fresh.iterdir()] == [data.FAILURE_MARKER]  # no MNIST file kept
+    kept = sorted(path.name for path in fresh.iterdir())
+    assert kept == sorted([data.FAILURE_MARKER, data.FALLBACK_CACHE])  # no MNIST file kept
 
 
 def test_a_failed_download_is_said_in_one_line_and_not_tried_again_soon(fresh, monkeypatch, capsys):
