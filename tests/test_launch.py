@@ -229,6 +229,16 @@ def test_worker_leaves_only_its_result(probe, tmp_path):
     assert sorted(path.name for path in tmp_path.iterdir() if path.name.startswith("rank")) == ["rank0.pkl"]
 
 
+def test_a_worker_restarted_by_torchrun_drops_its_failure_from_the_attempt_before_and_says_so(probe, tmp_path):
+    (tmp_path / "rank0.err").write_text("1.0\nRuntimeError: the attempt before failed\n")
+    env = {**os.environ, "DTUTOR_RESULT_DIR": str(tmp_path), "DTUTOR_RANK": "0", "TORCHELASTIC_RESTART_COUNT": "1",
+           "TORCHELASTIC_MAX_RESTARTS": "3"}
+    done = subprocess.run([sys.executable, "-m", "dtutor.launch", f"{probe}:environment"], env=env, check=True,
+                          capture_output=True, text=True, timeout=120)
+    assert (tmp_path / "rank0.pkl").exists() and not (tmp_path / "rank0.err").exists()
+    assert done.stdout == "[rank 0] torchrun restarted every rank: restart 1 of at most 3\n"
+
+
 def test_a_terminal_run_prints_a_short_result_line(probe):
     env = {k: v for k, v in os.environ.items() if k != "DTUTOR_RESULT_DIR"}
     out = subprocess.run([sys.executable, "-m", "dtutor.launch", f"{probe}:big"], env=env, check=True,
