@@ -7,7 +7,7 @@ from dtutor.failures import oom
 
 def test_the_rank_that_ran_out_of_memory_is_named_with_the_allocators_error_and_nothing_is_left(process_marker):
     failure = oom.out_of_memory(2, heavy_rank=1, limit_mb=512, heavy_mb=2048, timeout=60, show=False)
-    assert failure.rank == 1
+    assert failure.rank == 1 and failure.message == "rank 1 of dtutor.failures.oom:need_memory failed:"
     assert "DefaultCPUAllocator" in failure.error and str(2048 * 2**20) in failure.error
     assert failure.where.startswith("oom.py:") and failure.where.endswith("in need_memory")
     assert marked_processes(process_marker) == []

@@ -46,8 +46,8 @@ def test_training_on_after_the_load_equals_an_unbroken_run_on_the_new_world_size
     each = result.loads[ranks]
     assert [e.epoch for e in each.continued.epochs] == [1] and [e.epoch for e in each.unbroken.epochs] == [0, 1]
     assert max_difference(each.continued, each.unbroken) < reshard.TOLERANCE
-    # the tolerance is far below what the epoch after the load changed: a load that lost the weights or Adam's
-    # moments would not pass
+    # the tolerance is far below what the epoch after the load changed: a load that lost the weights or the momentum
+    # buffers would not pass
     assert max_difference(each.continued, result.saved) > 1000 * reshard.TOLERANCE
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 import resource
+import textwrap
 import time
 from dataclasses import dataclass
 
@@ -61,6 +62,7 @@ def need_memory(heavy_rank: int = 1, limit_mb: int = 512, need_mb: int = 64, hea
 class OomFailure:
     """How an out-of-memory rank looks from the launch."""
 
+    message: str  # LaunchError's first line
     rank: int | None  # the rank LaunchError names
     error: str  # the traceback's last line: the exception and its message
     where: str  # the last Python frame: "file.py:line in function"
@@ -76,9 +78,9 @@ def last_frame(traceback_text: str) -> str:
 
 
 def _error_line(traceback_text: str) -> str:
-    """The traceback's last non-empty line, without torch's C++ enforce prefix."""
+    """The traceback's last non-empty line: the exception and its message."""
     lines = [line for line in traceback_text.strip().splitlines() if line.strip()]
-    return re.sub(r"\[enforce fail at [^\]]*\] \S* ?\. ?", "", lines[-1]) if lines else ""
+    return lines[-1] if lines else ""
 
 
 def out_of_memory(nprocs: int = 2, heavy_rank: int = 1, *, limit_mb: int = 512, heavy_mb: int = 2048,
@@ -90,11 +92,13 @@ def out_of_memory(nprocs: int = 2, heavy_rank: int = 1, *, limit_mb: int = 512, 
         launch.run("dtutor.failures.oom:need_memory", nprocs, timeout=timeout, quiet=True, heavy_rank=heavy_rank,
                    limit_mb=limit_mb, heavy_mb=heavy_mb)
     except launch.LaunchError as error:
-        failure = OomFailure(error.rank, _error_line(error.remote_traceback), last_frame(error.remote_traceback),
+        text = error.remote_traceback
+        failure = OomFailure(str(error).splitlines()[0], error.rank, _error_line(text), last_frame(text),
                              limit_mb, heavy_mb, time.monotonic() - start)
     else:
         raise RuntimeError(f"rank {heavy_rank} allocated {heavy_mb} MB within a {limit_mb} MB limit: raise heavy_mb")
     if show:
-        print(f"LaunchError: rank {failure.rank} failed at {failure.where}")
-        print(f"  {failure.error[:140]}")
+        print(f"LaunchError: {failure.message}  (error.rank = {failure.rank})")
+        print(f"  at {failure.where}")
+        print(textwrap.fill(failure.error, 140, initial_indent="  ", subsequent_indent="    "))
     return failure
