@@ -19,18 +19,18 @@ from dtutor.launch import hang_finder
 TIMEOUT = 7  # seconds: the ranks are in their collectives after about 4
 
 
-def line_of(function, code: str) -> int:
-    """The number of the line of ``function``'s source (in its file) whose text is ``code``."""
+def line_of(function, code: str, occurrence: int) -> int:
+    """The number (in its file) of the ``occurrence``-th line of ``function``'s source that starts with ``code``."""
     lines, first = inspect.getsourcelines(function)
-    (number,) = [first + i for i, line in enumerate(lines) if line.strip().startswith(code)]
-    return number
+    return [first + i for i, line in enumerate(lines) if line.strip().startswith(code)][occurrence]
 
 
-# bug -> rank -> (the torch.distributed call it waits in, the start of its line of code)
+# bug -> rank -> (the torch.distributed call it waits in, the start of its line of code, which such line: the
+# buggy branch's, after the fix's or the other rank's)
 HANGS = {
-    "skip_collective": {0: ("all_reduce", "dist.all_reduce(loss)"), 1: ("barrier", "dist.barrier()")},
-    "unmatched_send": {0: ("recv", "dist.recv(theirs, src=peer)"), 1: ("recv", "dist.recv(theirs, src=peer)")},
-    "wrong_order": {0: ("broadcast", "dist.broadcast(seed, src=0)"), 1: ("all_reduce", "dist.all_reduce(loss)")},
+    "skip_collective": {0: ("all_reduce", "dist.all_reduce(loss)", 0), 1: ("barrier", "dist.barrier()", 0)},
+    "unmatched_send": {0: ("recv", "dist.recv(theirs, src=peer)", -1), 1: ("recv", "dist.recv(theirs, src=peer)", -1)},
+    "wrong_order": {0: ("broadcast", "dist.broadcast(seed, src=0)", 0), 1: ("all_reduce", "dist.all_reduce(loss)", -1)},
 }
 
 
@@ -45,16 +45,16 @@ def test_a_hung_launch_names_where_each_rank_waits(bug, tool, process_marker, mo
     assert time.monotonic() - started < TIMEOUT + 10
     assert marked_processes(process_marker) == []
     function, error = getattr(bugs, bug), caught.value
-    expected = {rank: {"op": op, "file": "bugs.py", "line": line_of(function, code), "function": bug}
-                for rank, (op, code) in HANGS[bug].items()}
+    expected = {rank: {"op": op, "file": "bugs.py", "line": line_of(function, code, which), "function": bug}
+                for rank, (op, code, which) in HANGS[bug].items()}
     assert {rank: {key: where[key] for key in expected[0]} for rank, where in error.waiting.items()} == expected
     message = str(error).splitlines()
-    assert message[0].endswith(f"did not finish within {TIMEOUT} s; all its processes were ended, once {tool} had "
-                               "found each rank here:")
+    assert message[:2] == [f"{function.__module__}:{bug} did not finish within {TIMEOUT} s; all its processes were "
+                           "ended.", f"Before that, {tool} found each rank here:"]
     for rank, where in expected.items():
-        assert message[1 + rank].startswith(f"  rank {rank} waits in {where['op']} at bugs.py:{where['line']} ({bug}): "
+        assert message[2 + rank].startswith(f"  rank {rank} waits in {where['op']} at bugs.py:{where['line']} ({bug}): "
                                             f"{HANGS[bug][rank][1]}")
-    assert all(len(line) <= 150 for line in message) and len(message) == 3
+    assert all(len(line) <= 150 for line in message) and len(message) == 4
     stack_marks = {"py-spy dump": '"MainThread"', "faulthandler": "(most recent call first)"}
     assert sorted(error.stacks) == [0, 1] and all(stack_marks[tool] in stack for stack in error.stacks.values())
 

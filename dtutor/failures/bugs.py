@@ -9,9 +9,14 @@ names the collective each rank waits in::
     launch.run("dtutor.failures.bugs:skip_collective", nprocs=2, timeout=60, fixed=True)  # finishes
 
 In a terminal: ``torchrun --standalone --nproc-per-node 2 -m dtutor.launch dtutor.failures.bugs:wrong_order``.
+``show(name, **options)`` launches one and prints what a learner gets; ``every_fix`` runs all the fixes in one launch.
+Each joins the process group and leaves it joined (the next can use it; the worker's exit ends it).
 """
 
 from __future__ import annotations
+
+import re
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -33,7 +38,6 @@ def skip_collective(fixed: bool = False) -> dict:
         dist.all_reduce(loss)
         print(f"mean loss {loss.item() / world_size}")
     dist.barrier()  # e.g. before saving a checkpoint
-    leave_process_group()
     return {"rank": rank, "loss_sum": loss.item()}
 
 
@@ -44,7 +48,6 @@ def mismatched_shapes(fixed: bool = False) -> dict:
     labels = torch.tensor([0, 1, 2, 2]) if rank == 0 else torch.tensor([0, 3, 4, 4])
     counts = torch.bincount(labels, minlength=NUM_CLASSES if fixed else 0)  # BUG (unless fixed): length varies
     dist.all_reduce(counts)
-    leave_process_group()
     return {"rank": rank, "counts": counts.tolist()}
 
 
@@ -61,7 +64,6 @@ def unmatched_send(fixed: bool = False) -> dict:
     else:  # BUG: both ranks receive first, so no send is ever matched
         dist.recv(theirs, src=peer)
         dist.send(mine, dst=peer)
-    leave_process_group()
     return {"rank": rank, "received": theirs.item()}
 
 
@@ -76,7 +78,6 @@ def wrong_order(fixed: bool = False) -> dict:
     else:  # BUG: this rank calls the two collectives in the other order
         dist.all_reduce(loss)
         dist.broadcast(seed, src=0)
-    leave_process_group()
     return {"rank": rank, "seed": int(seed.item()), "loss_sum": loss.item()}
 
 
@@ -111,8 +112,6 @@ def unused_parameter(fixed: bool = False, steps: int = 3) -> dict:
     _train(model, steps, rank)
     weights = model.module.used.weight.detach().flatten().tolist()
     unused_grad = model.module.unused.weight.grad
-    del model
-    leave_process_group()
     return {"rank": rank, "steps": steps, "weights": weights, "unused_grad_is_none": unused_grad is None}
 
 
@@ -130,8 +129,6 @@ def uneven_inputs(join: bool = False) -> dict:
         _train(model, batches, rank)
     dist.barrier()  # e.g. before saving a checkpoint
     weights = model.module.weight.detach().flatten().tolist()
-    del model
-    leave_process_group()
     return {"rank": rank, "batches": batches, "weights": weights}
 
 
@@ -140,6 +137,32 @@ FIXES = {"skip_collective": {"fixed": True}, "mismatched_shapes": {"fixed": True
 
 
 def every_fix() -> dict[str, dict]:
-    """Each bug's fix in turn, in one launch (each joins and leaves the process group): what it returned on this
-    rank, by the bug's name."""
-    return {name: globals()[name](**options) for name, options in FIXES.items()}
+    """Each bug's fix in turn, in one launch and one process group: what it returned on this rank, by the bug's
+    name."""
+    results = {name: globals()[name](**options) for name, options in FIXES.items()}
+    leave_process_group()
+    return results
+
+
+def show(bug: str, timeout: float = 10.0, **options: Any) -> dict[str, Any]:
+    """Launch ``bug`` (a name above, with its ``options``) on 2 ranks and print what comes back: each rank's result;
+    or for a hang the launch's error, where each rank waited; or for a crash the failed rank's last traceback line.
+    Returns ``{"bug", "outcome": "finished" | "hung" | "crashed", ...}`` with ``results``, ``waiting`` (rank ->
+    op and line) or ``rank`` and ``error``."""
+    from dtutor import launch
+
+    try:
+        results = launch.run(f"dtutor.failures.bugs:{bug}", nprocs=2, timeout=timeout, quiet=True, **options)
+    except launch.LaunchError as error:
+        if error.rank is None:
+            print(error)
+            waiting = {rank: {"op": where["op"], "line": where["line"]} for rank, where in error.waiting.items()}
+            return {"bug": bug, "outcome": "hung", "waiting": waiting}
+        lines = error.remote_traceback.strip().splitlines()
+        last = next((line for line in reversed(lines) if re.match(r"[\w.]+(Error|Exception): ", line)), lines[-1])
+        last = re.sub(r"\[127\.0\.0\.1\]:\d+", "[127.0.0.1]:PORT", last)  # a port that changes every run
+        print(f"rank {error.rank} failed: {last}"[:150])
+        return {"bug": bug, "outcome": "crashed", "rank": error.rank, "error": last}
+    for result in results:
+        print(str(result)[:150])
+    return {"bug": bug, "outcome": "finished", "results": results}

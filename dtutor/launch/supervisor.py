@@ -172,9 +172,9 @@ def _verdict(result_dir: Path, outcome: _Outcome, entry: str, timeout: float) ->
     if outcome.timed_out:
         hang = outcome.hang or HangReport()
         lines = [f"  {line}" for line in hang.lines()]
-        found = (f", once {hang.tool} had found each rank here:" if hang.stacks else ":") if lines else "."
-        first = f"{entry} did not finish within {timeout:g} s; all its processes were ended{found}"
-        raise LaunchError("\n".join([first, *lines]), hang=hang)
+        found = [f"Before that, {hang.tool} found each rank here:" if hang.stacks else "Before that:"] if lines else []
+        first = f"{entry} did not finish within {timeout:g} s; all its processes were ended."
+        raise LaunchError("\n".join([first, *found, *lines]), hang=hang)
     if outcome.failed:
         raise LaunchError(f"{entry} failed before a rank could report; last output:\n" + "\n".join(outcome.tail))
     return read_results(result_dir)
