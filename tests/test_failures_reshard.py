@@ -2,7 +2,9 @@
 the new world size within ``reshard.TOLERANCE`` (2 and N ranks sum the gradient means in other groupings); the load
 itself is exact. One ``reshard()`` call (three launches) serves every test."""
 
+import tempfile
 import uuid
+from pathlib import Path
 
 import pytest
 from conftest import MARKER, marked_processes
@@ -11,16 +13,18 @@ from dtutor.failures import reshard
 from dtutor.result import identical, max_difference
 
 NEW_WORLD_SIZES = (1, 4)
+TEMPORARY = Path(tempfile.gettempdir())
 
 
 @pytest.fixture(scope="module")
 def resharded():
-    """``reshard()`` with every launched process marked, and the marked processes still alive after it."""
+    """``reshard()`` with every launched process marked; what it left: marked processes and its temporary folders."""
+    folders = set(TEMPORARY.glob("dtutor-reshard-*"))
     with pytest.MonkeyPatch.context() as patch:
         marker = uuid.uuid4().hex
         patch.setenv(MARKER, marker)
         result = reshard.reshard(NEW_WORLD_SIZES, show=False)
-    return result, marked_processes(marker)
+    return result, marked_processes(marker) + sorted(set(TEMPORARY.glob("dtutor-reshard-*")) - folders)
 
 
 def test_the_checkpoint_holds_each_parameter_in_one_chunk_per_saving_rank(resharded):

@@ -98,7 +98,7 @@ def out_of_memory(nprocs: int = 2, heavy_rank: int = 1, *, limit_mb: int = 512, 
     else:
         raise RuntimeError(f"rank {heavy_rank} allocated {heavy_mb} MB within a {limit_mb} MB limit: raise heavy_mb")
     if show:
-        print(f"LaunchError: {failure.message}  (error.rank = {failure.rank})")
+        print(f"LaunchError, rank={failure.rank}: {failure.message}")
         print(f"  at {failure.where}")
         print(textwrap.fill(failure.error, 140, initial_indent="  ", subsequent_indent="    "))
     return failure
