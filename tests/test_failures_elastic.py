@@ -30,7 +30,7 @@ def test_a_restart_resumes_from_the_checkpoint_bitwise_equal_to_an_unbroken_run(
     assert identical(report.results[0], unbroken[0]) and identical(report.results[1], unbroken[0])
     assert "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 torchrun --standalone --nproc-per-node=2 --max-restarts=1" in shown
     assert "[rank 1] killed with SIGKILL at the start of its optimizer step 3" in shown
-    assert "failed (exitcode: -9) local_rank: 1" in shown  # torchrun's own line: the kill it saw
+    assert "[torchrun] failed (exitcode: -9) local_rank: 1" in shown  # torchrun's own line: the kill it saw
     assert "[rank 0] torchrun restarted every rank: restart 1 of at most 1" in shown
     assert "[rank 0] resumed from ddp.pt after epoch 0" in shown  # the restarted rank 0 says so
     assert report.summary() == ("rank 1 was killed in epoch 1; torchrun restarted all 2 ranks 1 time(s); the last "

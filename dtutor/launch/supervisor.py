@@ -34,10 +34,15 @@ from dtutor.progress import PROGRESS_ENV, RelayedBar
 NOISE = ("All log messages before absl::InitializeLog() is called", "oneDNN custom operations are on")
 TAIL_LINES = 40  # output lines kept to explain a launch that failed before any rank reported
 HOROVOD_PREFIX = re.compile(r"^\[(\d+)\]<std(?:out|err)>:")  # horovodrun's prefix: "[0]<stdout>:"
+# torchrun's own log lines: "E1207 00:40:33.811000 23281 .venv/.../elastic/multiprocessing/api.py:1002] failed ..."
+TORCH_LOG_PREFIX = re.compile(r"^[DIWEF]\d{4} \d\d:\d\d:\d\d\.\d+ \d+ \S+:\d+\] ")
 
 
 def one_prefix(line: str) -> str:
-    """``line`` with horovodrun's ``[N]<stdout>:`` prefix written as the course's ``[rank N] `` (one prefix)."""
+    """``line`` with horovodrun's ``[N]<stdout>:`` prefix written as the course's ``[rank N] `` (one prefix), and
+    torchrun's log prefix (level, time, pid, file:line) as ``[torchrun] ``: its lines about a failed worker and a
+    restart stay short."""
+    line = TORCH_LOG_PREFIX.sub("[torchrun] ", line, count=1)
     return HOROVOD_PREFIX.sub(lambda match: f"[rank {match.group(1)}] ", line, count=1)
 
 
