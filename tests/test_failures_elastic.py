@@ -33,8 +33,8 @@ def test_a_restart_resumes_from_the_checkpoint_bitwise_equal_to_an_unbroken_run(
     assert "[torchrun] failed (exitcode: -9) local_rank: 1" in shown  # torchrun's own line: the kill it saw
     assert "[rank 0] torchrun restarted every rank: restart 1 of at most 1" in shown
     assert "[rank 0] resumed from ddp.pt after epoch 0" in shown  # the restarted rank 0 says so
-    assert report.summary() == ("rank 1 was killed in epoch 1; torchrun restarted all 2 ranks 1 time(s); the last "
-                                "attempt trained epochs 1-2: it resumed from the checkpoint of epoch 0")
+    assert report.summary() == ("rank 1 was killed in epoch 1; torchrun restarted all 2 ranks 1 time(s); they trained "
+                                "epochs 1-2: resumed from the checkpoint of epoch 0")
 
 
 def test_without_a_checkpoint_the_restart_starts_over(process_marker, unbroken):
@@ -42,7 +42,7 @@ def test_without_a_checkpoint_the_restart_starts_over(process_marker, unbroken):
     assert marked_processes(process_marker) == []
     assert (report.restarts, report.resumed_from_epoch, report.epochs) == (1, 0, [0, 1, 2])
     assert identical(report.results[0], unbroken[0])  # all of it trained again, from the same seed
-    assert report.summary().endswith("the last attempt trained epochs 0-2: it started over")
+    assert report.summary().endswith("; they trained epochs 0-2: started over")
 
 
 @pytest.mark.parametrize(

@@ -24,13 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dtutor import strategies
 from dtutor.config import TrainConfig
 from dtutor.launch.commands import check_count
 from dtutor.launch.runners import run
 from dtutor.launch.training import prepare
 from dtutor.launch.worker import restart_count
 from dtutor.result import RunResult
-from dtutor.strategies import STRATEGIES
 
 CRASHING_ENTRY = "dtutor.failures.elastic:train_killed_once"
 
@@ -58,8 +58,7 @@ def train_killed_once(crash_at_epoch: int, crash_rank: int = 1, **fields: Any) -
     ``crash_rank`` is killed at the first step of epoch ``crash_at_epoch`` on the first attempt only (a first
     attempt starts at epoch 0: ``train_through_crash`` refuses a checkpoint that exists). The result's
     ``details["restarts"]`` is this attempt's restart count."""
-    from dtutor import strategies
-    from dtutor.pytorch.driver import fit
+    from dtutor.pytorch.driver import fit  # here: the caller's side imports no torch
 
     config = TrainConfig.from_kwargs(**fields)
     strategy = strategies.load(config.strategy)(config)
@@ -84,19 +83,18 @@ class RestartReport:
 
     def summary(self) -> str:
         """One line for people: who was killed when, how many restarts, where training resumed."""
-        ranks = f"all {len(self.results)} ranks"
         trained = f"epochs {self.epochs[0]}-{self.epochs[-1]}" if len(self.epochs) > 1 else f"epoch {self.epochs[0]}"
         if self.resumed_from_epoch == 0:
-            how = "it started over" + ("" if self.checkpoint is None else " (no epoch had been saved)")
+            how = "started over" + ("" if self.checkpoint is None else " (no epoch had been saved)")
         else:
-            how = f"it resumed from the checkpoint of epoch {self.resumed_from_epoch - 1}"
-        return (f"rank {self.crash_rank} was killed in epoch {self.crash_at_epoch}; torchrun restarted {ranks} "
-                f"{self.restarts} time(s); the last attempt trained {trained}: {how}")
+            how = f"resumed from the checkpoint of epoch {self.resumed_from_epoch - 1}"
+        return (f"rank {self.crash_rank} was killed in epoch {self.crash_at_epoch}; torchrun restarted all "
+                f"{len(self.results)} ranks {self.restarts} time(s); they trained {trained}: {how}")
 
 
 def _check_crash(config: TrainConfig, nprocs: int, crash_at_epoch: int, crash_rank: int) -> None:
     """Refuse a crash that cannot happen as asked (``ValueError`` naming the argument)."""
-    info = STRATEGIES[config.strategy]
+    info = strategies.STRATEGIES[config.strategy]
     if info.launcher != "torchrun":
         raise ValueError(f"strategy: {config.strategy!r} runs under {info.launcher}; an elastic restart needs a "
                          "torchrun strategy (ddp, fsdp, deepspeed, the pipelines, ...)")
