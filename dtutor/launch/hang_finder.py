@@ -77,6 +77,12 @@ class HangReport:
             lines[rank] = f"rank {rank}: its stack names none of its own code (see .stacks[{rank}])"
         return [_cut(lines[rank]) for rank in sorted(lines)]
 
+    def explain(self, headline: str) -> str:
+        """``headline`` (e.g. "... did not finish within 10 s"), then where each rank was, as ``lines`` says."""
+        lines = [f"  {line}" for line in self.lines()]
+        found = [f"Before that, {self.tool} found each rank here:" if self.stacks else "Before that:"] if lines else []
+        return "\n".join([headline, *found, *lines])
+
 
 def _cut(line: str) -> str:
     return line if len(line) <= LINE_WIDTH else line[:LINE_WIDTH - 3] + "..."

@@ -181,8 +181,8 @@ def wait(job: Job, timeout: float, *, quiet: bool = False, poll: float = 0.5, re
             if time.monotonic() > deadline:
                 hang = find_hang(result_dir) if result_dir is not None and result_dir.is_dir() else HangReport()
                 cancel(job)
-                lines = [f"job {job.job_id} did not finish within {timeout:g} s; it was cancelled ({job.state})"]
-                raise SlurmJobError("\n".join(lines + [f"  {line}" for line in hang.lines()]), job, hang=hang)
+                headline = f"job {job.job_id} did not finish within {timeout:g} s; it was cancelled ({job.state})"
+                raise SlurmJobError(hang.explain(headline), job, hang=hang)
             time.sleep(poll)
     except KeyboardInterrupt:
         cancel(job)

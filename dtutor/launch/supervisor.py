@@ -176,10 +176,8 @@ def _verdict(result_dir: Path, outcome: _Outcome, entry: str, timeout: float) ->
         raise LaunchError(f"rank {rank} of {entry} failed:\n{text}", rank=rank, remote_traceback=text)
     if outcome.timed_out:
         hang = outcome.hang or HangReport()
-        lines = [f"  {line}" for line in hang.lines()]
-        found = [f"Before that, {hang.tool} found each rank here:" if hang.stacks else "Before that:"] if lines else []
-        first = f"{entry} did not finish within {timeout:g} s; all its processes were ended."
-        raise LaunchError("\n".join([first, *found, *lines]), hang=hang)
+        raise LaunchError(hang.explain(f"{entry} did not finish within {timeout:g} s; all its processes were ended."),
+                          hang=hang)
     if outcome.failed:
         raise LaunchError(f"{entry} failed before a rank could report; last output:\n" + "\n".join(outcome.tail))
     return read_results(result_dir)
