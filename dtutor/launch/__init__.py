@@ -18,11 +18,12 @@ the same way; ``train`` picks the right one for a training strategy. ``run_scrip
 
 Guarantees: bad input is refused before any process starts; every launch has a timeout; when a rank
 fails or the timeout expires, every process of the launch is ended and ``LaunchError`` names the
-failing rank with its traceback.
+failing rank with its traceback, or after a timeout the call each rank was waiting in (``hang_finder``).
 
 Modules: ``arguments`` (entry points, ``key=value`` words), ``commands`` (launcher commands),
-``supervisor`` (processes, output, timeout, results), ``runners`` (the launches), ``training`` (``train``,
-``train_many``), ``worker`` (what ``python -m dtutor.launch`` runs); for clusters, imported by name:
+``supervisor`` (processes, output, timeout, results), ``hang_finder`` (a timed-out launch: where each rank waits),
+``runners`` (the launches), ``training`` (``train``, ``train_many``), ``worker`` (what ``python -m dtutor.launch``
+runs); for clusters, imported by name:
 ``recipes`` (Slurm batch scripts for every launcher), ``ssh`` (the same jobs on machines reached by ssh),
 ``slurm`` (submit, wait, collect) and ``slurm_local`` (a throwaway Slurm cluster on this machine). Importing this
 package imports neither torch nor TensorFlow.

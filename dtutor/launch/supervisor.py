@@ -1,5 +1,6 @@
 """The machinery every launch shares: start the launcher processes, stream their output, enforce a timeout,
-end every process of the launch on a failure, and collect each rank's result or its traceback.
+end every process of the launch on a failure, and collect each rank's result or its traceback. After a timeout,
+before anything is ended, ``hang_finder`` takes each rank's stack: the error says where each rank waited.
 
 Workers (``python -m dtutor.launch``, see ``worker``) report through a temporary folder named in
 ``DTUTOR_RESULT_DIR``: ``rankN.pkl`` holds rank N's pickled return value, ``rankN.err`` the time and
