@@ -56,3 +56,32 @@ def test_join_lets_the_longer_shard_finish_its_last_step_alone(fixed):
     assert (first["batches"], second["batches"]) == (3, 2)
     assert first["weights"] == second["weights"]
     assert first["weights"] == pytest.approx(expected, abs=1e-6)
+
+
+
+def launch_raising(monkeypatch, error: Exception) -> None:
+    """``launch.run`` raises ``error`` (what ``bugs.show`` makes of a failed launch, without one)."""
+    def run(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(launch, "run", run)
+
+
+def test_show_names_a_crash_by_its_exception_line_without_the_changing_port(monkeypatch, capsys):
+    trace = ('Traceback (most recent call last):\n  File "bugs.py", line 3, in f\n'
+             "RuntimeError: [pair.cc:537] Read error [127.0.0.1]:41213: Connection reset by peer.\n"
+             " This is typically caused by a remote worker crashing.\n")
+    launch_raising(monkeypatch, launch.LaunchError("rank 1 failed", rank=1, remote_traceback=trace))
+    line = "RuntimeError: [pair.cc:537] Read error [127.0.0.1]:PORT: Connection reset by peer."
+    assert bugs.show("wrong_order") == {"bug": "wrong_order", "outcome": "crashed", "rank": 1, "error": line}
+    assert capsys.readouterr().out == f"rank 1 failed: {line}\n"
+
+
+def test_show_prints_a_hang_as_the_launch_explains_it(monkeypatch, capsys):
+    from dtutor.launch.hang_finder import HangReport
+
+    where = {"op": "recv", "file": "bugs.py", "line": 9, "function": "f", "path": "/x/bugs.py", "code": "dist.recv(t)"}
+    launch_raising(monkeypatch, launch.LaunchError("hung", hang=HangReport(stacks={0: "..."}, waiting={0: where})))
+    assert bugs.show("unmatched_send") == {"bug": "unmatched_send", "outcome": "hung",
+                                           "waiting": {0: {"op": "recv", "line": 9}}}
+    assert capsys.readouterr().out == "hung\n"
