@@ -33,7 +33,7 @@ from typing import IO, Any
 
 import psutil
 
-STACK_SIGNAL = signal.SIGUSR1
+STACK_SIGNAL = getattr(signal, "SIGUSR1", None)  # None on Windows: no faulthandler dumps there (py-spy still works)
 LINE_WIDTH = 150
 DISTRIBUTED_PATHS = ("/torch/distributed/",)  # where a collective's own frames are
 WRAPPERS = {"wrapper", "inner", "_fn", "decorate_context", "_wrapped_call_impl", "_call_impl"}
@@ -45,9 +45,10 @@ FAULTHANDLER_FRAME = re.compile(r'^\s+File "(?P<file>.+)", line (?P<line>\d+) in
 def arm(result_dir: Path, rank: int) -> None:
     """Worker side: on ``SIGUSR1``, write every thread's Python stack into ``rankN.stack``; record this process in
     ``rankN.pid`` (host and pid) so the supervisor can find it."""
-    stack_file = open(result_dir / f"rank{rank}.stack", "w")  # open for the process's whole life
-    _armed.append(stack_file)
-    faulthandler.register(STACK_SIGNAL, file=stack_file, all_threads=True)
+    if STACK_SIGNAL is not None:
+        stack_file = open(result_dir / f"rank{rank}.stack", "w")  # open for the process's whole life
+        _armed.append(stack_file)
+        faulthandler.register(STACK_SIGNAL, file=stack_file, all_threads=True)
     (result_dir / f"rank{rank}.pid").write_text(f"{socket.gethostname()} {os.getpid()}\n")
 
 
@@ -177,6 +178,8 @@ def _py_spy_dumps(workers: dict[int, psutil.Process], timeout: float) -> dict[in
 
 def _faulthandler_dumps(result_dir: Path, workers: dict[int, psutil.Process], timeout: float) -> dict[int, str]:
     """Signal each worker (``SIGUSR1``) and read the stacks its faulthandler writes, waiting at most ``timeout``."""
+    if STACK_SIGNAL is None:
+        return {}
     for process in workers.values():
         try:
             process.send_signal(STACK_SIGNAL)
