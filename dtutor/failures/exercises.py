@@ -26,7 +26,7 @@ BARRIER_LAYERS = tool_ranks.LAYERS  # the exercise's layers per rank (rank 0 che
 BARRIER_WAIT = 2.0  # the exercise's monitored_barrier timeout, in seconds
 HANG_SCRIPT = tools.EXAMPLES / "hangs_train.py"
 HANG_RUN = {"steps": 40, "target_loss": 0.1, "lr": 0.05}  # the options the check gives the learner's script
-HANG_TIMEOUT = 60.0  # seconds the fixed script may take on 2 ranks before it counts as hung (start-up included)
+HANG_TIMEOUT = 30.0  # seconds the fixed script may take on 2 ranks before it counts as hung (start-up included)
 
 
 def _as_ranks(answer: Any) -> list[int] | None:
@@ -51,9 +51,8 @@ def check_barrier_prediction(answer: Any, *, report: dict | None = None) -> Verd
         return _say("not quite", f"{what}: expected a rank or a list of ranks, got {answer!r}")
     report = report or tools.barrier_report(BARRIER_LAYERS, BARRIER_WAIT, quiet=True)
     arrives = tool_ranks.seconds_before_barrier(BARRIER_LAYERS[0])
-    why = (f"Rank 0 arrives after {arrives:.1f} s and waits {BARRIER_WAIT:g} s more, until "
-           f"{arrives + BARRIER_WAIT:.1f} s: a rank that arrives later is named.\nThe real run's rank 0 said: "
-           f"{report['message']}")
+    why = (f"Rank 0 arrives at {arrives:.1f} s and waits {BARRIER_WAIT:g} s, until {arrives + BARRIER_WAIT:.1f} s: "
+           f"later ranks are named.\nThe real run's rank 0 said: {report['message']}")
     return check_answer(predicted, sorted(report["named"]), what=what, why=why)
 
 

@@ -202,8 +202,8 @@ def _readable_by_torchfrtrace(dump: bytes) -> bytes:
 def flight_recorder(bug: str = "skip_collective", wait: float = 3.0, *, timeout: float = 90.0,
                     quiet: bool = False) -> dict:
     """Run ``tool_ranks.recorded`` (``bugs.BUG`` with the flight recorder on, collectives that give up after ``wait``
-    s), then torch's analyser ``torchfrtrace`` on the ranks' dumps. Returns ``{"culprit", "error_type", "sequence",
-    "collective", "ranks": {rank: {"error", "line", "last_op"}}, "analysis": torchfrtrace's lines}``."""
+    s), then torch's analyser ``torchfrtrace`` on the ranks' dumps. Returns ``{"culprit", "error_type", "explanation",
+    "sequence", "ranks": {rank: {"error", "line", "last_op"}}, "analysis": torchfrtrace's lines}``."""
     from dtutor.launch import run, torchrun_command
 
     with tempfile.TemporaryDirectory(prefix="dtutor-fr-") as dumps:
@@ -219,8 +219,9 @@ def flight_recorder(bug: str = "skip_collective", wait: float = 3.0, *, timeout:
         command = [str(Path(sys.executable).with_name("torchfrtrace")), dumps, "--prefix", FR_PREFIX]
         analysis = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                   timeout=timeout).stdout  # its report is logged, to stderr
-    lines = [line.rstrip() for line in analysis.split("collective stack trace:")[0].splitlines()
-             if line.strip() and "tabulate is not installed" not in line]
+    text = analysis.split("collective stack trace:")[0]  # the stack's lines hold this machine's paths
+    text = text.replace("; Error type", ";\n    Error type").replace(", Expected", ",\n    Expected")
+    lines = [line.rstrip() for line in text.splitlines() if line.strip() and "tabulate is not" not in line]
     found = re.search(r"Culprit rank (\d+); Error type: (\w+), (.*)", analysis)
     sequence = re.search(r"Collective sequence number: (\d+)", analysis)
     facts = {"culprit": int(found[1]) if found else None, "error_type": found[2] if found else None,
