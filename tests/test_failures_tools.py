@@ -20,7 +20,7 @@ from dtutor.failures import bugs, tool_ranks, tools
 CALLS = {  # each tool with short waits: what the tests read
     "init": (tools.init_timeout, {"wait": 2.0}),
     "detail": (tools.debug_detail, {"bug": "mismatched_shapes"}),
-    "barrier": (tools.barrier_report, {"layers": (2, 3, 40, 8), "wait": 2.0}),
+    "barrier": (tools.barrier_report, {}),  # the exercise's layers, tool_ranks.LAYERS = (2, 3, 40, 8), and wait 2 s
     "error_file": (tools.error_file, {}),
     "recorder": (tools.flight_recorder, {"bug": "skip_collective", "wait": 2.0}),
 }
