@@ -52,6 +52,15 @@ def arm(result_dir: Path, rank: int) -> None:
     (result_dir / f"rank{rank}.pid").write_text(f"{socket.gethostname()} {os.getpid()}\n")
 
 
+def disarm(result_dir: Path, rank: int) -> None:
+    """Worker side, once the entry point returned or raised: no stack dump any more, and neither file is left."""
+    if STACK_SIGNAL is not None and _armed:
+        faulthandler.unregister(STACK_SIGNAL)
+        _armed.pop().close()
+    for suffix in ("stack", "pid"):
+        (result_dir / f"rank{rank}.{suffix}").unlink(missing_ok=True)
+
+
 @dataclass
 class HangReport:
     """What each rank was doing when the launch timed out: ``stacks`` (rank -> stack text), ``waiting`` (rank ->

@@ -154,6 +154,12 @@ def drop_local_rank(argv: list[str]) -> list[str]:
     return words
 
 
+def _finished(result_dir: Path | None, rank: int) -> None:
+    """The entry point returned or raised: the hang finder's files go (a result folder holds only results)."""
+    if result_dir is not None:
+        hang_finder.disarm(result_dir, rank)
+
+
 def main(argv: list[str]) -> None:
     """Run ``ENTRY key=value ...`` (``argv``) as this rank; exit with status 1 if the entry point raises."""
     argv = drop_local_rank(argv)
@@ -172,8 +178,10 @@ def main(argv: list[str]) -> None:
         result = resolve_entry(entry)(**kwargs)
         stdout.finish()
     except BaseException as error:
+        _finished(result_dir, rank)
         _report_failure(result_dir, rank, error)
         raise SystemExit(1) from None
+    _finished(result_dir, rank)
     _report_result(result_dir, rank, result)
     stdout.finish()
     stderr.finish()
