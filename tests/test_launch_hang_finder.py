@@ -39,6 +39,7 @@ HANGS = {
 def test_a_hung_launch_names_where_each_rank_waits(bug, tool, process_marker, monkeypatch):
     if tool == "faulthandler":
         monkeypatch.setattr(hang_finder, "py_spy", lambda: None)
+    monkeypatch.setenv("CLICOLOR_FORCE", "1")  # as in a Jupyter kernel: py-spy would colour its frames
     started = time.monotonic()
     with pytest.raises(launch.LaunchError) as caught:
         launch.run(f"dtutor.failures.bugs:{bug}", nprocs=2, timeout=TIMEOUT, quiet=True)

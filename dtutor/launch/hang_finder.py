@@ -38,6 +38,7 @@ LINE_WIDTH = 150
 DISTRIBUTED_PATHS = ("/torch/distributed/",)  # where a collective's own frames are
 WRAPPERS = {"wrapper", "inner", "_fn", "decorate_context", "_wrapped_call_impl", "_call_impl"}
 _armed: list[IO[str]] = []  # the open stack files faulthandler writes into (kept open for the process's life)
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 PYSPY_FRAME = re.compile(r"^\s+(?P<function>\S.*?) \((?P<file>[^()]+):(?P<line>\d+)\)$")
 FAULTHANDLER_FRAME = re.compile(r'^\s+File "(?P<file>.+)", line (?P<line>\d+) in (?P<function>.+)$')
 
@@ -170,13 +171,16 @@ def _py_spy_dumps(workers: dict[int, psutil.Process], timeout: float) -> dict[in
     program = py_spy()
     if program is None:
         return {}
-    running = {rank: subprocess.Popen([program, "dump", "--full-filenames", "--pid", str(process.pid)],
+    plain = {key: value for key, value in os.environ.items() if key not in ("CLICOLOR_FORCE", "FORCE_COLOR")}
+    plain["NO_COLOR"] = "1"  # a Jupyter kernel asks for colours (CLICOLOR_FORCE): py-spy would paint the frames
+    running = {rank: subprocess.Popen([program, "dump", "--full-filenames", "--pid", str(process.pid)], env=plain,
                                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
                for rank, process in workers.items()}
     dumps = {}
     for rank, dump in running.items():
         try:
             out, _ = dump.communicate(timeout=timeout)
+            out = ANSI_ESCAPE.sub("", out)  # whatever colours are left
             if dump.returncode == 0 and "Thread " in out:
                 dumps[rank] = out
         except subprocess.TimeoutExpired:
