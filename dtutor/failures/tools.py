@@ -176,7 +176,7 @@ def error_file(*, timeout: float = 90.0, quiet: bool = False) -> dict:
     return facts
 
 
-PY_SPY_ABOUT = ("py-spy dump --pid PID prints every thread's Python stack of a running process without stopping it: "
+PY_SPY_ABOUT = ("py-spy dump --pid PID prints every thread's Python stack of a running process without stopping it:\n"
                 "run it on each rank of a hung job to see the line each one waits on.")
 
 
