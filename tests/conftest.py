@@ -3,7 +3,9 @@ import os
 os.environ.setdefault("DTUTOR_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
+import concurrent.futures  # noqa: E402
 import mmap  # noqa: E402
+import multiprocessing  # noqa: E402
 import pickle  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -177,6 +179,21 @@ def no_process_may_start(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorflow", None)  # `import tensorflow` now raises ImportError
     yield
     assert psutil.Process().children(recursive=True) == []
+
+
+def side_by_side(calls: dict[str, tuple], timeout: float) -> dict:
+    """Each call, ``(function, *args)``, in a fresh process of its own, all at once (launches that mostly wait):
+    name -> what it returned. Its processes end with it, multiprocessing's resource tracker too, which the pool
+    starts and which would otherwise stay this process's child until pytest exits (tests assert none is left)."""
+    from multiprocessing import resource_tracker
+
+    spawn = multiprocessing.get_context("spawn")
+    try:
+        with concurrent.futures.ProcessPoolExecutor(len(calls), mp_context=spawn) as pool:
+            futures = {name: pool.submit(*call) for name, call in calls.items()}
+            return {name: future.result(timeout=timeout) for name, future in futures.items()}
+    finally:
+        resource_tracker._resource_tracker._stop()  # no public way to end it; it starts again when needed
 
 
 def never_written(nbytes: int, dtype: "torch.dtype | None" = None) -> "torch.Tensor":

@@ -5,15 +5,13 @@ step; the barrier exercise's check compares a prediction with the ranks the run 
 The three launches run side by side, each from a process of its own (the hung one waits out its timeout).
 """
 
-import concurrent.futures
 import contextlib
 import io
-import multiprocessing
 import os
 import uuid
 
 import pytest
-from conftest import MARKER, marked_processes
+from conftest import MARKER, marked_processes, side_by_side
 
 from dtutor.failures import exercises, tool_ranks
 
@@ -26,7 +24,7 @@ FIXES = {  # the provided script's early stop, decided on each rank's own loss, 
               "        dist.broadcast(stop, src=0)  # rank 0 decides: no hang, but not the mean\n"
               "        if stop.item():\n"),
 }
-HUNG_TIMEOUT = 15.0  # seconds the provided script gets before it counts as hung (start-up under load included)
+HUNG_TIMEOUT = 30.0  # seconds the provided script gets before it counts as hung (start-up and 17 steps under load)
 
 
 def marked_check(marker: str, script: str, timeout: float) -> tuple[bool, str]:
@@ -54,10 +52,7 @@ def checked(marker, tmp_path_factory) -> dict:
     for name, fix in FIXES.items():
         (folder / f"{name}_fix.py").write_text(source.replace(BUG, fix))
         scripts[name] = (str(folder / f"{name}_fix.py"), 120.0)
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(len(scripts), mp_context=context) as pool:
-        futures = {name: pool.submit(marked_check, marker, *script) for name, script in scripts.items()}
-        return {name: future.result(timeout=300) for name, future in futures.items()}
+    return side_by_side({name: (marked_check, marker, *script) for name, script in scripts.items()}, timeout=300)
 
 
 def test_every_verdict_fits_the_screen(checked):
@@ -71,7 +66,7 @@ def test_the_provided_script_is_reported_hung_with_where_each_rank_waits(checked
                                       "where each rank waits:"
     # the rank whose own loss fell below the target first left the loop for the barrier; the other is in backward
     assert any("waits in barrier at hangs_train.py" in line for line in lines[1:])
-    assert any("waits in Tensor.backward at hangs_train.py" in line for line in lines[1:])
+    assert any("waits in backward at hangs_train.py" in line for line in lines[1:])
 
 
 def test_a_fix_that_decides_on_the_mean_loss_is_right(checked):

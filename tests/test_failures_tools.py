@@ -6,14 +6,12 @@ The five launches run side by side, each in a process of its own (most of each i
 timeout; a tool may set environment variables for its launch), so the file takes about as long as its slowest one.
 """
 
-import concurrent.futures
 import linecache
-import multiprocessing
 import os
 import uuid
 
 import pytest
-from conftest import MARKER, marked_processes
+from conftest import MARKER, marked_processes, side_by_side
 
 from dtutor.failures import bugs, tool_ranks, tools
 
@@ -42,11 +40,8 @@ def marked_call(marker: str, function, kwargs: dict):
 @pytest.fixture(scope="module")
 def found(marker) -> dict:
     """What each tool returned, by the names of ``CALLS``; all launched at once, each from a fresh process."""
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(len(CALLS), mp_context=context) as pool:
-        futures = {name: pool.submit(marked_call, marker, function, kwargs)
-                   for name, (function, kwargs) in CALLS.items()}
-        return {name: future.result(timeout=240) for name, future in futures.items()}
+    return side_by_side({name: (marked_call, marker, function, kwargs) for name, (function, kwargs) in CALLS.items()},
+                        timeout=240)
 
 
 def code_at(line: str, module) -> str:

@@ -114,7 +114,9 @@ def _main_thread(stack: str, frame: re.Pattern[str]) -> list[dict[str, Any]]:
         if text.startswith(("Thread ", "Current thread ")):
             threads.append([])
         elif threads and (found := frame.match(text)):
-            threads[-1].append({**found.groupdict(), "line": int(found["line"])})
+            # the bare name: py-spy writes "Tensor.backward", faulthandler "backward"
+            bare = found["function"].rsplit(".", 1)[-1]
+            threads[-1].append({**found.groupdict(), "function": bare, "line": int(found["line"])})
     main = [frames for frames in threads if any(frame["function"] == "<module>" for frame in frames)]
     return (main or threads or [[]])[0]
 

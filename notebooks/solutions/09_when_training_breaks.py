@@ -6,8 +6,9 @@ Run them (CI does, through the notebook's own check cells): ``python notebooks/s
 import tempfile
 from pathlib import Path
 
-from dtutor import exercises as course_exercises
-from dtutor.failures import exercises, tool_ranks
+from dtutor import exercises
+from dtutor.failures import exercises as failure_exercises
+from dtutor.failures import tool_ranks
 
 BUG = "        if loss.item() < args.target_loss:  # good enough: stop early"  # each rank decides on its own half
 FIX = ("        mean_loss = loss.detach().clone()\n"
@@ -18,9 +19,9 @@ FIX = ("        mean_loss = loss.detach().clone()\n"
 def answers() -> dict:
     """``my_prediction``: the ranks whose work before the barrier outlasts its timeout (rank 0 checks the others in,
     so it is never named); ``my_script``: a copy of the script whose early stop uses the mean loss of all ranks."""
-    late = [rank for rank, layers in enumerate(exercises.BARRIER_LAYERS)
-            if rank > 0 and tool_ranks.seconds_before_barrier(layers) > exercises.BARRIER_WAIT]
-    source = exercises.HANG_SCRIPT.read_text()
+    late = [rank for rank, layers in enumerate(failure_exercises.BARRIER_LAYERS)
+            if rank > 0 and tool_ranks.seconds_before_barrier(layers) > failure_exercises.BARRIER_WAIT]
+    source = failure_exercises.HANG_SCRIPT.read_text()
     assert BUG in source, "the provided script changed: update the worked solution"
     fixed = Path(tempfile.mkdtemp(prefix="dtutor-09-")) / "my_hangs_train.py"
     fixed.write_text(source.replace(BUG, FIX))
@@ -28,4 +29,4 @@ def answers() -> dict:
 
 
 if __name__ == "__main__":
-    raise SystemExit(0 if course_exercises.check_solution(__file__) else 1)
+    raise SystemExit(0 if exercises.check_solution(__file__) else 1)
