@@ -117,7 +117,7 @@ def run_variant(name: str, variant: dict[str, Any], batch: int, steps: int, epoc
                 timeout: float) -> list[dict[str, Any]]:
     """One launch of one variant on 2 ranks; every rank's measurements (``dtutor.bench.runner``)."""
     from dtutor import launch
-    from dtutor.bench.suite import environment
+    from dtutor.launch.commands import environment
 
     case = _case(name, variant, batch, steps, epochs)
     options = {"timeout": timeout, "quiet": True, "threads_per_rank": 1, "cases": [case]}
@@ -135,7 +135,8 @@ def investigate(rounds: int = 3, batch_per_rank: int = 256, steps: int = 2, epoc
     """Every variant in ``rounds`` rotated rounds, then the idle CPU of each library; the evidence as a dict."""
     from dtutor import launch
     from dtutor.bench.machine import machine
-    from dtutor.bench.suite import environment, rotated
+    from dtutor.bench.suite import rotated
+    from dtutor.launch.commands import environment
 
     variants = variants or VARIANTS
     where = machine()

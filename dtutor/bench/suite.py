@@ -18,16 +18,15 @@ efficiency is the median of each round's T2 / (2 T1). ``rows.build_rows`` turns 
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import os
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from dtutor.bench.machine import machine
 from dtutor.config import gpu_count
+from dtutor.launch.commands import environment
 from dtutor.strategies import STRATEGIES
 
 
@@ -178,21 +177,6 @@ def plan(mode: Mode, rows: list[Row] | None = None, gpus: int | None = None) -> 
         mirrored = Row("tf_reference", "mirrored", "TensorFlow, one replica", "tensorflow", "inprocess", "data")
         add("proof:tf_reference", mirrored, 1, proof_fields(mirrored), probe=True)
     return {"launches": launches, "skipped": skipped, "rows": rows}
-
-
-@contextlib.contextmanager
-def environment(**variables: str) -> Iterator[None]:
-    """Set environment variables for the launches started inside (they inherit this process's)."""
-    before = {name: os.environ.get(name) for name in variables}
-    os.environ.update(variables)
-    try:
-        yield
-    finally:
-        for name, value in before.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def start(key: tuple[str, int], cases: list[dict[str, Any]], timeout: float) -> list[list[dict[str, Any]]]:

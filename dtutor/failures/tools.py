@@ -20,40 +20,23 @@ file and line. ``quiet=True`` prints nothing.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import pickle
 import re
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from dtutor.failures.tool_ranks import LAYERS, code_line
+from dtutor.launch.commands import environment
 
 EXAMPLES = Path(__file__).resolve().parent.parent.parent / "examples"
 RANKS = "dtutor.failures.tool_ranks"
 BUGS = "dtutor.failures.bugs"
 WIDTH = 150  # characters of a printed line
 FR_PREFIX = "rank_"  # the flight recorder's dump files: rank_0, rank_1, ...
-
-
-@contextlib.contextmanager
-def environment(**variables: str) -> Iterator[None]:
-    """Set environment variables for the launches inside the block (a launch's processes inherit this process's
-    environment, as with ``NAME=value torchrun ...`` in a terminal); the old values come back after."""
-    old = {name: os.environ.get(name) for name in variables}
-    os.environ.update(variables)
-    try:
-        yield
-    finally:
-        for name, value in old.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def _say(*lines: str, quiet: bool) -> None:

@@ -6,10 +6,12 @@ only inside the functions that need it, so TensorFlow workers can import this pa
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
+import os
 import shlex
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from dtutor.launch.arguments import resolve_entry, worker_arguments
@@ -157,3 +159,19 @@ def horovodrun_command(entry: str, nprocs: int, kwargs: dict[str, Any], hosts: s
     """The ``horovodrun`` command for ``entry`` on ``nprocs`` processes over ``hosts`` (default: this machine)."""
     hosts = hosts or f"localhost:{nprocs}"
     return ["horovodrun", "-np", str(nprocs), "--gloo", "-H", hosts, "python", *worker_arguments(entry, kwargs)]
+
+
+@contextlib.contextmanager
+def environment(**variables: str) -> Iterator[None]:
+    """Set environment variables for the launches started inside the block (a launch's processes inherit this
+    process's environment, as with ``NAME=value torchrun ...`` in a terminal); the old values come back after."""
+    before = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
