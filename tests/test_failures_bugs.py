@@ -77,6 +77,14 @@ def test_show_names_a_crash_by_its_exception_line_without_the_changing_port(monk
     assert capsys.readouterr().out == f"rank 1 failed: {line}\n"
 
 
+def test_show_names_a_crash_that_no_rank_reported_as_a_crash(monkeypatch, capsys):
+    headline = "dtutor.failures.bugs:mismatched_shapes failed before a rank could report; last output:"
+    launch_raising(monkeypatch, launch.LaunchError(headline + "\n[rank 0] terminate called"))
+    assert bugs.show("mismatched_shapes") == {"bug": "mismatched_shapes", "outcome": "crashed", "rank": None,
+                                              "error": headline}
+    assert capsys.readouterr().out == headline + "\n"
+
+
 def test_show_prints_a_hang_as_the_launch_explains_it(monkeypatch, capsys):
     from dtutor.launch.hang_finder import HangReport
 

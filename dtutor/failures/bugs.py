@@ -154,6 +154,10 @@ def show(bug: str, timeout: float = 10.0, **options: Any) -> dict[str, Any]:
     try:
         results = launch.run(f"dtutor.failures.bugs:{bug}", nprocs=2, timeout=timeout, quiet=True, **options)
     except launch.LaunchError as error:
+        if error.rank is None and not error.timed_out:  # a rank died before any could report (torchrun ended all)
+            headline = str(error).splitlines()[0]
+            print(headline[:150])
+            return {"bug": bug, "outcome": "crashed", "rank": None, "error": headline}
         if error.rank is None:
             print(error)
             waiting = {rank: {"op": where["op"], "line": where["line"]} for rank, where in error.waiting.items()}

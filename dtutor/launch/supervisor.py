@@ -18,6 +18,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -43,7 +44,9 @@ def one_prefix(line: str) -> str:
     """``line`` with horovodrun's ``[N]<stdout>:`` prefix written as the course's ``[rank N] `` (one prefix), and
     torchrun's log prefix (level, time, pid, file:line) as ``[torchrun] ``: its lines about a failed worker and a
     restart stay short."""
-    line = TORCH_LOG_PREFIX.sub("[torchrun] ", line, count=1)
+    line, torchrun = TORCH_LOG_PREFIX.subn("[torchrun] ", line, count=1)
+    if torchrun:  # "... of binary: /the/venv/bin/python": the interpreter by its name (the path is this machine's)
+        line = line.replace(f"binary: {sys.executable}", f"binary: {Path(sys.executable).name}")
     return HOROVOD_PREFIX.sub(lambda match: f"[rank {match.group(1)}] ", line, count=1)
 
 
@@ -57,6 +60,7 @@ class LaunchError(RuntimeError):
         super().__init__(message)
         self.rank = rank
         self.remote_traceback = remote_traceback
+        self.timed_out = hang is not None  # a timeout always carries the hang finder's report, even an empty one
         self.stacks, self.waiting = (hang.stacks, hang.waiting) if hang else ({}, {})
 
 
