@@ -13,6 +13,8 @@ returns one report per answer:
 
 Each answer ends with a barrier on the launch's key-value store, not a collective: a rank that finished waits
 there, so a rank still stuck in a collective times out in it (a report) instead of failing on a closed connection.
+A rank whose peer timed out first may still see that peer's connection close before its own timeout: that rank
+was waiting too, and reports ``waiting``.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ MICRO_BATCHES, LR, STEPS = 4, 0.01, 3
 GRACE = 5.0  # seconds a finished rank waits, past the timeout, for the others to report
 TOLERANCE = 1e-5  # float32 rounding of the same sums in another order
 STARTUP = 120.0  # seconds the ranks wait for each other to start (importing torch on a busy machine)
+# a collective or send/recv that gave up waiting: its own timeout, or its peer's (gloo then closes the connection)
+WAITING_SIGNS = ("Timed out", "Connection closed by peer")
 Comparison = tuple[str, Any, Any]  # what, expected, got (tensors; or plain values compared with ==)
 
 
@@ -247,7 +251,7 @@ def run_answer(exercise: str, answer_file: str, tolerance: float, timeout: float
         worst, mismatch = compare(EXERCISES[exercise](answer, rank, world), tolerance)
         return {"rank": rank, "outcome": "done", "worst": worst, "mismatch": mismatch}
     except Exception as error:  # noqa: BLE001 - the learner's code may raise anything: it is the report
-        waiting = isinstance(error, AnswerTimeout) or "Timed out" in str(error)
+        waiting = isinstance(error, AnswerTimeout) or any(sign in str(error) for sign in WAITING_SIGNS)
         return {"rank": rank, "outcome": "waiting" if waiting else "raised", "where": _where(error, answer_file),
                 "error": f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:120]}
     finally:
