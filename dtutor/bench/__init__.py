@@ -3,6 +3,7 @@
     python -m dtutor.bench all             # every strategy of the registry, 1 and 2 workers: one table
     python -m dtutor.bench all --mode full --json all.json    # the README's run (quick: the notebook's)
     python -m dtutor.bench readme --json all.json             # rewrite README.md's table from that file
+    python -m dtutor.bench ceiling         # 2 processes alone side by side vs 1 alone: pinned, unpinned, CPU time
     python -m dtutor.bench allreduce       # all-reduce time, algbw and busbw, 4 KB to 64 MB, 2 and 4 ranks
     python -m dtutor.bench ring            # ring all-reduce by hand vs gloo's, 4 KiB to 64 MiB, 4 ranks: α-β fits
     python -m dtutor.bench horovod_gap     # why Horovod scales worse than DDP here, measured
@@ -11,17 +12,22 @@
     python -m dtutor.bench pipeline        # the pipeline strategies trained: bubble by hand vs theory; memory, speed
     python -m dtutor.bench zero            # ZeRO 0-3 and FSDP model-state memory per rank against the formulas
     python -m dtutor.bench ddp_by_hand     # DDP by hand (naive, bucketed, overlapped) vs torch DDP: time/step
+    python -m dtutor.bench activations     # activation memory against its formula; checkpointing's saving and cost
+    python -m dtutor.bench gpu             # a GPU machine: every 1-GPU path in 8 min -> results/gpu/DEVICE-DATE.json
+    python -m dtutor.bench gpu --dry-run   # anywhere: the GPU plan checked, its JSON's shape written
     python -m dtutor.bench ddp --json out.json
     python -m dtutor.bench ddp --help      # each benchmark's own flags
 
 Each prints its tables (``dtutor.tables``: pandas DataFrames as text) and, with ``--json FILE``, writes its numbers.
 
-Modules: ``scaling`` (ddp, horovod, pipeline), ``suite`` (all: the plan and the launches), ``runner`` and
-``tf_runner`` (inside the workers), ``probe`` (counting collectives, model state), ``rows`` (the table's
-rows), ``theory`` (what communication should cost), ``report`` (table, plots, README), ``allreduce``,
-``ring`` (the ring by hand against gloo's all-reduce, the α-β fits), ``horovod_gap``, ``zero`` (model-state
-memory against the ZeRO formulas), ``machine`` (where a result was
-measured), ``ddp_by_hand`` (time per step of the hand-written DDPs and torch's).
+Modules: ``scaling`` (ddp, horovod, pipeline), ``ceiling_causes`` (bench ceiling), ``suite`` (all: the plan and the
+launches), ``runner`` and ``tf_runner`` (inside the workers), ``probe`` (counting collectives, model state),
+``rows`` (the table's rows), ``theory`` (what communication should cost), ``cost_model`` and ``model_check`` (step time
+predicted from FLOPs, bytes and overlap, checked against bench all's rows), ``report`` (table, plots, README),
+``allreduce``, ``ring`` (the ring by hand against gloo's all-reduce, the α-β fits), ``horovod_gap``, ``zero``
+(model-state memory against the ZeRO formulas), ``machine`` (where a result was measured), ``ddp_by_hand`` (time
+per step of the hand-written DDPs and torch's), ``gpu`` (the GPU run's plan), ``gpu_run``, ``gpu_parts`` and
+``gpu_report`` (its launches, its workers' measurements, its tables).
 """
 
 import argparse
@@ -50,10 +56,19 @@ from dtutor.tables import show
 
 
 def _all(args: argparse.Namespace) -> Any:
-    from dtutor.bench import report, suite
+    from dtutor.bench import model_check, report, suite
 
     result = suite.bench_all(args.mode)
-    show(report.table_all(result))
+    result["cost_model"] = model_check.check_bench_all(result)
+    show(report.table_all(result), model_check.table_check(result["cost_model"]))
+    return result
+
+
+def _ceiling(args: argparse.Namespace) -> Any:
+    from dtutor.bench import ceiling_causes
+
+    result = ceiling_causes.measure(rounds=args.rounds)
+    show(ceiling_causes.table_rounds(result), ceiling_causes.table_summary(result))
     return result
 
 
@@ -115,12 +130,34 @@ def _zero(args: argparse.Namespace) -> Any:
     return result
 
 
+def _activations(args: argparse.Namespace) -> Any:
+    from dtutor.bench import activations
+
+    result = activations.bench_activations(quick=args.mode == "quick")
+    show(activations.table_activations(result["models"]), activations.table_recomputation(result["recomputation"]))
+    return result
+
+
 def _ddp_by_hand(args: argparse.Namespace) -> Any:
     from dtutor.bench import ddp_by_hand
 
     result = ddp_by_hand.bench_ddp_by_hand(args.mode)
     show(ddp_by_hand.table_ddp_by_hand(result))
     return result
+
+
+def _gpu(args: argparse.Namespace) -> Any:
+    from dtutor.bench import gpu, gpu_report
+
+    result, path = gpu.dry_run(args.gpus, args.json) if args.dry_run else gpu.run(args.json)
+    show(*gpu_report.tables(result))
+    print(f"written: {path}")
+    return result
+
+
+def _gpu_flags(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--dry-run", action="store_true", help="check the plan and write the JSON's shape (no GPU)")
+    command.add_argument("--gpus", type=int, default=2, help="--dry-run: plan for this many GPUs (2: every part)")
 
 
 def _mode(command: argparse.ArgumentParser) -> None:
@@ -135,6 +172,9 @@ def _batch_and_repeats(command: argparse.ArgumentParser) -> None:
 
 COMMANDS = {  # name: (what it measures, how it runs, its own flags)
     "all": ("every strategy of the registry, 1 and 2 workers: one table", _all, [_mode]),
+    "ceiling": ("why one process alone can be slower than each of two side by side: pinning, CPU time, scheduler",
+                _ceiling, [lambda c: c.add_argument("--rounds", type=int, default=5,
+                                                    help="rounds of every phase (5)")]),
     "readme": ("rewrite README.md's table from the JSON of 'all --json FILE'", _readme, []),
     "allreduce": ("all-reduce time, algbw and busbw, 4 KB to 64 MB, 2 and 4 ranks", _allreduce, [_mode]),
     "ring": ("ring all-reduce by hand vs gloo's all-reduce, 4 KiB to 64 MiB: times and fitted α, β", _ring, [_mode,
@@ -151,6 +191,10 @@ COMMANDS = {  # name: (what it measures, how it runs, its own flags)
     "zero": ("ZeRO 0-3 and FSDP model-state memory per rank against the formulas", _zero, [_mode]),
     "ddp_by_hand": ("DDP by hand (naive, bucketed, overlapped) beside torch's DDP: time per step, all-reduces per step",
                     _ddp_by_hand, [_mode]),
+    "activations": ("activation memory per micro-batch against its formula; checkpointing's saving and extra compute",
+                    _activations, [_mode]),
+    "gpu": ("a GPU machine: every path one GPU runs, in 8 min, to results/gpu/DEVICE-DATE.json (--json: elsewhere)",
+            _gpu, [_gpu_flags]),
 }
 
 
@@ -175,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
     """Command line: ``python -m dtutor.bench BENCHMARK [flags]`` (``--help`` lists them, and each one's flags)."""
     args = parser().parse_args(argv)
     result = args.run(args)
-    if args.command != "readme" and args.json:
+    if args.command not in ("readme", "gpu") and args.json:  # gpu writes its own file
         with open(args.json, "w") as file:
             json.dump(result, file, indent=2)
 
