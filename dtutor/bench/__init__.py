@@ -13,7 +13,6 @@
     python -m dtutor.bench zero            # ZeRO 0-3 and FSDP model-state memory per rank against the formulas
     python -m dtutor.bench ddp_by_hand     # DDP by hand (naive, bucketed, overlapped) vs torch DDP: time/step
     python -m dtutor.bench activations     # activation memory against its formula; checkpointing's saving and cost
-    python -m dtutor.bench activations     # activation memory against its formula; checkpointing's saving and cost
     python -m dtutor.bench gpu             # a GPU machine: every 1-GPU path in 8 min -> results/gpu/DEVICE-DATE.json
     python -m dtutor.bench gpu --dry-run   # anywhere: the GPU plan checked, its JSON's shape written
     python -m dtutor.bench ddp --json out.json
@@ -139,14 +138,6 @@ def _activations(args: argparse.Namespace) -> Any:
     return result
 
 
-def _activations(args: argparse.Namespace) -> Any:
-    from dtutor.bench import activations
-
-    result = activations.bench_activations(quick=args.mode == "quick")
-    show(activations.table_activations(result["models"]), activations.table_recomputation(result["recomputation"]))
-    return result
-
-
 def _ddp_by_hand(args: argparse.Namespace) -> Any:
     from dtutor.bench import ddp_by_hand
 
@@ -200,8 +191,6 @@ COMMANDS = {  # name: (what it measures, how it runs, its own flags)
     "zero": ("ZeRO 0-3 and FSDP model-state memory per rank against the formulas", _zero, [_mode]),
     "ddp_by_hand": ("DDP by hand (naive, bucketed, overlapped) beside torch's DDP: time per step, all-reduces per step",
                     _ddp_by_hand, [_mode]),
-    "activations": ("activation memory per micro-batch against its formula; checkpointing's saving and extra compute",
-                    _activations, [_mode]),
     "activations": ("activation memory per micro-batch against its formula; checkpointing's saving and extra compute",
                     _activations, [_mode]),
     "gpu": ("a GPU machine: every path one GPU runs, in 8 min, to results/gpu/DEVICE-DATE.json (--json: elsewhere)",
