@@ -3,6 +3,7 @@ result, and a timing verdict carries its spread over the rounds and is undecided
 
 import copy
 
+import pytest
 from conftest import fake_bench_result
 
 from dtutor.bench import claims
@@ -88,3 +89,25 @@ def test_dataparallel_is_judged_by_a_recorded_gpu_run_only():
            "mean (2.00 GiB)" in found["DataParallel"]["measured"]
     no_memory = {c["method"]: c for c in claims.claims(fake_bench_result(), [fake_bench_result()])}["DataParallel"]
     assert no_memory["verdict"] == "unmeasured" and "needs 2 GPUs or more" in no_memory["measured"]
+
+
+def test_median_and_range():
+    assert claims.median_and_range([0.8, 0.95, 0.9]) == "0.90 (0.80-0.95)"
+    assert claims.median_and_range([1.2345], 3) == "1.234" and claims.median_and_range([]) == "-"
+
+
+def test_scaling_rounds_give_each_figure_with_its_spread_by_wall_clock_and_by_cpu_time():
+    result = fake_bench_result()  # every PyTorch rank: 0.1 CPU s per step (Horovod's first: 0.12); batch 64 per run
+    cpu = claims.cpu_per_sample_by_round(result["records"])
+    assert cpu["single@1"] == {0: 0.1 / 64, 1: 0.1 / 64} and cpu["ceiling"][0] == 0.2 / (2 * 64)  # a batch per rank
+    assert cpu["horovod@2"][1] == pytest.approx(0.22 / 64) and "proof:ddp" not in cpu  # proof runs are not timed
+    rows = {row["row"]: row for row in claims.scaling_rounds(result)}
+    assert list(rows) == ["ceiling (2 single runs)", "ddp", "horovod", "mirrored"]  # ZeRO-3 failed at 1 worker
+    assert rows["ceiling (2 single runs)"]["T2/(2T1)"] == "0.85 (0.85-0.85)"  # (90 + 80) / 200, (99 + 88) / 220
+    assert rows["ddp"]["T2/(2T1)"] == "0.89 (0.88-0.90)"  # 180 / 200, 176 / 200
+    assert rows["ddp"]["/ceiling"] == "1.05 (1.04-1.06)"  # 0.9 / 0.85, 0.88 / 0.85
+    assert rows["horovod"]["CPU ms/sample 1 w"] == "1.562 (1.562-1.562)"
+    assert rows["horovod"]["2 w"] == "3.438 (3.438-3.438)"
+    assert rows["horovod"]["by CPU: 1 w / 2 w"] == "0.45 (0.45-0.45)"  # 1.5625 / 3.4375
+    assert rows["mirrored"]["CPU ms/sample 1 w"] == "1.562 (1.562-1.562)"
+    assert claims.table_scaling_rounds(result).attrs["title"] == "Scaling over 2 round(s): median (min-max)"

@@ -14,7 +14,7 @@ def test_the_table_has_one_row_per_strategy_and_its_heading_says_where_and_when(
     table = report.table_all(fake_bench_result())
     head = table.attrs["title"]
     assert head.startswith("quick mode on 2 CPU(s), no GPU, 2026-11-23T23:00:00+00:00, load average 0.5 before")
-    assert "Ceiling (2 single runs at once, no communication): 0.85 of 2x one run." in head
+    assert "Ceiling (2 single runs at once, no communication): 0.85 of 2x one run (rounds: 0.85 to 0.85)." in head
     assert list(table.columns[:2]) == ["strategy", "framework"] and "state kB" in table.columns
     body = table.set_index("strategy")
     assert list(body.index) == ["single", "ddp", "horovod", "deepspeed ZeRO-3", "mirrored"]
@@ -39,13 +39,13 @@ def test_the_readme_table_keeps_the_long_cells():
     assert "passed (1e-08 vs reference, tol 1e-05)" in text and "none sent: one process" in text
 
 
-def test_a_ceiling_above_one_is_called_noise_and_only_then():
+def test_the_ceiling_carries_its_rounds_and_one_above_one_is_called_the_machines_noise():
     result = fake_bench_result()
-    assert "lower bound" not in report.heading(result)
-    result.update(ceiling=1.27, ceilings=[1.28, 1.11, 1.27])
+    assert "(rounds: 0.85 to 0.85). Proofs" in report.heading(result) and "above 1" not in report.heading(result)
+    result.update(ceiling=0.98, ceilings=[0.98, 0.91, 1.04])  # the median below 1, a round above it
     heading = report.heading(result)
-    assert "1.27 of 2x one run (rounds: 1.28, 1.11, 1.27): above 1, so one process alone ran slower" in heading
-    assert "read that column as a lower bound" in heading
+    assert "0.98 of 2x one run (rounds: 0.91 to 1.04): above 1, so one process alone ran slower" in heading
+    assert "read '/ ceiling' with its spread over the rounds" in heading
 
 
 def test_the_readme_section_is_rewritten_between_the_markers_only(tmp_path):

@@ -8,7 +8,8 @@ from dtutor.pytorch import fit
 RESULT = {"samples_per_s_1": 1000.0, "samples_per_s_2": 1700.0, "samples_per_s_independent": 1780.0,
           "efficiency": 0.85, "ceiling": 0.89, "of_ceiling": 0.955, "driver_s": 1.01,
           "hand_s": 1.0, "overhead": 0.01, "overhead_q1": -0.01, "overhead_q3": 0.03, "control": -0.004, "rounds": 60,
-          "steps": 10}
+          "steps": 10, "efficiency_rounds": [0.8, 0.85, 0.86], "ceiling_rounds": [0.88, 0.89, 0.95],
+          "of_ceiling_rounds": [0.93, 0.955, 0.97]}
 
 
 def test_ddp_table_verdicts_follow_the_numbers_and_the_machines_ceiling():
@@ -22,7 +23,10 @@ def test_ddp_table_verdicts_follow_the_numbers_and_the_machines_ceiling():
     def targets(**changed) -> list[str]:
         return [t for t in bench.table_ddp(RESULT | changed, verdict=True)["target"] if t]
 
-    assert targets(of_ceiling=0.7, overhead=0.05, overhead_q1=0.03) == [">= 0.9: missed", "<= 2%: missed"]
+    assert targets(of_ceiling=0.7, of_ceiling_rounds=[0.6, 0.7, 0.89], overhead=0.05, overhead_q1=0.03) == \
+        [">= 0.9: missed", "<= 2%: missed"]
+    assert targets(of_ceiling_rounds=[0.85, 0.955, 0.97])[0] == ">= 0.9: undecided"  # the rounds span the target
+    assert targets(of_ceiling_rounds=[0.955])[0] == ">= 0.9: undecided"  # one round: no spread to judge by
     assert targets(overhead=0.03, overhead_q1=-0.04)[1] == (
         "<= 2%: undecided (the middle half of the pairs spans the target: more --rounds)")
     assert targets(overhead=0.05, control=0.04)[1] == "<= 2%: undecided (the noise floor, +4.0%, is beyond the target)"
@@ -33,6 +37,9 @@ def test_a_learners_ddp_table_shows_the_measurements_without_verdicts():
     assert list(table.columns) == ["measure", "value", "note"]  # no target column
     values = dict(zip(table["measure"], table["value"], strict=True))
     assert values["DDP samples/s, 1 rank (1 thread)"] == 1000 and values["DDP / ceiling"] == 0.955
+    notes = dict(zip(table["measure"], table["note"], strict=True))
+    assert notes["DDP / ceiling"] == "0.93 to 0.97 over 3 rounds"
+    assert notes["ceiling: independent / (2 T1)"] == "this machine, this run: 0.88 to 0.95 over 3 rounds"
     assert values["driver overhead % (median of 60 pairs)"] == 1.0 and values["middle half of the pairs, %"] == (
         "-1.0 to +3.0")
     text = tables.text(table)
@@ -44,6 +51,8 @@ def test_table_headers_are_for_people():
                                  {"strategy": "horovod", "samples_per_s_1": 99.0, "of_ceiling": 0.75123}])
     assert list(table.columns) == ["strategy", "samples/s, 1 rank", "of the ceiling"]
     assert table.values.tolist() == [["ddp", 1234, 0.9], ["horovod", 99.0, 0.751]]  # >= 100: whole; else 3 digits
+    spread = bench.table_scaling([{"strategy": "ddp", "of_ceiling": 0.9, "of_ceiling_rounds": [0.85, 0.9, 0.934]}])
+    assert spread.values.tolist() == [["ddp", "0.9 (0.85-0.934)"]]  # a median with its range; the rounds not a column
 
 
 def test_the_hand_written_loop_computes_what_the_driver_computes():

@@ -12,9 +12,13 @@ on both sides of its threshold, or when a single round gives no spread at all.
 
 from __future__ import annotations
 
-from typing import Any
+import statistics
+from typing import TYPE_CHECKING, Any
 
 from dtutor.bench import rows as table_rows
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 ARTICLE_TABLE = [
     {"method": "DataParallel", "framework": "PyTorch", "parallelism": "data, one process, threads",
@@ -79,6 +83,61 @@ def round_figures(result: dict[str, Any]) -> dict[str, list[float]]:
             "horovod_of_ddp": _ratios(table_rows.efficiency_by_round(runs, "horovod"), ddp),
             "zero3_of_ddp": _ratios(table_rows.rate_by_round(runs, "deepspeed_zero3@2"),
                                     table_rows.rate_by_round(runs, "ddp@2"))}
+
+
+def cpu_per_sample_by_round(records: list[dict[str, Any]]) -> dict[str, dict[int, float]]:
+    """``found[run][round]``: CPU seconds per sample trained, all ranks' CPU per timed step over the samples the
+    job trains per step (the ceiling's two ranks train a batch each); PyTorch runs only (they time their CPU).
+
+    The work a run does, where the wall clock also holds the time a process waited for a core: on a shared
+    machine the two differ (``python -m dtutor.bench ceiling``)."""
+    found: dict[str, dict[int, float]] = {}
+    for record in records:
+        ranks, case = record["ranks"], record["case"]
+        if ranks and all("cpu_per_step" in rank for rank in ranks) and not case["name"].startswith("proof:"):
+            samples = case["global_batch"] * (len(ranks) if case["name"] == "ceiling" else 1)
+            found.setdefault(case["name"], {})[record["round"]] = sum(r["cpu_per_step"] for r in ranks) / samples
+    return found
+
+
+def median_and_range(values: list[float], digits: int = 2) -> str:
+    """"0.87 (0.81-0.93)": the median and, over 2 rounds or more, the range; "-" without values."""
+    if not values:
+        return "-"
+    middle = f"{statistics.median(values):.{digits}f}"
+    return middle if len(values) < 2 else f"{middle} ({min(values):.{digits}f}-{max(values):.{digits}f})"
+
+
+def scaling_rounds(result: dict[str, Any]) -> list[dict[str, str]]:
+    """Every row that ran at 1 and 2 workers (and the ceiling first): its scaling by the wall clock, T2 / (2 T1)
+    and against the ceiling, beside the same by CPU time (CPU ms per sample at 1 and 2 workers, and their
+    ratio), each as the median with its range over the rounds."""
+    records = result.get("records") or []
+    runs, cpu = table_rows.index(records), cpu_per_sample_by_round(records)
+    ceilings = table_rows.ceiling_by_round(runs)
+
+    def line(name: str, wall: dict[int, float], against: list[float], one: str, two: str) -> dict[str, str]:
+        work = _ratios(cpu.get(one, {}), cpu.get(two, {}))
+        return {"row": name, "T2/(2T1)": median_and_range(list(wall.values())), "/ceiling": median_and_range(against),
+                "CPU ms/sample 1 w": median_and_range([1e3 * v for v in cpu.get(one, {}).values()], 3),
+                "2 w": median_and_range([1e3 * v for v in cpu.get(two, {}).values()], 3),
+                "by CPU: 1 w / 2 w": median_and_range(work)}
+
+    found = [line("ceiling (2 single runs)", ceilings, [], "single@1", "ceiling")] if ceilings else []
+    for row in result["rows"]:
+        wall = table_rows.efficiency_by_round(runs, row["key"])
+        if wall:
+            found.append(line(row["label"], wall, _ratios(wall, ceilings), f"{row['key']}@1", f"{row['key']}@2"))
+    return found
+
+
+def table_scaling_rounds(result: dict[str, Any]) -> pd.DataFrame:
+    """``scaling_rounds`` as a table, with its legend."""
+    from dtutor.tables import titled
+
+    return titled(scaling_rounds(result), f"Scaling over {result['repeats']} round(s): median (min-max)",
+                  ["T2/(2T1), /ceiling: by the wall clock; CPU ms/sample: all workers' CPU time per sample trained; "
+                   "by CPU: 1 w / 2 w, the same efficiency by CPU time (1.00: distributing cost no CPU)"])
 
 
 def dataparallel_claim(rows: dict[str, Any], gpu_results: list[dict[str, Any]]) -> tuple[str, str]:

@@ -91,14 +91,15 @@ def heading(result: dict[str, Any]) -> str:
 
 
 def _ceiling_caveat(result: dict[str, Any]) -> str:
-    """What a ceiling above 1 says: one process alone ran slower than each of two at once (the machine's noise)."""
+    """The ceiling's rounds, and what a ceiling above 1 says: one process alone ran slower than each of two at once
+    (on a shared machine, time spent waiting for a core and vCPUs of varying speed: ``bench ceiling``)."""
     ceilings = result.get("ceilings") or []
-    if not result["ceiling"] or result["ceiling"] <= 1.0:
-        return ""
-    spread = f" (rounds: {', '.join(f'{c:.2f}' for c in ceilings)})" if ceilings else ""
-    return (f"{spread}: above 1, so one process alone ran slower than each of two at once; on this machine that "
-            "is noise between processes, larger than what '/ ceiling' can resolve, so read that column as a "
-            "lower bound")
+    spread = f" (rounds: {min(ceilings):.2f} to {max(ceilings):.2f})" if len(ceilings) > 1 else ""
+    if not result["ceiling"] or max(ceilings or [result["ceiling"]]) <= 1.0:
+        return spread
+    return (f"{spread}: above 1, so one process alone ran slower than each of two at once; on this shared machine "
+            "a run's wall clock also holds the time it waited for a core and the vCPUs' changing speed (python -m "
+            "dtutor.bench ceiling), so read '/ ceiling' with its spread over the rounds")
 
 
 def table_all(result: dict[str, Any]) -> pd.DataFrame:

@@ -65,7 +65,8 @@ def scaling(strategy: str, batch_per_rank: int = 256, repeats: int = 5, log: Log
     On a shared 2-core virtual machine single runs vary by tens of percent (a lone process may also run at
     a higher clock while the other core idles), so each round runs 1 rank, 2 ranks and the ceiling back to
     back, and the ratios are medians over rounds: ``efficiency`` T2 / (2 T1), ``ceiling`` C / (2 T1) and
-    ``of_ceiling`` T2 / C, what the strategy keeps of what this machine allows. ``log`` gets a line per run.
+    ``of_ceiling`` T2 / C, what the strategy keeps of what this machine allows; each also as the list of its
+    rounds (``efficiency_rounds``, ...), its spread. ``log`` gets a line per run.
     """
     if repeats < 1:
         raise ValueError(f"repeats: must be >= 1, got {repeats}")
@@ -79,12 +80,14 @@ def scaling(strategy: str, batch_per_rank: int = 256, repeats: int = 5, log: Log
             if log:
                 log(f"{strategy}, round {index + 1}/{repeats}: {name}, {measured[name]:,.0f} samples/s")
         rounds.append((measured["1 rank"], measured["2 ranks"], measured["2 independent processes"]))
+    figures = {"efficiency": [two / (2 * one) for one, two, _ in rounds],
+               "ceiling": [alone / (2 * one) for one, _, alone in rounds],
+               "of_ceiling": [two / alone for _, two, alone in rounds]}
     return {"samples_per_s_1": statistics.median(one for one, _, _ in rounds),
             "samples_per_s_2": statistics.median(two for _, two, _ in rounds),
             "samples_per_s_independent": statistics.median(alone for _, _, alone in rounds),
-            "efficiency": statistics.median(two / (2 * one) for one, two, _ in rounds),
-            "ceiling": statistics.median(alone / (2 * one) for one, _, alone in rounds),
-            "of_ceiling": statistics.median(two / alone for _, two, alone in rounds)}
+            **{name: statistics.median(values) for name, values in figures.items()},
+            **{f"{name}_rounds": values for name, values in figures.items()}}
 
 
 def hand_written_fit(config: TrainConfig, dataset) -> tuple[list[float], dict]:
@@ -201,20 +204,24 @@ def table_ddp(result: dict[str, Any], verdict: bool = False) -> pd.DataFrame:
     """The table of a DDP measurement: what was measured, and the ceiling and noise floor to read it against.
 
     ``verdict`` (the benchmark's, ``python -m dtutor.bench ddp``) adds a target column, each verdict computed from
-    the number beside it; a learner's table (the default) shows the measurements only.
+    the number beside it; DDP / ceiling's from its rounds (``claims.judge``: undecided when they fall on both sides
+    of the target, or there is one round). A learner's table (the default) shows the measurements only.
     """
+    from dtutor.bench.claims import judge, spread
     from dtutor.tables import titled
 
     of_ceiling, overhead = result["of_ceiling"], result["overhead"]
-    targets = {"DDP / ceiling": f">= {SCALING_TARGET}: {_verdict(of_ceiling >= SCALING_TARGET)}",
+    rounds = {name: result.get(f"{name}_rounds", [result[name]]) for name in ("efficiency", "ceiling", "of_ceiling")}
+    targets = {"DDP / ceiling": f">= {SCALING_TARGET}: {judge(rounds['of_ceiling'], SCALING_TARGET, 'met', 'missed')}",
                f"driver overhead % (median of {result['rounds']} pairs)":
                    f"<= {DRIVER_OVERHEAD_TARGET:.0%}: {_overhead_verdict(result)}"}
     rows = [("DDP samples/s, 1 rank (1 thread)", round(result["samples_per_s_1"]), ""),
             ("DDP samples/s, 2 ranks (1 thread each)", round(result["samples_per_s_2"]), ""),
             ("2 independent processes (the ceiling), samples/s", round(result["samples_per_s_independent"]), ""),
-            ("scaling efficiency T2 / (2 T1)", round(result["efficiency"], 3), ""),
-            ("ceiling: independent / (2 T1)", round(result["ceiling"], 3), "this machine, this run"),
-            ("DDP / ceiling", round(of_ceiling, 3), ""),
+            ("scaling efficiency T2 / (2 T1)", round(result["efficiency"], 3), spread(rounds["efficiency"])),
+            ("ceiling: independent / (2 T1)", round(result["ceiling"], 3),
+             f"this machine, this run: {spread(rounds['ceiling'])}"),
+            ("DDP / ceiling", round(of_ceiling, 3), spread(rounds["of_ceiling"])),
             (f"driver, CPU s per run of {result['steps']} steps", round(result["driver_s"], 4), ""),
             ("hand-written loop, same metrics, CPU s", round(result["hand_s"], 4), ""),
             (f"driver overhead % (median of {result['rounds']} pairs)", round(100 * overhead, 2), ""),
@@ -241,7 +248,7 @@ HEADERS = {"strategy": "strategy", "samples_per_s_1": "samples/s, 1 rank", "samp
 
 def table_scaling(rows: list[dict[str, Any]]) -> pd.DataFrame:
     """A table of dicts with the same keys, headed for people (``HEADERS``; floats >= 100 as whole numbers,
-    else 3 significant digits)."""
+    else 3 significant digits; a figure with 2 rounds or more as its median and range, "0.85 (0.8-0.9)")."""
     from dtutor.tables import titled
 
     def rounded(value: Any) -> Any:
@@ -249,7 +256,12 @@ def table_scaling(rows: list[dict[str, Any]]) -> pd.DataFrame:
             return round(value) if abs(value) >= 100 else float(f"{value:.3g}")
         return value
 
-    return titled([{HEADERS.get(key, key): rounded(value) for key, value in row.items()} for row in rows])
+    def cell(row: dict[str, Any], key: str) -> Any:
+        spread = row.get(f"{key}_rounds") or []
+        return rounded(row[key]) if len(spread) < 2 else f"{row[key]:.3g} ({min(spread):.3g}-{max(spread):.3g})"
+
+    return titled([{HEADERS.get(key, key): cell(row, key) for key in row if not key.endswith("_rounds")}
+                   for row in rows])
 
 
 def plot_scaling(result: dict[str, Any]):
