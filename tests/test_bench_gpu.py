@@ -38,7 +38,7 @@ def test_the_dry_run_checks_the_plan_and_writes_every_part_planned(tmp_path, cap
     assert written["kind"] == "bench gpu" and written["dry_run"] and written["device"] is None
     assert {part["status"] for part in written["parts"].values()} == {"planned"}
     assert written["budget_s"] == sum(part["budget_s"] for part in written["parts"].values()) <= gpu.WINDOW_S
-    assert {"dataparallel_memory", "two_ranks", "allreduce_2"} <= set(written["parts"])  # --gpus 2 by default
+    assert {"dataparallel_memory", "two_ranks", "two_ranks_zero", "allreduce_2"} <= set(written["parts"])  # --gpus 2
     strategies = {run["strategy"] for part in written["parts"].values() for run in part["runs"]}
     assert strategies == {"single", "dataparallel", "ddp", "fsdp", "deepspeed"}
     zero = [(r["zero_stage"], r.get("offload", False)) for p in written["parts"].values() for r in p["runs"]
@@ -46,7 +46,7 @@ def test_the_dry_run_checks_the_plan_and_writes_every_part_planned(tmp_path, cap
     assert sorted(set(zero)) == [(1, False), (2, False), (2, True), (3, False), (3, True)]
     assert "two_ranks" in capsys.readouterr().out
     one_gpu = gpu.plan(1)
-    assert not {part.name for part in one_gpu} & {"dataparallel_memory", "two_ranks", "allreduce_2"}
+    assert all(part.min_gpus == part.nprocs == 1 for part in one_gpu)
     assert gpu.check_plan(one_gpu) == []
 
 

@@ -88,8 +88,10 @@ def plan(gpus: int = 1) -> list[Part]:
         parts += [
             Part("dataparallel_memory", "DataParallel's peak memory on each GPU (notebook 01)", "dataparallel_memory",
                  30, 90, min_gpus=2),
-            Part("two_ranks", "DDP, FSDP, ZeRO 1-3 on 2 ranks (NCCL), one launch", "train_many", 60, 150, nprocs=2,
-                 min_gpus=2, runs=_sharded(NCCL)[:2] + _zero(NCCL)[:3], requires=("deepspeed",)),
+            Part("two_ranks", "DDP and FSDP on 2 ranks (NCCL), one launch", "train_many", 45, 120, nprocs=2,
+                 min_gpus=2, runs=_sharded(NCCL)[:2]),
+            Part("two_ranks_zero", "DeepSpeed ZeRO 1-3 on 2 ranks (NCCL), one launch", "train_many", 60, 150,
+                 nprocs=2, min_gpus=2, runs=_zero(NCCL)[:3], requires=("deepspeed",)),
             Part("allreduce_2", "all-reduce 4 KiB to 64 MiB on 2 ranks (NCCL): latency, busbw", "allreduce", 30, 90,
                  nprocs=2, min_gpus=2, options={"sizes": ALLREDUCE_SIZES, "budget": 0.1}),
         ]

@@ -62,11 +62,12 @@ def table_device(result: dict[str, Any]) -> pd.DataFrame:
 
 
 def table_parts(result: dict[str, Any]) -> pd.DataFrame:
-    """Each part: what it measures, its status, its time against its budget, and its error if it failed."""
+    """Each part: what it measures, its status, its time against its budget and timeout, its error if it failed."""
     from dtutor.tables import titled
 
     rows = [{"part": name, "measures": part["summary"], "status": part["status"],
              "seconds": None if part["seconds"] is None else round(part["seconds"]), "budget s": part["budget_s"],
+             "timeout s": part["timeout_s"],
              "error": (part["error"] or "").splitlines()[0][:60] if part["error"] else ""}
             for name, part in result["parts"].items()]
     total = "-" if result["seconds"] is None else f"{result['seconds']:.0f} s"
