@@ -12,8 +12,12 @@ Every figure that is not a published one says "assumption". Nothing here is meas
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from dtutor.bench.cost_model import Link
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 GB = 1e9
 H100_PAGE = "NVIDIA H100 datasheet, nvidia.com/en-us/data-center/h100"
@@ -151,3 +155,35 @@ def cnn() -> Workload:
 def workloads() -> list[Workload]:
     """The course CNN and the three transformers."""
     return [cnn(), *(transformer(name) for name in SHAPES)]
+
+
+def _which(names: list[str], everywhere: list[str]) -> str:
+    """The clusters a figure is for, in few words: all, every SXM cluster, several nodes, or their names."""
+    if names == everywhere:
+        return "all"
+    sxm = [name for name in everywhere if "SXM" in name]
+    if names == sxm:
+        return "SXM clusters"
+    return "2 and 4 nodes" if names == [name for name in sxm if "IB" in name] else ", ".join(names)
+
+
+def table_figures(clusters: list[Cluster] | None = None) -> pd.DataFrame:
+    """Every figure the projection rests on, its value and its source (URL or title): per cluster, then the
+    models' shapes and the assumed MFU."""
+    from dtutor.tables import titled
+
+    found: dict[tuple[str, str, str], list[str]] = {}
+    for cluster in clusters or CLUSTERS.values():
+        for figure in cluster.sources:
+            found.setdefault(figure, []).append(cluster.name)
+    everywhere = [cluster.name for cluster in clusters or CLUSTERS.values()]
+    rows = [{"for": _which(names, everywhere), "figure": figure, "value": value, "source": source}
+            for (figure, value, source), names in found.items()]
+    rows += [{"for": name, "figure": "shape (N, layers, hidden, heads)", "value":
+              f"{n / 1e9:g}B, {layers}, {hidden}, {heads}", "source": source}
+             for name, (n, layers, hidden, heads, source) in SHAPES.items()]
+    rows += [{"for": "transformers", "figure": "MFU while computing", "value": f"{TRANSFORMER_MFU:.0%}",
+              "source": "assumption: a well-tuned dense transformer on H100"},
+             {"for": "CNN", "figure": "MFU while computing", "value": f"{CNN_MFU:.0%}",
+              "source": "assumption: small convolutions (python -m dtutor.bench gpu measures it)"}]
+    return titled(rows, "Where the projection's figures come from")

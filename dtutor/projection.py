@@ -260,34 +260,26 @@ def _dedupe(notes: list[str]) -> list[str]:
     return list(dict.fromkeys(notes))
 
 
-def _which(names: list[str], everywhere: list[str]) -> str:
-    """The clusters a figure is for, in few words: all, every SXM cluster, several nodes, or their names."""
-    if names == everywhere:
-        return "all"
-    sxm = [name for name in everywhere if "SXM" in name]
-    if names == sxm:
-        return "SXM clusters"
-    return "2 and 4 nodes" if names == [name for name in sxm if "IB" in name] else ", ".join(names)
+def ask(model: str, cluster: str, framework: str = "torch") -> pd.DataFrame:
+    """"``model`` on ``cluster``, which strategy?": the guide's rules (``guide.recommend_strategy``) beside the
+    projection's rows for that model and cluster, those that fit first, fastest first; the title gives both
+    answers. ``model``: "CNN", "125M", "1.3B" or "7B"; ``cluster``: a name of ``dtutor.clusters.CLUSTERS``."""
+    from dtutor.clusters import SHAPES, cnn, transformer
+    from dtutor.guide import recommend_strategy
 
-
-def table_figures(clusters: list[Cluster] | None = None) -> pd.DataFrame:
-    """Every figure the projection rests on, its value and its source (URL or title): per cluster, then the
-    models' shapes and the assumed MFU."""
-    from dtutor.clusters import CNN_MFU, SHAPES, TRANSFORMER_MFU
-    from dtutor.tables import titled
-
-    found: dict[tuple[str, str, str], list[str]] = {}
-    for cluster in clusters or CLUSTERS.values():
-        for figure in cluster.sources:
-            found.setdefault(figure, []).append(cluster.name)
-    everywhere = [cluster.name for cluster in clusters or CLUSTERS.values()]
-    rows = [{"for": _which(names, everywhere), "figure": figure, "value": value, "source": source}
-            for (figure, value, source), names in found.items()]
-    rows += [{"for": name, "figure": "shape (N, layers, hidden, heads)", "value":
-              f"{n / 1e9:g}B, {layers}, {hidden}, {heads}", "source": source}
-             for name, (n, layers, hidden, heads, source) in SHAPES.items()]
-    rows += [{"for": "transformers", "figure": "MFU while computing", "value": f"{TRANSFORMER_MFU:.0%}",
-              "source": "assumption: a well-tuned dense transformer on H100"},
-             {"for": "CNN", "figure": "MFU while computing", "value": f"{CNN_MFU:.0%}",
-              "source": "assumption: small convolutions (python -m dtutor.bench gpu measures it)"}]
-    return titled(rows, "Where the projection's figures come from")
+    if model not in (*SHAPES, "CNN") or cluster not in CLUSTERS:
+        raise ValueError(f"model, cluster: must be one of {', '.join(['CNN', *SHAPES])} and one of "
+                         f"{', '.join(CLUSTERS)}, got {model!r}, {cluster!r}")
+    workload, machines = (cnn() if model == "CNN" else transformer(model)), CLUSTERS[cluster]
+    ranked = sorted(project_all([workload], [machines]),
+                    key=lambda item: (item.fits is not True, item.terms.step_s if item.terms else math.inf))
+    choice = recommend_strategy(workload.parameters, machines.gpus_per_node, machines.nodes, framework,
+                                machines.memory_bytes / 1e9)
+    frame = table_projection(ranked)
+    best = ranked[0]
+    answer = (f"projected fastest that fits: {best.strategy}, {best.terms.step_s * 1e3:,.0f} ms per step, "
+              f"{best.memory_bytes / 1e9:.1f} GB per GPU" if best.fits else "projected: nothing fits")
+    fields = f" {choice.fields}" if choice.fields else ""
+    frame.attrs["title"] = f"{model} on {cluster}: the guide's rules pick {choice.strategy}{fields}; {answer}. " \
+                           f"{frame.attrs['title']}"
+    return frame

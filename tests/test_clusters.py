@@ -1,6 +1,7 @@
 """The clusters' and models' figures: each cluster's links, each model's FLOPs per sample."""
 
 from dtutor import clusters
+from dtutor.tables import text
 
 
 def test_every_cluster_names_a_source_for_each_figure_and_picks_its_link_by_span():
@@ -20,3 +21,10 @@ def test_a_transformer_trains_on_6n_flops_per_token_and_the_cnn_on_its_counted_f
     assert cnn.flops_per_sample == 14_778_624  # test_bench_cost_model derives it layer by layer
     assert cnn.tensor_share == 6 * (1600 * 64 + 64 * 10) / 14_778_624  # the linear pair, with its input gradient
     assert clusters.CNN_ACTIVATION_VALUES == 66_682
+
+
+def test_the_figures_table_gives_every_figure_a_source():
+    figures = clusters.table_figures()
+    assert figures["source"].str.len().min() > 10
+    assert {"989 TFLOP/s", "756 TFLOP/s", "460 GB/s (460-480)", "400 GB/s (400-450)"} <= set(figures["value"])
+    assert max(len(line) for line in text(figures).splitlines()) <= 150

@@ -81,6 +81,16 @@ def test_the_table_covers_every_registry_strategy_on_every_cluster():
     frame = pj.table_projection(projections)
     assert frame.attrs["title"].startswith("PROJECTION")
     assert max(len(line) for line in text(frame).splitlines()) <= 150
-    figures = pj.table_figures()
-    assert figures["source"].str.len().min() > 10
-    assert max(len(line) for line in text(figures).splitlines()) <= 150
+
+
+def test_asking_which_strategy_for_7b_on_8_h100_gives_the_rows_behind_the_answer():
+    frame = pj.ask("7B", "8x H100 SXM")
+    # the guide's rules: a whole copy (16 x 7e9 = 112 GB) exceeds 70% of 80 GB, 1/8 of it (14 GB) fits: FSDP
+    assert "the guide's rules pick fsdp" in frame.attrs["title"]
+    fits = list(frame["fits"])
+    assert fits == sorted(fits, key=lambda value: value != "yes")  # those that fit come first
+    fitting = frame[frame["fits"] == "yes"]["step ms"]
+    assert list(fitting) == sorted(fitting)  # fastest first
+    assert f"projected fastest that fits: {frame['strategy'].iloc[0]}," in frame.attrs["title"]
+    with pytest.raises(ValueError, match="model, cluster"):
+        pj.ask("70B", "8x H100 SXM")
