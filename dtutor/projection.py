@@ -246,7 +246,7 @@ def table_projection(projections: list[Projection]) -> pd.DataFrame:
     notes = [f"{item.model.name} on {item.cluster.name}, {item.strategy}: {item.note}"
              for item in projections if item.note]
     return titled(rows, "PROJECTION, not a measurement: the cost model with published peaks and link speeds "
-                        "(sources: table_figures); MFU assumed while computing",
+                        "(sources: clusters.table_figures); MFU assumed while computing",
                   ["tokens/s: images/s for the CNN; GB/GPU: model state + activations of the micro-batches held, "
                    "against 80 GB", *_dedupe(notes)],
                   integers=["tokens/s"])

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dtutor.bench import cost_model as cm
+from dtutor.bench.theory import BYTES_FP32
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -57,14 +58,15 @@ def counted_collectives(row: dict[str, Any], batch: int) -> list[cm.Collective]:
 
 
 def predict(row: dict[str, Any], workers: int, batch_per_worker: int, micro_batches: int, rate: float,
-            link: cm.Link, model: str = "cnn") -> cm.StepTerms:
-    """The model's terms for ``row`` at ``workers`` workers (``rate``: FLOP/s of one worker)."""
+            link: cm.Link, boundary: int = 0, model: str = "cnn") -> cm.StepTerms:
+    """The model's terms for ``row`` at ``workers`` workers (``rate``: FLOP/s of one worker; ``boundary``: the
+    values per sample a pipeline sends between its 2 stages, ``rows.model_facts``)."""
     batch = batch_per_worker * workers
     if row["parallelism"] == "pipeline":
         micro = batch // micro_batches
         stages = [flops / rate for flops in cm.stage_flops(model, workers, micro)]
-        boundary = row.get("model_facts_boundary", 0) * micro * 4
-        return cm.pipeline_terms(stages, micro_batches, cm.collective_seconds("send", boundary, 2, link))
+        sent = boundary * micro * BYTES_FP32
+        return cm.pipeline_terms(stages, micro_batches, cm.collective_seconds("send", sent, 2, link))
     if row["parallelism"] == "tensor":
         whole, split = sum(cm.stage_flops(model, 1, batch)), cm.stage_flops(model, 2, batch)[1]
         compute = (whole - split * (1 - 1 / workers)) / rate
@@ -95,7 +97,7 @@ def check_bench_all(result: dict[str, Any], link: cm.Link | None = None) -> dict
             measured = measured_step(row, workers, per_worker)
             if measured is None:
                 continue
-            terms = predict({**row, "model_facts_boundary": boundary}, workers, per_worker, micro_batches, rate, link)
+            terms = predict(row, workers, per_worker, micro_batches, rate, link, boundary)
             checked["runs"][workers] = {**terms.as_dict(), "measured_s": measured,
                                         "error": terms.step_s / measured - 1}
         checked["explanation"] = explain(row, checked["runs"], result, rate, flops)
@@ -128,8 +130,9 @@ def explain(row: dict[str, Any], runs: dict[int, dict[str, Any]], result: dict[s
     if ms < 20 and run["compute_s"] < 0.5 * run["measured_s"]:
         return where + f"process start-up and Python overhead per step dominate a {ms:.1f} ms step"
     if row["framework"] == "tensorflow" and one:
+        own = f"; its 2 workers took {run['measured_s'] / one:.2f}x its own 1-worker step" if workers > 1 else ""
         return where + (f"TensorFlow's kernels and loop, not torch's: its 1-worker step took {one * 1e3:.0f} ms, "
-                        f"{one / single:.2f}x torch single's, on which the FLOP rate is calibrated")
+                        f"{one / single:.2f}x torch single's, on which the FLOP rate is calibrated{own}")
     if row["parallelism"] == "pipeline" and one and one < 0.9 * single:
         return where + (f"smaller batches run faster per FLOP on this CPU (caches): at 1 worker its micro-batches "
                         f"took {one * 1e3:.0f} ms per step, {one / single:.2f}x single's whole batches")
