@@ -78,9 +78,10 @@ def table_training(result: dict[str, Any]) -> pd.DataFrame:
     """Every training row: strategy and its fields, ranks, samples/s, time per step (measured, predicted), memory."""
     from dtutor.tables import titled, whole
 
-    shown = ("zero_stage", "offload", "precision")
+    shown = {"zero_stage": 0, "offload": False, "precision": "fp32"}  # the fields that tell the rows apart, by default
     rows = [{"part": row["part"], "strategy": row["strategy"],
-             "fields": " ".join(f"{k}={row['fields'][k]}" for k in shown if k in row["fields"]), "ranks": row["ranks"],
+             "fields": " ".join(f"{k}={row['fields'][k]}" for k, default in shown.items()
+                               if row["fields"].get(k, default) != default), "ranks": row["ranks"],
              "samples/s": whole(row["samples_per_s"]), "step ms": _ms(row["step_s"]),
              "predicted ms": _ms(row.get("predicted_step_s")),
              "peak MiB": None if row["peak_memory_bytes"] is None else round(row["peak_memory_bytes"] / MIB)}
@@ -95,7 +96,7 @@ def table_models(result: dict[str, Any]) -> pd.DataFrame:
 
     rows = [{"model": row["model"], "precision": row["precision"], "parameters": row["parameters"],
              "step ms": _ms(row["step_s"]), "GFLOP/step": round(row["flops_per_step"] / 1e9, 2),
-             "TFLOP/s": round(row["tflops"], 2), "MFU": None if row["mfu"] is None else round(row["mfu"], 3),
+             "TFLOP/s": round(row["tflops"], 3), "MFU": None if row["mfu"] is None else round(row["mfu"], 3),
              "predicted ms": _ms(row.get("predicted_step_s"))} for row in _rows(result, "models")]
     return titled(rows, "one training step (AdamW): FLOPs counted by FlopCounterMode; MFU = FLOP/s / dense bf16 peak",
                   integers=["parameters"])
