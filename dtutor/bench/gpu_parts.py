@@ -71,7 +71,8 @@ def device_facts() -> dict[str, Any]:
              "memory_bytes": torch.cuda.get_device_properties(i).total_memory,
              "capability": ".".join(map(str, torch.cuda.get_device_capability(i)))}
             for i in range(torch.cuda.device_count())] if cuda else []
-    nccl = ".".join(map(str, torch.cuda.nccl.version())) if cuda else None
+    nccl = torch.cuda.nccl.version() if cuda else None  # (2, 27, 5); an int in older torch
+    nccl = ".".join(map(str, nccl)) if isinstance(nccl, tuple) else nccl
     versions = {"driver": next((gpu.driver for gpu in found.gpus if gpu.driver), None), "cuda": torch.version.cuda,
                 "cudnn": torch.backends.cudnn.version() if cuda else None, "nccl": nccl, "torch": torch.__version__,
                 "deepspeed": _version("deepspeed"), "python": platform.python_version()}
