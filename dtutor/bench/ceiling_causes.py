@@ -115,11 +115,13 @@ def phases(rounds: int = 5, batch: int = 256, samples: int = 1024, epochs: int =
 def measure(rounds: int = 5, batch: int = 256, samples: int = 1024, epochs: int = 3,
             timeout: float = 600.0) -> dict[str, Any]:
     """Launch ``phases`` on 2 ranks of one thread each; every rank's measurements, and the load around them."""
-    load_before = os.getloadavg()[0]
+    from dtutor.bench.machine import machine
+
+    where = machine()
     ranks = launch.run("dtutor.bench.ceiling_causes:phases", 2, threads_per_rank=1, quiet=True, timeout=timeout,
                        rounds=rounds, batch=batch, samples=samples, epochs=epochs)
     return {"ranks": ranks, "rounds": rounds, "batch": batch, "samples": samples, "epochs": epochs,
-            "load_before": load_before, "load_after": os.getloadavg()[0]}
+            "machine": where, "load_before": where["load_before"], "load_after": os.getloadavg()[0]}
 
 
 def _runs(result: dict[str, Any], phase: str) -> dict[int, dict[int, dict[str, Any]]]:
@@ -191,8 +193,9 @@ def table_rounds(result: dict[str, Any]) -> pd.DataFrame:
              "pinned pair": round(row["cpu_ms_pinned"], 3), "core 1 / core 0": round(row["core1_over_core0"], 3),
              "migrations": row["migrations_alone"], "wait ms": round(row["wait_ms_alone"], 1),
              "steal s": round(row["steal_s"], 2)} for row in by_round(result)]
+    date = result.get("machine", {}).get("date", "")[:16]
     return titled(rows, f"The ceiling per round ({result['batch']} samples per step, {result['samples']} samples, "
-                        f"{result['epochs']} epochs per fit; load {result['load_before']:.1f} before, "
+                        f"{result['epochs']} epochs per fit; measured {date}, load {result['load_before']:.1f} before, "
                         f"{result['load_after']:.1f} after)",
                   ["unpinned, pinned: the ceiling by wall clock; by CPU time: pinned, from samples per CPU-second; "
                    "waiting: share of the pair's wall time spent runnable without a core",
@@ -213,3 +216,31 @@ def table_summary(result: dict[str, Any]) -> pd.DataFrame:
                      "median": round(found["cold_over_warm"], 3), "range over rounds": "one cold fit"})
     threads = ", ".join(f"{k} {v}" for k, v in found["threads"].items())
     return titled(rows, f"Over {result['rounds']} rounds ({threads})")
+
+
+def findings(result: dict[str, Any]) -> list[str]:
+    """What the measurement says, in sentences computed from it (each figure a median with its range)."""
+    found = summary(result)
+    spreads = found["spreads"]
+
+    def figure(key: str, form: str = ".2f") -> str:
+        value = spreads[key]
+        return f"{value['median']:{form}} ({value['min']:{form}} to {value['max']:{form}})"
+
+    lines = [f"The ceiling by the wall clock over {result['rounds']} rounds: {figure('ceiling')} unpinned, "
+             f"{figure('ceiling_pinned')} with each process pinned to a core of its own.",
+             f"By CPU time (samples per CPU-second, pinned): {figure('ceiling_cpu')}"
+             + (": above 1, the same samples took more CPU time alone, so the vCPU itself ran slower, below what "
+                "this system can see." if spreads["ceiling_cpu"]["median"] > 1 else "."),
+             f"Side by side, the processes spent {figure('wait_share_pair', '.0%')} of their wall time runnable "
+             "but without a core: other processes on this machine had it.",
+             f"Alone, core 1 ran the same work at {figure('core1_over_core0')} of core 0's speed: the two vCPUs "
+             "differ, and change from minute to minute.",
+             f"Ruled out: a lone process moved between cores at most {spreads['migrations_alone']['max']:.0f} "
+             f"time(s) per fit, every process had {found['threads']['intra_op_threads']} intra-op thread "
+             f"(OMP_NUM_THREADS={found['threads']['OMP_NUM_THREADS']}), and the hypervisor reported at most "
+             f"{spreads['steal_s']['max']:.2f} s stolen per round."]
+    if found["cold_over_warm"]:
+        lines.append(f"A process's first fit ran at {found['cold_over_warm']:.2f} of its warm fits' rate (the driver "
+                     "already leaves each fit's first epoch out of its rate).")
+    return lines
