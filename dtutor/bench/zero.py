@@ -11,6 +11,7 @@ the launched processes.
 
     python -m dtutor.bench zero                  # all configurations, about 2 minutes on 2 cores
     python -m dtutor.bench zero --mode quick --json out.json   # 2 configurations of a 1.2 M-parameter model
+    bench_zero(width=QUICK_WIDTH)                # notebook 06: all configurations of the 1.2 M-parameter model
 """
 
 from __future__ import annotations
@@ -87,11 +88,15 @@ def memory_row(per_rank: list[dict[str, Any]]) -> dict[str, Any]:
     return row
 
 
-def bench_zero(quick: bool = False, nprocs: int = 2, timeout: float = 900.0) -> list[dict[str, Any]]:
-    """Measure every configuration (``quick``: two, on a 1.2 M-parameter model) and return the table's rows."""
+def bench_zero(quick: bool = False, nprocs: int = 2, timeout: float = 900.0,
+               width: int | None = None) -> list[dict[str, Any]]:
+    """Measure every configuration (``quick``: two, on a 1.2 M-parameter model) and return the table's rows.
+
+    ``width``: the MLP's width, whatever the mode (the notebook measures every configuration at ``QUICK_WIDTH``).
+    """
     from dtutor.pytorch.sharded import model_state
 
-    runs, width = (QUICK_RUNS, QUICK_WIDTH) if quick else (model_state.RUNS, model_state.WIDTH)
+    runs, width = (QUICK_RUNS, width or QUICK_WIDTH) if quick else (model_state.RUNS, width or model_state.WIDTH)
     return [memory_row(per_rank) for per_rank in model_state.measure(list(runs), nprocs, width=width, timeout=timeout)]
 
 
