@@ -111,3 +111,6 @@ def test_scaling_rounds_give_each_figure_with_its_spread_by_wall_clock_and_by_cp
     assert rows["horovod"]["by CPU: 1 w / 2 w"] == "0.45 (0.45-0.45)"  # 1.5625 / 3.4375
     assert rows["mirrored"]["CPU ms/sample 1 w"] == "1.562 (1.562-1.562)"
     assert claims.table_scaling_rounds(result).attrs["title"] == "Scaling over 2 round(s): median (min-max)"
+    ddp = next(c for c in claims.claims(result) if c["method"] == "DDP")["measured"]
+    assert "the ceiling's own rounds: 0.85 to 0.85 over 2 rounds; by CPU time, one worker's CPU per sample over " \
+           "two workers': 0.50 (0.50-0.50)" in ddp  # 0.1 s per step on 1 worker, 2 x 0.1 s on 2, the same batch

@@ -76,10 +76,13 @@ def _ratios(numerator: dict[int, float], denominator: dict[int, float]) -> list[
 
 def round_figures(result: dict[str, Any]) -> dict[str, list[float]]:
     """Per round, from the result's records: DDP's efficiency over the ceiling, Horovod's efficiency over
-    DDP's, and ZeRO-3's samples/s at 2 workers over DDP's (the figures the timing verdicts rest on)."""
+    DDP's, and ZeRO-3's samples/s at 2 workers over DDP's (the figures the timing verdicts rest on); and, to read
+    them by, the ceiling and DDP's efficiency by CPU time (one worker's CPU per sample over two workers')."""
     runs = table_rows.index(result.get("records") or [])
-    ddp = table_rows.efficiency_by_round(runs, "ddp")
-    return {"ddp_of_ceiling": _ratios(ddp, table_rows.ceiling_by_round(runs)),
+    ddp, cpu = table_rows.efficiency_by_round(runs, "ddp"), cpu_per_sample_by_round(result.get("records") or [])
+    ceilings = table_rows.ceiling_by_round(runs)
+    return {"ddp_of_ceiling": _ratios(ddp, ceilings), "ceiling": [ceilings[r] for r in sorted(ceilings)],
+            "ddp_by_cpu": _ratios(cpu.get("ddp@1", {}), cpu.get("ddp@2", {})),
             "horovod_of_ddp": _ratios(table_rows.efficiency_by_round(runs, "horovod"), ddp),
             "zero3_of_ddp": _ratios(table_rows.rate_by_round(runs, "deepspeed_zero3@2"),
                                     table_rows.rate_by_round(runs, "ddp@2"))}
@@ -170,7 +173,9 @@ def ddp_claim(rows: dict[str, Any], rounds: dict[str, list[float]]) -> tuple[str
     return verdict, (f"sends {_kb(ddp['bytes_counted'])} per worker per step, theory {_kb(ddp['bytes_theory'])} "
                      f"(one ring all-reduce of the gradients, nothing more); scaling efficiency "
                      f"{ddp['efficiency']:.2f}, {ddp['vs_ceiling']:.2f} of what two processes that never "
-                     f"communicate reach here (rounds: {spread(values)}; confirms from {DDP_OF_CEILING} on)")
+                     f"communicate reach here (rounds: {spread(values)}; confirms from {DDP_OF_CEILING} on); the "
+                     f"ceiling's own rounds: {spread(rounds['ceiling'])}; by CPU time, one worker's CPU per sample "
+                     f"over two workers': {median_and_range(rounds['ddp_by_cpu'])} (1.00: communicating costs no CPU)")
 
 
 def horovod_claim(rows: dict[str, Any], rounds: dict[str, list[float]]) -> tuple[str, str]:
