@@ -95,3 +95,5 @@ def test_recorded_results_are_listed_with_their_file(tmp_path):
     (tmp_path / "gpu" / "2026-12-01_h100.json").write_text(json.dumps(fake_bench_result()))
     found = report.recorded_results("gpu", tmp_path / "gpu")
     assert [r["file"] for r in found] == ["gpu/2026-12-01_h100.json"] and found[0]["mode"] == "quick"
+    (tmp_path / "gpu" / "allreduce.json").write_text(json.dumps([{"rows": []}]))  # a list: not a result
+    assert [r["file"] for r in report.recorded_results("gpu", tmp_path / "gpu")] == ["gpu/2026-12-01_h100.json"]

@@ -184,12 +184,13 @@ RESULTS = Path(__file__).resolve().parents[2] / "results"  # the repository's re
 
 
 def recorded_results(kind: str = "gpu", folder: Path | None = None) -> list[dict[str, Any]]:
-    """Every recorded ``bench all`` result under ``results/<kind>/`` (JSON), oldest first, each with its file."""
+    """Every recorded result under ``results/<kind>/`` (JSON objects; a file holding a list, such as ``bench
+    allreduce``'s, is not one), oldest first, each with its file."""
     found = []
     for path in sorted((folder or RESULTS / kind).glob("*.json")):
         data = json.loads(path.read_text())
-        data["file"] = str(path.relative_to(path.parents[1]))
-        found.append(data)
+        if isinstance(data, dict):
+            found.append({**data, "file": str(path.relative_to(path.parents[1]))})
     return found
 
 
