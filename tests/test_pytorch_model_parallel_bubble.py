@@ -1,10 +1,8 @@
-"""The bubble table, measured from the pipeline strategies' training, and ``python -m dtutor.bench pipeline``."""
-
-import json
+"""The bubble table, measured from the pipeline strategies' training."""
 
 import pytest
 
-from dtutor import bench, max_difference, tables
+from dtutor import max_difference, tables
 from dtutor.pytorch.model_parallel import bubble
 from dtutor.strategies import STRATEGIES
 
@@ -52,17 +50,6 @@ def test_bubble_table_splits_the_gap_and_carries_no_verdict_for_a_learner():
     assert "target" not in text and "met" not in text.split() and max(map(len, text.splitlines())) <= 150
 
 
-def test_the_benchmark_s_verdict_judges_overlapped_gpipe_by_hand_up_to_m_4_on_p_2_only():
-    targets = bubble.table_bubble(ROWS, verdict=True)["target"].tolist()
-    assert targets[2:4] == ["within 10%: met", "within 10%: met"]  # 21% against 20%
-    assert targets[:2] == ["", ""] and targets[4:] == ["", "", ""]  # blocking, m = 8, 1F1B, library: not judged
-    missed = bubble.table_bubble([_row(HAND, "overlapped", 4, 0.23, 0.22)], verdict=True)
-    assert missed["target"].tolist() == ["within 10%: missed"]  # 23% against 20%: +15% relative
-    four_stages = {**_row(HAND, "overlapped", 4, 0.5, 0.45), "stages": 4, "peak_held": [4] * 4}
-    judged = bubble.table_bubble([four_stages], verdict=True).iloc[0]
-    assert judged["peak activations"] == "4/4/4/4" and judged["target"] == ""  # oversubscribed: not judged
-
-
 def test_bubble_plot_title_comes_from_overlapped_gpipe_by_hand_at_the_largest_m():
     axes = bubble.plot_bubble(ROWS).axes[0]
     assert axes.get_title() == "p = 2 stages: the bubble; at m = 8 15% measured (gpipe, overlapped) vs 11%"
@@ -97,14 +84,3 @@ def test_a_small_measurement_trains_each_variant_and_times_the_hand_written_one(
     assert hand["replayed"] <= hand["measured"] + 1e-12  # free communication never makes the step longer
     assert [(e.kind, e.micro_batch) for e in hand["events"] if e.stage == 1] == [
         ("forward", 0), ("forward", 1), ("backward", 0), ("backward", 1)]
-
-
-def test_bench_pipeline_prints_both_tables_and_writes_json(monkeypatch, tmp_path, capsys):
-    table = [{"layout": "unsplit", "strategy": "single", "bytes_per_rank": [8, 8], "largest_share": 1.0,
-              "samples_per_s": 10.0}]
-    monkeypatch.setattr(bench, "bench_pipeline", lambda repeats: {"bubble": ROWS, "memory": table})
-    bench.main(["pipeline", "--json", str(tmp_path / "out.json")])
-    printed = capsys.readouterr().out
-    assert printed.lstrip().startswith("strategy") and "layout" in printed and "at m = 8" in printed
-    assert "within 10%: met" in printed  # the benchmark keeps its target
-    assert json.loads((tmp_path / "out.json").read_text())["bubble"][0]["theory"] == 0.2
