@@ -84,7 +84,7 @@ def test_plots_and_highlights_are_computed_from_the_numbers():
                                                            "kB sent / worker / step"]
     assert "ceiling: 2 single runs\nat once (0.85 of 2x)" in [t.get_text() for t in figure.axes[0].get_legend().texts]
     lines = report.highlights(result)
-    assert lines[0].startswith("Two single runs at once reach 0.85 of twice one run")
+    assert lines[0].startswith("Two single runs at once reach 0.85 of twice one run here (rounds: 0.85 to 0.85)")
     assert lines[1] == "Fastest at 2 workers: ddp (178 samples/s, efficiency 0.89)."
     assert lines[2].startswith("Least model state per worker: deepspeed ZeRO-3 (488 kB, 33% of ddp's")
 

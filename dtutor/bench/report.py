@@ -199,8 +199,10 @@ def highlights(result: dict[str, Any]) -> list[str]:
     rows = [row for row in result["rows"] if row["samples_per_s_2"]]
     lines = []
     if result["ceiling"]:
-        lines.append(f"Two single runs at once reach {result['ceiling']:.2f} of twice one run here: the machine's "
-                     f"ceiling. A strategy at {result['ceiling']:.2f} scales as well as this machine allows.")
+        ceilings = result.get("ceilings") or [result["ceiling"]]
+        lines.append(f"Two single runs at once reach {result['ceiling']:.2f} of twice one run here (rounds: "
+                     f"{min(ceilings):.2f} to {max(ceilings):.2f}): the machine's ceiling in this run, which moves "
+                     "with the machine's load (python -m dtutor.bench ceiling).")
     if rows:
         fastest = max(rows, key=lambda row: row["samples_per_s_2"])
         lines.append(f"Fastest at 2 workers: {fastest['label']} ({fastest['samples_per_s_2']:,.0f} samples/s, "
