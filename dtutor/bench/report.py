@@ -201,8 +201,8 @@ def highlights(result: dict[str, Any]) -> list[str]:
     if result["ceiling"]:
         ceilings = result.get("ceilings") or [result["ceiling"]]
         lines.append(f"Two single runs at once reach {result['ceiling']:.2f} of twice one run here (rounds: "
-                     f"{min(ceilings):.2f} to {max(ceilings):.2f}): the machine's ceiling in this run, which moves "
-                     "with the machine's load (python -m dtutor.bench ceiling).")
+                     f"{min(ceilings):.2f} to {max(ceilings):.2f}): this run's ceiling, which moves with the "
+                     "machine's load (bench ceiling).")
     if rows:
         fastest = max(rows, key=lambda row: row["samples_per_s_2"])
         lines.append(f"Fastest at 2 workers: {fastest['label']} ({fastest['samples_per_s_2']:,.0f} samples/s, "
