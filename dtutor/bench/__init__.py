@@ -9,7 +9,7 @@
     python -m dtutor.bench horovod_gap     # why Horovod scales worse than DDP here, measured
     python -m dtutor.bench ddp             # DDP scaling 1 -> 2 ranks (1 thread each) and the driver's overhead
     python -m dtutor.bench horovod         # Horovod (PyTorch) beside DDP, 1 and 2 ranks, same model and data
-    python -m dtutor.bench pipeline        # the pipeline strategies trained: bubble by hand vs theory; memory, speed
+    python -m dtutor.bench pipeline        # the bubble vs theory: fixed-time stages, then real compute; memory, speed
     python -m dtutor.bench zero            # ZeRO 0-3 and FSDP model-state memory per rank against the formulas
     python -m dtutor.bench ddp_by_hand     # DDP by hand (naive, bucketed, overlapped) vs torch DDP: time/step
     python -m dtutor.bench activations     # activation memory against its formula; checkpointing's saving and cost
@@ -185,7 +185,7 @@ COMMANDS = {  # name: (what it measures, how it runs, its own flags)
             lambda c: c.add_argument("--rounds", type=int, default=60,
                                      help="pairs of driver and hand-written runs, median (60)")]),
     "horovod": ("Horovod (PyTorch) beside DDP, 1 and 2 ranks, same model and data", _horovod, [_batch_and_repeats]),
-    "pipeline": ("the pipeline strategies trained: samples/s, the bubble by hand vs theory; memory and speed per split",
+    "pipeline": ("the bubble vs theory: fixed-time stages (p = 2, 4), then real compute; memory and speed per split",
                  _pipeline, [
         lambda c: c.add_argument("--repeats", type=int, default=10, help="timed steps per run (10)")]),
     "zero": ("ZeRO 0-3 and FSDP model-state memory per rank against the formulas", _zero, [_mode]),

@@ -288,7 +288,7 @@ def plot_scaling(result: dict[str, Any]):
 FIXED_TIME_TARGET = 0.03  # fixed-time stages: the schedule's idle fraction within 3% (relative) of (p-1)/(m+p-1)
 
 
-def bench_pipeline(repeats: int = 10, speed: bool = True, fixed_repeats: int = 2) -> dict[str, Any]:
+def bench_pipeline(repeats: int = 10, speed: bool = True, fixed_repeats: int = 3) -> dict[str, Any]:
     """The schedules free of compute noise first (``fixed_time.measure_fixed_time``: GPipe and 1F1B by hand and the
     library's, p = 2 and 4 stages of fixed durations, m = 1, 2, 4, 8, the fastest of ``fixed_repeats`` steps; about
     70 s); then with real compute (``bubble.measure_bubble``: p = 2 balanced stages, ``repeats`` steps), the

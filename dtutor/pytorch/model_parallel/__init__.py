@@ -13,6 +13,8 @@ Modules, in the order of notebook 05:
   ``ScheduleGPipe``, ``Schedule1F1B``) for the driver, and their gradient proof;
 - ``tensor_parallel``: the strategy ``tensor_parallel`` (``parallelize_module``, column- then row-wise) and
   its proof on one MLP block;
+- ``fixed_time``: the same schedules on stages whose work takes a fixed, known time (calibrated sleeps):
+  the bubble against theory free of compute noise, p = 4 included on 2 cores;
 - ``bubble``: the pipeline strategies trained and timed (``record``): the bubble against theory on balanced
   stages, 1F1B against GPipe, by hand beside the library;
 - ``memory_and_speed``: parameter memory per rank under each split, and samples/s through the driver.

@@ -40,10 +40,10 @@ if TYPE_CHECKING:
     import pandas as pd
 
 ENTRY = "dtutor.pytorch.model_parallel.fixed_time:recorded_fixed_time"
-FORWARD_S, BACKWARD_S = 0.04, 0.08  # a backward costs about two forwards (two matrix products per one)
+FORWARD_S, BACKWARD_S = 0.03, 0.06  # a backward costs about two forwards (two matrix products per one)
 VARIANTS = ("pipeline_by_hand/overlapped", "pipeline_by_hand_1f1b/overlapped", "pipeline_gpipe", "pipeline_1f1b")
 WIDTH = 8  # features per sample: a message is micro-batch x 8 floats, latency only
-SPIN_S = 1e-3  # the end of each sleep is waited out awake: time.sleep wakes 0.05-1 ms late (later under load)
+SPIN_S = 2e-3  # the end of each sleep is waited out awake: time.sleep wakes 0.05-2 ms late (later under load)
 
 _recorded: dict[str, Any] = {"events": [], "forwards": 0, "warm_up": False}  # this process's, in the order they ran
 
