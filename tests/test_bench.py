@@ -10,7 +10,8 @@ OWN_FLAGS = {"all": {"--mode", "--json"}, "readme": {"--json", "--readme"}, "all
              "horovod_gap": {"--rounds", "--json"}, "ddp": {"--batch-per-rank", "--repeats", "--rounds", "--json"},
              "horovod": {"--batch-per-rank", "--repeats", "--json"}, "pipeline": {"--repeats", "--json"},
              "zero": {"--mode", "--json"}, "ring": {"--mode", "--ranks", "--json"},
-             "ddp_by_hand": {"--mode", "--json"}, "gpu": {"--dry-run", "--gpus", "--json"}}
+             "ddp_by_hand": {"--mode", "--json"}, "gpu": {"--dry-run", "--gpus", "--json"},
+             "activations": {"--mode", "--json"}}
 
 
 def _flags(command) -> set[str]:
