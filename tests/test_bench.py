@@ -11,7 +11,7 @@ OWN_FLAGS = {"all": {"--mode", "--json"}, "readme": {"--json", "--readme"}, "all
              "horovod": {"--batch-per-rank", "--repeats", "--json"}, "pipeline": {"--repeats", "--json"},
              "zero": {"--mode", "--json"}, "ring": {"--mode", "--ranks", "--json"},
              "ddp_by_hand": {"--mode", "--json"}, "gpu": {"--dry-run", "--gpus", "--json"},
-             "activations": {"--mode", "--json"}}
+             "activations": {"--mode", "--json"}, "ceiling": {"--rounds", "--json"}}
 
 
 def _flags(command) -> set[str]:
