@@ -5,9 +5,11 @@ Pipeline target: on stages of fixed durations (``fixed_time``), every schedule's
 (relative) of (p - 1) / (m + p - 1), its communication reported beside it.
 
 Targets on the course's 2-core CPU: DDP on 2 ranks reaches at least 90% of the machine's own ceiling, measured
-in the same run (two processes that train alone side by side, never communicating: on a 2-core virtual machine
-they reach only about 0.9 of twice one process's rate, since they share caches, memory and the host), and the
-training driver within 2% of a hand-written loop that computes the same metrics, on the same model and data;
+in the same run (two processes that train alone side by side, never communicating), judged over the rounds:
+met or missed only when every round agrees, else undecided. On the course's shared 2-vCPU virtual machine that
+ceiling moves from round to round, both below and above 1, because a run's wall clock also holds the time it
+waited for a core and the vCPUs' changing speed (``python -m dtutor.bench ceiling``); the training driver within
+2% of a hand-written loop that computes the same metrics, on the same model and data;
 every part of the measured model-state memory within 10% of its ZeRO formula (``dtutor.bench.zero``).
 """
 
