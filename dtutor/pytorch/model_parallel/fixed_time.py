@@ -25,6 +25,7 @@ Launch recipe (p = 4 processes, each sleeping most of the time)::
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -32,8 +33,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from dtutor.pytorch.model_parallel.bubble import balanced_data, bubble_row, compute_variation, parse_variant, timelines
 from dtutor.pytorch.model_parallel.gpipe import actions_for
-from dtutor.pytorch.model_parallel.timeline import Event, replay
+from dtutor.pytorch.model_parallel.timeline import Event, mean_idle, replay
 from dtutor.result import RunResult
 
 if TYPE_CHECKING:
@@ -131,7 +133,6 @@ def recorded_fixed_time(runs: Sequence[dict[str, Any]], forward_s: float = FORWA
     from dtutor.config import TrainConfig
     from dtutor.launch.training import fit_in_turn
     from dtutor.pytorch.driver import fit
-    from dtutor.pytorch.model_parallel.bubble import balanced_data
     from dtutor.pytorch.model_parallel.gpipe import PipelineByHand
 
     def fit_recorded(run: dict[str, Any]) -> RunResult:
@@ -167,12 +168,12 @@ def measure_fixed_time(stages: int, micro_batches: Sequence[int] = (1, 2, 4, 8),
     """Each variant (``bubble.VARIANTS``' names) at each micro-batch count on ``stages`` fixed-time stages, in one
     launch: ``repeats`` timed steps after a warm-up, one step per epoch; 1F1B only where m >= p.
 
-    Rows as ``bubble.bubble_row``'s (the fastest step's bubble, split into uneven and communication), plus
-    ``forward_ms`` and ``backward_ms``, the nominal durations.
+    Rows as ``bubble.bubble_row``'s, plus ``forward_ms`` and ``backward_ms`` (the nominal durations); the bubble,
+    its split into uneven and communication, the span and the time waited are medians over the timed steps
+    (``events``: the fastest step, for ``timeline.plot_timeline``).
     """
     from dtutor import launch, strategies
     from dtutor.launch.training import prepare
-    from dtutor.pytorch.model_parallel.bubble import bubble_row, parse_variant
 
     parsed = [parse_variant(variant) for variant in variants]
     cells = [(strategy, sends, m) for strategy, sends in parsed for m in micro_batches
@@ -186,8 +187,27 @@ def measure_fixed_time(stages: int, micro_batches: Sequence[int] = (1, 2, 4, 8),
     per_rank = launch.run(ENTRY, stages, threads_per_rank=1, timeout=timeout, quiet=True, runs=runs,
                           forward_s=forward_s, backward_s=backward_s)
     nominal_ms = {"forward_ms": 1e3 * forward_s, "backward_ms": 1e3 * backward_s}
-    return [bubble_row(strategy, sends, m, [results[index] for results in per_rank]) | nominal_ms
-            for index, (strategy, sends, m) in enumerate(cells)]
+    rows = []
+    for index, (strategy, sends, m) in enumerate(cells):
+        results = [results[index] for results in per_rank]
+        row = bubble_row(strategy, sends, m, results)
+        rows.append(row | _medians(timelines(results)[1:], row["theory"]) | nominal_ms)
+    return rows
+
+
+def _medians(steps: list[list[Event]], theory: float) -> dict[str, Any]:
+    """A row's figures as medians over its timed steps: one step disturbed by other work moves none of them."""
+    def span(events: list[Event]) -> float:
+        return max(e.end for e in events) - min(e.start for e in events)
+
+    replays = [replay(events) for events in steps]
+    measured = statistics.median(mean_idle(events) for events in steps)
+    replayed = statistics.median(mean_idle(events) for events in replays)
+    return {"measured": measured, "replayed": replayed, "communication": measured - replayed,
+            "gap": measured - theory, "relative_gap": measured / theory - 1, "uneven": replayed - theory,
+            "span_ms": 1e3 * statistics.median(map(span, steps)),
+            "communication_ms": 1e3 * statistics.median(span(a) - span(b) for a, b in zip(steps, replays, strict=True)),
+            "compute_cv": max(map(compute_variation, steps))}
 
 
 def nominal(events: Sequence[Event], forward_s: float, backward_s: float) -> list[Event]:
@@ -237,5 +257,6 @@ def table_fixed_time(rows: list[dict[str, Any]], target: float | None = None) ->
              "measured = comm. + schedule. comm.: what the step waited between the pieces of work (a message's "
              f"latency, each send's, receive's and autograd call's overhead): {min(waited):.1f} to "
              f"{max(waited):.1f} ms per step here;",
-             "schedule: the same step replayed without those waits (its own durations and order, timeline.replay)"]
+             "schedule: the same step replayed without those waits (its own durations and order, timeline.replay);",
+             "each figure: the median over the timed steps"]
     return titled([_cells(row, target) for row in rows], notes=notes)
