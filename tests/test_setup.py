@@ -108,6 +108,10 @@ def test_course_test_runs_the_notebooks_even_after_a_unit_test_fails(tmp_path, i
     calls = (venv_bin / "calls").read_text().splitlines()
     assert sorted(call.split()[:3] for call in calls) == [["-m", "pytest", "--nbval"], ["-m", "pytest", "tests/"]]
     assert all(call.split()[-1] == "-q" for call in calls)  # the arguments reach both
+    units, notebooks = sorted(calls, key=lambda call: "--nbval" in call)
+    later = ["tests/test_browser.py", "tests/test_launch_slurm.py"]  # they run after the notebooks, once
+    assert [f"--ignore={name}" in units.split() for name in later] == [True, True]
+    assert [name in notebooks.split() for name in later] == [True, True]
     assert done.returncode != 0
     assert done.stdout.index("units report") < done.stdout.index("nbval report")
     last = done.stdout.splitlines()[-1]
