@@ -14,7 +14,6 @@ from conftest import marked_processes
 from dtutor import launch
 from dtutor.config import choose_backend
 from dtutor.launch.arguments import encode_argument, parse_value
-from dtutor.launch.runners import free_ports
 from dtutor.launch.supervisor import one_prefix
 from dtutor.launch.worker import CLEAR_TO_END, _Prefixed, short_repr
 from dtutor.progress import RELAY_MARKER
@@ -215,11 +214,6 @@ def test_bad_tf_worker_input_is_refused_before_any_process_starts(monkeypatch, o
     monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: pytest.fail("a process was started"))
     with pytest.raises(ValueError, match=message):
         launch.run_tf_workers("dtutor.pytorch.ddp_lessons:sleep", **{"num_workers": 2, "quiet": True, **options})
-
-
-def test_free_ports_differ():
-    ports = free_ports(8)
-    assert len(set(ports)) == 8 and all(0 < port < 65536 for port in ports)
 
 
 def test_worker_leaves_only_its_result(probe, tmp_path):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import socket
 import sys
 import uuid
 from collections.abc import Sequence
@@ -32,6 +31,7 @@ from dtutor.launch.commands import (
     tf_worker_words,
     torchrun_command,
 )
+from dtutor.launch.ports import free_ports
 from dtutor.launch.supervisor import supervise
 
 
@@ -81,9 +81,7 @@ def run(
     if nnodes == 1:
         commands = [python + torchrun_command(entry, nprocs, kwargs, max_restarts=max_restarts)[1:]]
     else:
-        from torch.distributed.elastic.utils.distributed import get_free_port
-
-        endpoint, job = f"127.0.0.1:{get_free_port()}", f"dtutor-{uuid.uuid4().hex[:8]}"
+        endpoint, job = f"127.0.0.1:{free_ports(1)[0]}", f"dtutor-{uuid.uuid4().hex[:8]}"
         command = torchrun_command(entry, nprocs, kwargs, nnodes=nnodes, endpoint=endpoint, job_id=job,
                                    max_restarts=max_restarts)
         commands = [python + command[1:]] * nnodes
@@ -250,23 +248,6 @@ def run_single(entry: str, *, timeout: float = 300.0, env: dict[str, str] | None
     return supervise([command], entry=entry, timeout=timeout, quiet=quiet, threads=threads or os.cpu_count() or 1,
                      envs=[{"DTUTOR_RANK": "0", **(env or {})}],
                      display=shell_command(["python", *command[1:]]))[0]
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct free TCP ports on 127.0.0.1.
-
-    torch's ``get_free_port()`` gives one port and closes its socket at once, so calling it ``count`` times
-    may hand out the same port twice; here every socket stays bound until all ports are known, so they
-    differ. (Any free port can still be taken by another program before the worker binds it.)
-    """
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def show_tf_worker_commands(entry: str, num_workers: int = 2, *, ports: list[int] | None = None,
