@@ -22,8 +22,8 @@ failing rank with its traceback, or after a timeout the call each rank was waiti
 
 Modules: ``arguments`` (entry points, ``key=value`` words), ``commands`` (launcher commands),
 ``supervisor`` (processes, output, timeout, results), ``hang_finder`` (a timed-out launch: where each rank waits),
-``runners`` (the launches), ``ports`` (free ports for the launchers that name one), ``training`` (``train``, ``train_many``), ``worker`` (what ``python -m dtutor.launch``
-runs); for clusters, imported by name:
+``runners`` (the launches), ``ports`` (free ports for the launchers that name one), ``training`` (``train``,
+``train_many``), ``worker`` (what ``python -m dtutor.launch`` runs); for clusters, imported by name:
 ``recipes`` (Slurm batch scripts for every launcher), ``ssh`` (the same jobs on machines reached by ssh),
 ``slurm`` (submit, wait, collect) and ``slurm_local`` (a throwaway Slurm cluster on this machine). Importing this
 package imports neither torch nor TensorFlow.
