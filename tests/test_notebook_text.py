@@ -31,7 +31,7 @@ MEASURED_LOOKING = re.compile(
 STATED = {
     "02": ["25 MiB", "1 MiB"],  # torch DDP's documented bucket sizes
     "04": ["1e-5", "1e-2"],
-    "05": ["1 KB", "1e-5", "1e-2"],
+    "05": ["1 KB", "1e-5", "1e-2", "10 ms", "20 ms", "30 ms", "60 ms"],  # the fixed-time stages' chosen durations
     "06": ["120 GB", "2 GB", "1.6e-3"],
     "07": ["4 KB", "64 MB", "25 MiB", "4 MiB", "70%", "1 GiB", "80 GB/s", "80 GB"],
 }

@@ -20,8 +20,8 @@
 
 Each prints its tables (``dtutor.tables``: pandas DataFrames as text) and, with ``--json FILE``, writes its numbers.
 
-Modules: ``scaling`` (ddp, horovod, pipeline), ``ceiling_causes`` (bench ceiling), ``suite`` (all: the plan and the
-launches), ``runner`` and ``tf_runner`` (inside the workers), ``probe`` (counting collectives, model state),
+Modules: ``scaling`` (ddp, horovod), ``pipeline``, ``ceiling_causes`` (bench ceiling), ``suite`` (all: the plan
+and the launches), ``runner`` and ``tf_runner`` (inside the workers), ``probe`` (counting collectives, model state),
 ``rows`` (the table's rows), ``theory`` (what communication should cost), ``cost_model`` and ``model_check`` (step time
 predicted from FLOPs, bytes and overlap, checked against bench all's rows), ``report`` (table, plots, README),
 ``allreduce``, ``ring`` (the ring by hand against gloo's all-reduce, the α-β fits), ``horovod_gap``, ``zero``
@@ -34,13 +34,13 @@ import argparse
 import json
 from typing import Any
 
+from dtutor.bench.pipeline import bench_pipeline, table_pipeline
 from dtutor.bench.scaling import (
     DRIVER_OVERHEAD_TARGET,
     HEADERS,
     SCALING_TARGET,
     bench_ddp,
     bench_horovod_vs_ddp,
-    bench_pipeline,
     ceiling,
     driver_overhead,
     hand_written_fit,
@@ -48,7 +48,6 @@ from dtutor.bench.scaling import (
     plot_scaling,
     scaling,
     table_ddp,
-    table_pipeline,
     table_scaling,
     throughput,
 )
