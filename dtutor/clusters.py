@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from dtutor.bench.cost_model import Link
+from dtutor.bench.gpu_parts import peak_for
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -62,11 +63,15 @@ def _cpu_adam_per_s(sockets: int, gpus: int) -> float:
     return host_memory / gpus / ADAM_BYTES_PER_PARAMETER
 
 
+SXM_PEAK, PCIE_PEAK = peak_for("H100 SXM"), peak_for("H100 PCIe")  # dense BF16, with their sources
+
+
 def _sxm(nodes: int) -> Cluster:
     nvlink = Link(1e-6, 460 * GB, NCCL_SINGLE_NODE)
     infiniband = Link(1e-6, 400 * GB, NCCL_MULTI_NODE) if nodes > 1 else None
     send = Link(1e-6, 50 * GB, DGX_GUIDE) if nodes > 1 else Link(1e-6, 450 * GB, H100_PAGE)
-    sources = [("peak BF16 dense per GPU", "989 TFLOP/s", H100_PAGE), ("memory per GPU", "80 GB", H100_PAGE),
+    sources = [("peak BF16 dense per GPU", f"{SXM_PEAK['bf16_tflops']:g} TFLOP/s", SXM_PEAK["source"]),
+               ("memory per GPU", "80 GB", H100_PAGE),
                ("all-reduce busbw, NVLink, 8 GPUs", "460 GB/s (460-480)", NCCL_SINGLE_NODE)]
     if nodes > 1:
         sources += [("all-reduce busbw, NVLink + IB NDR", "400 GB/s (400-450)", NCCL_MULTI_NODE),
@@ -77,18 +82,20 @@ def _sxm(nodes: int) -> Cluster:
                 ("host link (offload), PCIe 5 x16", "64 GB/s one way", H100_PAGE),
                 ("CPU Adam per GPU, 2 sockets/8 GPUs", f"{_cpu_adam_per_s(2, 8) / 1e9:.2f} G param/s", HOST)]
     name = "8x H100 SXM" if nodes == 1 else f"{nodes}x8 H100 SXM, IB"
-    return Cluster(name, nodes, 8, 989e12, 80 * GB, nvlink, infiniband, send, 64 * GB, _cpu_adam_per_s(2, 8),
-                   tuple(sources))
+    return Cluster(name, nodes, 8, SXM_PEAK["bf16_tflops"] * 1e12, 80 * GB, nvlink, infiniband, send, 64 * GB,
+                   _cpu_adam_per_s(2, 8), tuple(sources))
 
 
 def _workstation() -> Cluster:
     pcie = Link(2e-6, 35 * GB, NCCL_SINGLE_NODE)
-    sources = (("peak BF16 dense (PCIe card)", "756 TFLOP/s", H100_PAGE), ("memory per GPU", "80 GB", H100_PAGE),
+    sources = (("peak BF16 dense (PCIe card)", f"{PCIE_PEAK['bf16_tflops']:g} TFLOP/s", PCIE_PEAK["source"]),
+               ("memory per GPU", "80 GB", H100_PAGE),
                ("all-reduce busbw, PCIe, no NVLink", "35 GB/s (35-45)", NCCL_SINGLE_NODE),
                ("latency α per hop", "2 µs", LATENCY),
                ("host link (offload), PCIe 5 x16", "64 GB/s one way", H100_PAGE),
                ("CPU Adam per GPU, 1 socket/4 GPUs", f"{_cpu_adam_per_s(1, 4) / 1e9:.2f} G param/s", HOST))
-    return Cluster("4x H100 PCIe", 1, 4, 756e12, 80 * GB, pcie, None, pcie, 64 * GB, _cpu_adam_per_s(1, 4), sources)
+    return Cluster("4x H100 PCIe", 1, 4, PCIE_PEAK["bf16_tflops"] * 1e12, 80 * GB, pcie, None, pcie, 64 * GB,
+                   _cpu_adam_per_s(1, 4), sources)
 
 
 CLUSTERS = {cluster.name: cluster for cluster in (_sxm(1), _sxm(2), _sxm(4), _workstation())}
@@ -129,8 +136,6 @@ SHAPES = {  # N, layers, hidden, heads, where the shape is published
     "1.3B": (1.3e9, 24, 2048, 24, "GPT-3 XL, Brown et al. 2020, Table 2.1"),
     "7B": (7e9, 32, 4096, 32, "LLaMA 7B, Touvron et al. 2023, Table 2"),
 }
-CNN_ACTIVATION_VALUES = 784 + 2 * 26 * 26 * 32 + 13 * 13 * 32 + 2 * 11 * 11 * 64 + 5 * 5 * 64 + 2 * 64 + 10
-# per image: the input, each convolution's and ReLU's output, each pooling's, the linears' and ReLU's (fp32)
 
 
 def transformer(name: str) -> Workload:

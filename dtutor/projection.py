@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from dtutor.bench import cost_model as cm
-from dtutor.clusters import CLUSTERS, CNN_ACTIVATION_VALUES, Cluster, Workload, workloads
+from dtutor.clusters import CLUSTERS, Cluster, Workload, workloads
 from dtutor.pytorch.sharded import formulas
 from dtutor.strategies import STRATEGIES
 
@@ -89,10 +89,11 @@ def variants() -> list[tuple[str, str, dict[str, Any]]]:
 def activation_bytes(model: Workload, micro_batches: int = 1, layers: int | None = None, tensor: int = 1) -> float:
     """Activations of ``micro_batches`` micro-batches through ``layers`` layers (all by default), split over
     ``tensor`` GPUs (a transformer's, as with sequence parallelism; the CNN's convolutions are not split)."""
+    from dtutor.pytorch.activation_memory import cnn_terms, transformer_activation_bytes
+
     layers = model.layers if layers is None else layers
-    if not model.transformer:
-        return CNN_ACTIVATION_VALUES * 4 * model.micro_batch * micro_batches * layers / model.layers
-    from dtutor.pytorch.activation_memory import transformer_activation_bytes
+    if not model.transformer:  # what autograd saves, counted by hand and checked in test_pytorch_activation_memory
+        return sum(cnn_terms(model.micro_batch).values()) * micro_batches * layers / model.layers
 
     return micro_batches * transformer_activation_bytes(model.sequence, model.micro_batch, model.hidden, model.heads,
                                                         layers) / tensor

@@ -41,7 +41,7 @@ def test_collectives_nothing_hides_are_all_exposed():
 def test_pipeline_bubble_is_p_minus_1_over_m_plus_p_minus_1_for_equal_stages():
     terms = cm.pipeline_terms([1.0, 1.0], micro_batches=4)  # p = 2, m = 4: 4 + 1 = 5 stage-times
     assert (terms.compute_s, terms.bubble_s, terms.step_s) == (4.0, 1.0, 5.0)
-    assert terms.bubble_s / terms.step_s == cm.bubble_fraction(2, 4) == 1 / 5
+    assert terms.bubble_s / terms.step_s == 1 / 5  # (p-1)/(m+p-1) at p = 2, m = 4
     four = cm.pipeline_terms([0.5] * 4, micro_batches=8)  # p = 4, m = 8: 3 / 11 idle
     assert four.bubble_s / four.step_s == pytest.approx(3 / 11)
 

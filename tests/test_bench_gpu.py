@@ -6,7 +6,6 @@ Nothing here launches a process: the real parts need a GPU machine.
 """
 
 import json
-import sys
 import types
 
 import pytest
@@ -99,8 +98,6 @@ def test_the_run_records_each_part_ok_failed_or_skipped_and_the_reader_shows_it(
                                "broken": (50, RuntimeError("CUDA error: out of memory"))})
     monkeypatch.setattr(gpu_run, "time", types.SimpleNamespace(monotonic=lambda: clock["now"]))
     monkeypatch.setattr(gpu_run, "RUNNERS", dict.fromkeys(gpu_run.RUNNERS, runner))
-    monkeypatch.setitem(sys.modules, "dtutor.bench.cost_model", types.SimpleNamespace(
-        predict_gpu_row=lambda row, device: 0.04 if device["peak"]["gpu"] == "H100 SXM" else None))
     result = gpu_run.run_parts(gpu.skeleton(parts, dry_run=False), parts, gpus=1, progress=lambda line: None)
     status = {name: (part["status"], part["error"]) for name, part in result["parts"].items()}
     assert status["inventory"] == ("ok", None) and status["train"] == ("ok", None)
@@ -109,7 +106,7 @@ def test_the_run_records_each_part_ok_failed_or_skipped_and_the_reader_shows_it(
     assert status["needs_pkg"] == ("skipped", "no_such_package_here not installed")
     assert status["dataparallel_memory"] == ("skipped", "needs 2 GPUs, 1 here")
     assert result["device"] == "NVIDIA H100 80GB HBM3" and result["versions"]["nccl"] == "2.27.5"
-    assert result["parts"]["train"]["result"]["rows"][0]["predicted_step_s"] == 0.04 and result["seconds"] == 205
+    assert result["parts"]["train"]["result"]["rows"][0]["part"] == "train" and result["seconds"] == 205
     path = gpu.write(result, tmp_path / "gpu" / gpu.default_path(result).name)
     assert path.name == f"nvidia-h100-80gb-hbm3-{result['date']}.json"
     (tmp_path / "gpu" / "2026-01-01_old_bench_all.json").write_text(json.dumps({"mode": "full", "rows": []}))
@@ -118,19 +115,13 @@ def test_the_run_records_each_part_ok_failed_or_skipped_and_the_reader_shows_it(
     device, table_parts, training = gpu_report.tables(found)
     assert device["name"].tolist() == ["NVIDIA H100 80GB HBM3"] and "989.4 TFLOP/s" in device.attrs["notes"][0]
     assert table_parts["status"].tolist() == ["ok", "ok", "failed", "skipped", "skipped", "skipped"]
-    assert training.loc[0, "predicted ms"] == 40.0 and training.loc[0, "peak MiB"] == 3
+    assert training.loc[0, "step ms"] == 50.0 and training.loc[0, "peak MiB"] == 3
     assert gpu_report.newest(tmp_path / "nothing") is None
-
-
-def test_the_cost_model_hook_gives_none_without_a_model(monkeypatch):
-    monkeypatch.setitem(sys.modules, "dtutor.bench.cost_model", None)  # importing it fails, as when it is absent
-    assert gpu.predicted({"strategy": "ddp"}) is None
-    monkeypatch.setitem(sys.modules, "dtutor.bench.cost_model", types.SimpleNamespace())  # a model with no hook
-    assert gpu.predicted({"strategy": "ddp"}) is None
 
 
 @pytest.mark.parametrize(("name", "gpu_name"), [
     ("NVIDIA H100 80GB HBM3", "H100 SXM"), ("NVIDIA H100 PCIe", "H100 PCIe"), ("NVIDIA H200", "H200 SXM"),
+    ("NVIDIA GH200 480GB", "GH200"),
     ("NVIDIA A100-SXM4-80GB", "A100"), ("NVIDIA L4", "L4"), ("NVIDIA L40S", "L40S"), ("NVIDIA A10", "A10"),
     ("NVIDIA A10G", None), ("Tesla V100-SXM2-16GB", None), (None, None)])
 def test_the_peak_table_matches_device_names(name, gpu_name):

@@ -5,14 +5,14 @@ import math
 import pytest
 
 from dtutor import projection as pj
-from dtutor.clusters import CLUSTERS, transformer
+from dtutor.clusters import CLUSTERS, cnn, transformer
 from dtutor.strategies import STRATEGIES
 from dtutor.tables import text
 
-NODE = CLUSTERS["8x H100 SXM"]  # 989 TFLOP/s per GPU, NVLink all-reduce at 460 GB/s, α = 1 µs per hop
+NODE = CLUSTERS["8x H100 SXM"]  # 989.4 TFLOP/s per GPU, NVLink all-reduce at 460 GB/s, α = 1 µs per hop
 N, TOKENS = 7e9, 256 * 2048  # 7B parameters; 256 sequences of 2,048 tokens per step
 SEVEN_B = transformer("7B")  # 32 layers, hidden 4,096, 32 heads, one sequence per micro-batch
-PEAK, MFU = 989e12, 0.40
+PEAK, MFU = 989.4e12, 0.40
 # Korthikanti et al.'s activations of one 2,048-token sequence, per layer: s·h·(34 + 5·a·s/h) = s·h·114 bytes
 ACTIVATIONS = 32 * 2048 * 4096 * (34 + 5 * 32 * 2048 / 4096)
 
@@ -94,3 +94,10 @@ def test_asking_which_strategy_for_7b_on_8_h100_gives_the_rows_behind_the_answer
     assert f"projected fastest that fits: {frame['strategy'].iloc[0]}," in frame.attrs["title"]
     with pytest.raises(ValueError, match="model, cluster"):
         pj.ask("70B", "8x H100 SXM")
+
+
+def test_the_cnns_activations_are_what_autograd_saves_per_image():
+    """Per image, fp32 (int64 for the pooling indices and targets): input 784 x 4, ReLU 1 32·26·26 x 4, pool 1
+    indices 32·13·13 x 8, its output 32·13·13 x 4, ReLU 2 64·11·11 x 4, pool 2 indices 64·5·5 x 8, its output
+    1600 x 4, ReLU 3 64 x 4, log-softmax 10 x 4, target 8: 205,040 bytes; plus the loss's 4-byte scalar per batch."""
+    assert pj.activation_bytes(cnn()) == 205_040 * 256 + 4

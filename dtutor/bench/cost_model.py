@@ -4,9 +4,9 @@ One optimizer step of the busiest worker costs::
 
     step = compute + exposed communication + bubble + other
 
-- **compute**: the FLOPs the worker runs per step (``training_flops``: ``torch.utils.flop_counter.FlopCounterMode``
-  on the model's forward and backward) over a FLOP rate (measured: ``calibrated_rate`` from a run that sends
-  nothing, or ``matmul_rate``; projected: a peak x an assumed MFU);
+- **compute**: the FLOPs the worker runs per step (``stage_flops``: ``torch.utils.flop_counter.FlopCounterMode``
+  on the model's forward and backward, per pipeline stage) over a FLOP rate (checked here: fitted on the
+  single-device row of ``bench all``, ``model_check``; projected: a peak x an assumed MFU);
 - **communication**: each collective through the α-β model of ``ring``: ``steps x α + wire factor x S / β``
   (``theory.wire_factor``: 2(n-1)/n for an all-reduce; α, β fitted to the all-reduce benchmark by
   ``ring.fit_alpha_beta``);
@@ -136,11 +136,6 @@ def pipeline_terms(stage_seconds: list[float], micro_batches: int, send_s: float
                      exposed_s=2 * boundaries * send_s, bubble_s=sum(stage_seconds) - busiest)
 
 
-def bubble_fraction(stages: int, micro_batches: int) -> float:
-    """GPipe's idle share of a step with equal stages: (p-1)/(m+p-1)."""
-    return (stages - 1) / (micro_batches + stages - 1)
-
-
 def buckets(size: float, capacity: float) -> int:
     """How many buckets of at most ``capacity`` bytes ``size`` bytes of gradients fill (at least 1)."""
     return max(1, math.ceil(size / capacity))
@@ -153,20 +148,6 @@ def link_from_allreduce(result: dict[str, Any], source: str = "") -> Link:
     fit = fit_alpha_beta([row["bytes"] for row in rows], [row["seconds"] for row in rows], result["ranks"])
     return Link(fit["alpha_s"], fit["beta_bytes_per_s"],
                 source or f"all-reduce benchmark, {result['ranks']} ranks ({result.get('backend', '?')})")
-
-
-def training_flops(model: Any, batch: int, input_shape: tuple[int, ...] = (1, 28, 28)) -> int:
-    """FLOPs of one forward and backward pass of ``model`` on ``batch`` samples (cross-entropy on class 0), as
-    ``torch.utils.flop_counter.FlopCounterMode`` counts them (matmuls and convolutions; 2 per multiply-add)."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    inputs = torch.zeros(batch, *input_shape)
-    with FlopCounterMode(display=False) as counter:
-        logits = model(inputs)
-        torch.nn.functional.cross_entropy(logits, torch.zeros(batch, dtype=torch.long)).backward()
-    model.zero_grad(set_to_none=True)
-    return counter.get_total_flops()
 
 
 def stage_flops(model_name: str, stages: int, batch: int) -> list[int]:
@@ -195,21 +176,3 @@ def _stage_flops_per_sample(model_name: str, stages: int) -> tuple[int, ...]:
         counts.append(counter.get_total_flops())
         inputs = outputs
     return tuple(counts)
-
-
-def matmul_rate(size: int = 512, seconds: float = 0.5, device: str = "cpu") -> float:
-    """FLOP/s of ``size`` x ``size`` float32 matmuls on ``device`` for about ``seconds`` (after one warm-up):
-    a machine's rate for the largest, most regular work; a model's layers reach less."""
-    import time
-
-    import torch
-
-    a = torch.rand(size, size, device=device)
-    torch.mm(a, a)
-    done, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds or done == 0:
-        torch.mm(a, a)
-        done += 1
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return 2 * size**3 * done / (time.perf_counter() - started)

@@ -130,22 +130,6 @@ def check_plan(parts: list[Part]) -> list[str]:
     return problems
 
 
-def predicted(row: dict[str, Any], device: dict[str, Any] | None = None) -> float | None:
-    """The cost model's step time in seconds for ``row`` on ``device``, or None while no model is there.
-
-    The hook for ``dtutor.bench.cost_model``: ``gpu_run`` calls it with every row of every part that ran, and it
-    calls ``cost_model.predict_gpu_row(row, device)`` where that exists. ``row``: a training row (``part``,
-    ``strategy``, ``fields``, ``ranks``, ``step_s``, ...: ``gpu_parts.summarize``), a model row (``model``,
-    ``precision``, ``flops_per_step``, ``step_s``: ``gpu_parts.measure_model``) or an all-reduce row (``bytes``,
-    ``ranks``, ``seconds``); ``device``: ``gpu_parts.device_facts()`` (GPUs, versions, dense bf16 ``peak``)."""
-    try:
-        from dtutor.bench import cost_model  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    predict = getattr(cost_model, "predict_gpu_row", None)
-    return predict(row, device) if predict else None
-
-
 def slug(name: str) -> str:
     """A device name as a file name: "NVIDIA H100 80GB HBM3" -> "nvidia-h100-80gb-hbm3"."""
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "unknown"

@@ -26,8 +26,8 @@ if TYPE_CHECKING:
 # (pattern of torch.cuda.get_device_name, the GPU, dense bf16 TFLOP/s, source); the first match wins
 PEAKS = [
     (r"H200 NVL", "H200 NVL", 835.0, "https://www.nvidia.com/en-us/data-center/h200/ (1,671 sparse)"),
-    (r"H200", "H200 SXM", 989.4, "https://www.nvidia.com/en-us/data-center/h200/ (1,979 sparse)"),
     (r"GH200", "GH200", 989.4, "https://www.nvidia.com/en-us/data-center/grace-hopper-superchip/ (1,979 sparse)"),
+    (r"H200", "H200 SXM", 989.4, "https://www.nvidia.com/en-us/data-center/h200/ (1,979 sparse)"),
     (r"H100 PCIe", "H100 PCIe", 756.0, "https://www.nvidia.com/en-us/data-center/h100/ (1,513 sparse)"),
     (r"H100 NVL", "H100 NVL", 835.0, "https://www.nvidia.com/en-us/data-center/h100/ (1,671 sparse)"),
     (r"H100", "H100 SXM", 989.4, "https://www.nvidia.com/en-us/data-center/h100/ (1,979 sparse)"),

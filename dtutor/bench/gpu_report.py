@@ -75,7 +75,7 @@ def table_parts(result: dict[str, Any]) -> pd.DataFrame:
 
 
 def table_training(result: dict[str, Any]) -> pd.DataFrame:
-    """Every training row: strategy and its fields, ranks, samples/s, time per step (measured, predicted), memory."""
+    """Every training row: strategy and its fields, ranks, samples/s, time per step, memory."""
     from dtutor.tables import titled, whole
 
     shown = {"zero_stage": 0, "offload": False, "precision": "fp32"}  # the fields that tell the rows apart, by default
@@ -83,7 +83,6 @@ def table_training(result: dict[str, Any]) -> pd.DataFrame:
              "fields": " ".join(f"{k}={row['fields'][k]}" for k, default in shown.items()
                                if row["fields"].get(k, default) != default), "ranks": row["ranks"],
              "samples/s": whole(row["samples_per_s"]), "step ms": _ms(row["step_s"]),
-             "predicted ms": _ms(row.get("predicted_step_s")),
              "peak MiB": None if row["peak_memory_bytes"] is None else round(row["peak_memory_bytes"] / MIB)}
             for kind in ("in_process", "train_many") for row in _rows(result, kind)]
     return titled(rows, "training (the course's CNN, the driver): after a warm-up epoch; peak: CUDA max allocated",
@@ -96,8 +95,8 @@ def table_models(result: dict[str, Any]) -> pd.DataFrame:
 
     rows = [{"model": row["model"], "precision": row["precision"], "parameters": row["parameters"],
              "step ms": _ms(row["step_s"]), "GFLOP/step": round(row["flops_per_step"] / 1e9, 2),
-             "TFLOP/s": round(row["tflops"], 3), "MFU": None if row["mfu"] is None else round(row["mfu"], 3),
-             "predicted ms": _ms(row.get("predicted_step_s"))} for row in _rows(result, "models")]
+             "TFLOP/s": round(row["tflops"], 3), "MFU": None if row["mfu"] is None else round(row["mfu"], 3)}
+            for row in _rows(result, "models")]
     return titled(rows, "one training step (AdamW): FLOPs counted by FlopCounterMode; MFU = FLOP/s / dense bf16 peak",
                   integers=["parameters"])
 

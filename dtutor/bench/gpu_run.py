@@ -2,8 +2,7 @@
 process, with its timeout, inside the 8-minute window; a failed part is recorded with its error and the run goes on.
 
 Parts that use one GPU see only GPU 0 (``CUDA_VISIBLE_DEVICES=0``), so DataParallel there is the 1-GPU case;
-DataParallel's per-GPU memory and the 2-rank parts see every GPU. Every row of a part gets the cost model's
-prediction (``gpu.predicted``) beside what was measured.
+DataParallel's per-GPU memory and the 2-rank parts see every GPU.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from dtutor.bench.gpu import WINDOW_S, Part, predicted
+from dtutor.bench.gpu import WINDOW_S, Part
 from dtutor.launch.commands import environment
 
 
@@ -73,11 +72,10 @@ def run_part(part: Part, timeout: float) -> dict[str, Any]:
         return RUNNERS[part.kind](part, timeout)
 
 
-def _predict_rows(name: str, outcome: dict[str, Any], device: dict[str, Any] | None) -> None:
-    """Each row of ``outcome`` gets its part's name and the cost model's ``predicted_step_s`` (None: no model)."""
+def _name_rows(name: str, outcome: dict[str, Any]) -> None:
+    """Each row of ``outcome`` gets its part's name."""
     for row in outcome.get("rows") or []:
         row["part"] = name
-        row["predicted_step_s"] = predicted(row, device)
 
 
 def _record_device(result: dict[str, Any], facts: dict[str, Any]) -> None:
@@ -122,7 +120,7 @@ def run_parts(result: dict[str, Any], parts: list[Part], gpus: int, progress: Ca
             facts = outcome
             _record_device(result, facts)
         if record["status"] == "ok":
-            _predict_rows(part.name, outcome, facts)
+            _name_rows(part.name, outcome)
         if part.kind == "dataparallel_memory" and record["status"] == "ok":
             result["dataparallel_memory"] = outcome["peak_bytes_per_gpu"]
         failure = f": {record['error'].splitlines()[0][:100]}" if record["error"] else ""

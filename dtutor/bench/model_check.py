@@ -3,8 +3,8 @@
 ``check_bench_all(result, link)`` takes bench all's result (a live one or the recorded JSON) and predicts each
 row's step time at 1 and 2 workers from exact counts:
 
-- FLOPs: the course CNN's forward and backward, counted (``cost_model.training_flops``; per pipeline stage
-  ``cost_model.stage_flops``);
+- FLOPs: the course CNN's forward and backward, counted per pipeline stage (one stage: the whole model) by
+  ``cost_model.stage_flops``;
 - the FLOP rate: **calibrated on the single-device row** (its FLOPs per step over its measured step time), so
   that row's error is 0 by construction and every other row is a prediction;
 - bytes: what the row's proof run counted per step (``bench all``'s collective counter; a pipeline's and tensor
