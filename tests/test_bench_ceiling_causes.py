@@ -48,7 +48,21 @@ def test_the_summary_gives_each_figure_median_and_range_and_the_findings_say_the
     assert lines[0] == ("The ceiling by the wall clock over 2 rounds: 1.02 (0.93 to 1.12) unpinned, "
                         "0.95 (0.90 to 1.00) with each process pinned to a core of its own.")
     assert lines[1] == "By CPU time (samples per CPU-second, pinned): 1.00 (1.00 to 1.00)."
+    assert lines[2].endswith("without a core: other processes on this machine had it.")  # 25% in round 0
+    assert lines[3].endswith("0.90 (0.80 to 1.00) of core 0's speed: the two vCPUs differ, and change from round "
+                             "to round.")
     assert "at most 2 time(s) per fit, every process had 1 intra-op thread (OMP_NUM_THREADS=1)" in lines[4]
+
+
+def test_the_findings_draw_a_conclusion_only_where_the_figures_show_it():
+    result = invented()
+    for rank in result["ranks"]:
+        for run in rank["runs"]:
+            run["runqueue_wait_s"] = 0.0  # never waited for a core
+            if run["phase"] == "alone on core 1":
+                run["samples_per_s"], run["cpu_s_per_sample"] = 100, 0.001  # as fast as core 0
+    lines = ceiling_causes.findings(result)
+    assert lines[2].endswith("runnable but without a core.") and lines[3].endswith("of core 0's speed.")
     text = "\n".join(tables.text(make(result)) for make in (ceiling_causes.table_rounds, ceiling_causes.table_summary))
     assert "measured 2026-12-07T03:00" in text and max(len(line) for line in text.splitlines()) <= 150
 

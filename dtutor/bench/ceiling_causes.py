@@ -218,6 +218,14 @@ def table_summary(result: dict[str, Any]) -> pd.DataFrame:
     return titled(rows, f"Over {result['rounds']} rounds ({threads})")
 
 
+WAIT_SHARE_NOTICED = 0.05  # a pair that waited longer than this for a core shared the machine with others
+CORE_SPEED_NOTICED = 0.05  # core 1 / core 0 further than this from 1 in some round: the vCPUs ran at other speeds
+
+
+def _spans_more_than(spread: dict[str, float], margin: float) -> bool:
+    return spread["min"] < 1 - margin or spread["max"] > 1 + margin
+
+
 def findings(result: dict[str, Any]) -> list[str]:
     """What the measurement says, in sentences computed from it (each figure a median with its range)."""
     found = summary(result)
@@ -233,11 +241,13 @@ def findings(result: dict[str, Any]) -> list[str]:
              + (": above 1, the same samples took more CPU time alone, so the vCPU itself ran slower, below what "
                 "this system can see." if spreads["ceiling_cpu"]["median"] > 1 else "."),
              f"Side by side, the processes spent {figure('wait_share_pair', '.0%')} of their wall time runnable "
-             "but without a core: other processes on this machine had it.",
-             f"Alone, core 1 ran the same work at {figure('core1_over_core0')} of core 0's speed: the two vCPUs "
-             "differ, and change from minute to minute.",
-             f"Ruled out: a lone process moved between cores at most {spreads['migrations_alone']['max']:.0f} "
-             f"time(s) per fit, every process had {found['threads']['intra_op_threads']} intra-op thread "
+             "but without a core" + (": other processes on this machine had it." if
+                                     spreads["wait_share_pair"]["max"] > WAIT_SHARE_NOTICED else "."),
+             f"Alone, core 1 ran the same work at {figure('core1_over_core0')} of core 0's speed"
+             + (": the two vCPUs differ, and change from round to round." if _spans_more_than(
+                 spreads["core1_over_core0"], CORE_SPEED_NOTICED) else "."),
+             f"A lone process moved between cores at most {spreads['migrations_alone']['max']:.0f} time(s) per "
+             f"fit, every process had {found['threads']['intra_op_threads']} intra-op thread "
              f"(OMP_NUM_THREADS={found['threads']['OMP_NUM_THREADS']}), and the hypervisor reported at most "
              f"{spreads['steal_s']['max']:.2f} s stolen per round."]
     if found["cold_over_warm"]:
