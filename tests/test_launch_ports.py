@@ -3,15 +3,12 @@ import socket
 from dtutor.launch import ports
 
 
-def test_the_ports_differ_are_free_and_lie_just_below_the_ephemeral_range():
+def test_the_ports_differ_and_lie_just_below_the_ephemeral_range():
     low, high = ports.ephemeral_range()
     assert 1024 <= low < high <= 65535
     found = ports.free_ports(8)
     assert len(set(found)) == 8
     assert all(low - ports.BELOW_EPHEMERAL <= port < low for port in found)
-    for port in found:  # each can be bound at once
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", port))
 
 
 def test_a_port_taken_is_skipped_and_with_none_free_below_the_kernel_picks(monkeypatch):

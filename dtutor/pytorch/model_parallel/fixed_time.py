@@ -69,7 +69,9 @@ class FixedTimeStep(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, stage: int, forward_s: float, backward_s: float):
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, stage: int, forward_s: float,
+                backward_s: float) -> torch.Tensor:
+        """``x * weight`` after ``forward_s`` seconds of fixed work (none in a warm-up step), recorded."""
         ctx.save_for_backward(x, weight)
         ctx.stage, ctx.backward_s, ctx.micro_batch = stage, backward_s, _recorded["forwards"]
         if x.is_meta:
@@ -81,7 +83,8 @@ class FixedTimeStep(torch.autograd.Function):
         return x * weight
 
     @staticmethod
-    def backward(ctx, gradient):
+    def backward(ctx: Any, gradient: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor, None, None, None]:
+        """The gradients of ``x * weight`` after ``backward_s`` seconds of fixed work (none in a warm-up), recorded."""
         x, weight = ctx.saved_tensors
         if not gradient.is_meta:
             start = time.perf_counter()
