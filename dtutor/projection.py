@@ -4,8 +4,10 @@ For every strategy the course teaches (``dtutor.strategies``; DeepSpeed per ZeRO
 optimizer offloaded), every model and cluster of ``dtutor.clusters``, ``project`` gives one step's terms and:
 
 - **compute**: the step's FLOPs on the busiest GPU over ``peak x MFU`` (both stated in ``dtutor.clusters``);
-- **communication** per step, what the course counts (``dtutor.bench.theory``), in 16-bit (2 bytes per
-  parameter): data parallelism all-reduces the gradients G = 2N once per step; ZeRO-1 reduce-scatters G and
+- **communication** per step, what the course counts (``dtutor.bench.theory``): data parallelism (DDP, Horovod,
+  TensorFlow's strategies, DataParallel) all-reduces the gradients once per step in fp32, 4N bytes (autocast keeps
+  the parameters, so their gradients, in fp32); DeepSpeed's bf16 mode and FSDP's mixed precision hold and send
+  16-bit copies (G = P = 2N bytes, activations 2 bytes a value): ZeRO-1 reduce-scatters G and
   all-gathers the parameters P = 2N once per step; ZeRO-2 reduce-scatters G every micro-batch (it keeps no whole
   gradient to accumulate in); ZeRO-3 and FSDP gather P for forward and again for backward and reduce-scatter G,
   every micro-batch, layer by layer; tensor parallelism all-reduces each layer's activations twice forward and
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 BYTES_16 = 2  # bytes per parameter, gradient and activation value in mixed precision
+BYTES_32 = 4  # bytes per fp32 gradient (data parallelism under autocast)
 ONE_MACHINE = ("dataparallel", "mirrored")  # one process drives every GPU: one machine only
 DATA_TENSOR_WIDTH = 2  # the course's data x tensor grid: tensor-parallel pairs (dtutor.layout.DATA_X_TENSOR)
 
@@ -108,6 +111,7 @@ def _compute_seconds(model: Workload, cluster: Cluster, samples: float, tensor: 
 def _data_parallel_plan(name: str, extra: dict[str, Any], model: Workload) -> tuple[list, list]:
     """(collectives once per micro-batch, once per step) of a data-parallel strategy (module docstring)."""
     gradients = parameters = BYTES_16 * model.parameters
+    whole = BYTES_32 * model.parameters  # DDP and the like under autocast: fp32 parameters, fp32 gradients
     stage = extra.get("zero_stage", 0)
     if name == "fsdp" or stage == 3:
         return [cm.Collective("all_gather", 2 * parameters, 2 * model.layers, "compute"),
@@ -117,11 +121,11 @@ def _data_parallel_plan(name: str, extra: dict[str, Any], model: Workload) -> tu
     if stage == 1:
         return [], [cm.Collective("reduce_scatter", gradients), cm.Collective("all_gather", parameters)]
     if name == "dataparallel":  # every forward: the parameters copied out, the gradients summed back on GPU 0
-        return [cm.Collective("broadcast", parameters), cm.Collective("broadcast", gradients)], []
+        return [cm.Collective("broadcast", whole), cm.Collective("broadcast", whole)], []
     if name in ("ddp", "horovod"):
         capacity = cm.DDP_BUCKET_BYTES if name == "ddp" else cm.HOROVOD_FUSION_BYTES
-        return [], [cm.Collective("all_reduce", gradients, cm.buckets(gradients, capacity), "backward")]
-    return [], [cm.Collective("all_reduce", gradients)]  # TensorFlow's strategies: after the whole backward
+        return [], [cm.Collective("all_reduce", whole, cm.buckets(whole, capacity), "backward")]
+    return [], [cm.Collective("all_reduce", whole)]  # TensorFlow's strategies: after the whole backward
 
 
 def _model_state(name: str, extra: dict[str, Any], parameters: float, ranks: int) -> float:

@@ -32,8 +32,8 @@ def test_7b_on_zero3_over_8_gpus_keeps_16n_over_8_bytes_of_model_state():
 
 def test_ddp_all_reduces_2_n_minus_1_over_n_of_the_gradients_once_per_step():
     ddp = _project("ddp")
-    gradients = 2 * N  # bf16
-    buckets = math.ceil(gradients / (25 * 2**20))  # DDP's 25 MiB buckets: 535 calls, 2(8-1) hops each
+    gradients = 4 * N  # fp32: autocast keeps fp32 parameters, so DDP all-reduces fp32 gradients
+    buckets = math.ceil(gradients / (25 * 2**20))  # DDP's 25 MiB buckets: 1,069 calls, 2(8-1) hops each
     expected = buckets * 14 * 1e-6 + 2 * 7 / 8 * gradients / 460e9
     assert ddp.terms.comm_s == pytest.approx(expected)
     # 8 GPUs x 1 sequence per micro-batch: 32 micro-batches, each 1/32 of the compute; the last one's backward
