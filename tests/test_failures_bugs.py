@@ -93,3 +93,24 @@ def test_show_prints_a_hang_as_the_launch_explains_it(monkeypatch, capsys):
     assert bugs.show("unmatched_send") == {"bug": "unmatched_send", "outcome": "hung",
                                            "waiting": {0: {"op": "recv", "line": 9}}}
     assert capsys.readouterr().out == "hung\n"
+
+
+def test_a_hang_caught_while_the_ranks_were_still_starting_is_launched_again_with_twice_the_time(monkeypatch,
+                                                                                                 capsys):
+    from dtutor.launch.hang_finder import HangReport
+
+    def hang(op, line):
+        where = {"op": op, "file": "bugs.py", "line": line, "function": "f", "path": "/x/bugs.py", "code": "..."}
+        return launch.LaunchError("hung", hang=HangReport(stacks={0: "..."}, waiting={0: where, 1: where}))
+
+    timeouts = []
+
+    def run(*args, timeout, **kwargs):
+        timeouts.append(timeout)
+        raise hang("__init__", 124) if len(timeouts) == 1 else hang("backward", 102)
+
+    monkeypatch.setattr(launch, "run", run)
+    found = bugs.show("uneven_inputs", timeout=8)
+    assert timeouts == [8, 16] and found["waiting"] == {0: {"op": "backward", "line": 102},
+                                                         1: {"op": "backward", "line": 102}}
+    assert "(the ranks were still starting when the 8 s ran out: again, with 16 s)" in capsys.readouterr().out
