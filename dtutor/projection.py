@@ -234,18 +234,18 @@ def _round(value: float | None, digits: int) -> float | None:
 def table_projection(projections: list[Projection]) -> pd.DataFrame:
     """The projection table: per (model, cluster, strategy) step time, tokens/s, MFU, memory per GPU, whether
     it fits, and the terms; strategies that cannot run there are the notes."""
-    from dtutor.tables import titled
+    from dtutor.tables import milliseconds, titled
 
     rows = []
     for item in projections:
         terms = item.terms.as_dict() if item.terms else {}
         rows.append({"model": item.model.name, "cluster": item.cluster.name, "strategy": item.strategy,
-                     "GPUs": item.gpus, "step ms": _ms(terms.get("step_s")),
+                     "GPUs": item.gpus, "step ms": milliseconds(terms.get("step_s"), 2),
                      "tokens/s": None if item.tokens_per_s is None else round(item.tokens_per_s),
                      "MFU %": _round(item.mfu and 100 * item.mfu, 1),
                      "GB/GPU": _round(item.memory_bytes and item.memory_bytes / 1e9, 1),
                      "fits": {None: None, True: "yes", False: "no"}[item.fits],
-                     **{f"{name} ms": _ms(terms.get(f"{key}_s")) for name, key in (
+                     **{f"{name} ms": milliseconds(terms.get(f"{key}_s"), 2) for name, key in (
                          ("compute", "compute"), ("exposed comm", "exposed"), ("bubble", "bubble"),
                          ("offload", "other"))}})
     notes = [f"{item.model.name} on {item.cluster.name}, {item.strategy}: {item.note}"
@@ -256,9 +256,6 @@ def table_projection(projections: list[Projection]) -> pd.DataFrame:
                    "against 80 GB", *_dedupe(notes)],
                   integers=["tokens/s"])
 
-
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1e3, 2)
 
 
 def _dedupe(notes: list[str]) -> list[str]:

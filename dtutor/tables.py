@@ -37,6 +37,11 @@ def whole(value: float | None) -> int | None:
     return None if value is None else round(value)
 
 
+def milliseconds(seconds: float | None, digits: int) -> float | None:
+    """``seconds`` in milliseconds, rounded to ``digits`` decimals, None kept."""
+    return None if seconds is None else round(seconds * 1e3, digits)
+
+
 def _wrapped(line: str) -> list[str]:
     return textwrap.wrap(line, WIDTH, subsequent_indent="  ", break_on_hyphens=False) or [""]
 

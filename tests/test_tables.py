@@ -59,3 +59,10 @@ def test_in_a_notebook_show_displays_html_with_the_text_rows_as_plain_text(monke
     assert "<NA>" not in shown[0]["text/html"] and "None" not in shown[0]["text/html"]  # missing: "-"
     printed = capsys.readouterr().out.splitlines()
     assert printed[0] == title and printed[1].startswith("a note")  # the notes, printed below the table
+
+
+def test_milliseconds_rounds_to_the_digits_asked_and_keeps_none():
+    from dtutor.tables import milliseconds
+
+    assert milliseconds(0.0123456, 1) == 12.3 and milliseconds(0.0123456, 3) == 12.346
+    assert milliseconds(None, 2) is None

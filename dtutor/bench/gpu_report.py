@@ -37,9 +37,6 @@ def newest(folder: str | Path | None = None) -> dict[str, Any] | None:
     return found[-1] if found else None
 
 
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1e3, 3)
-
 
 def _rows(result: dict[str, Any], kind: str) -> list[dict[str, Any]]:
     """The rows of every part of ``kind`` that ran ("ok")."""
@@ -76,13 +73,13 @@ def table_parts(result: dict[str, Any]) -> pd.DataFrame:
 
 def table_training(result: dict[str, Any]) -> pd.DataFrame:
     """Every training row: strategy and its fields, ranks, samples/s, time per step, memory."""
-    from dtutor.tables import titled, whole
+    from dtutor.tables import milliseconds, titled, whole
 
     shown = {"zero_stage": 0, "offload": False, "precision": "fp32"}  # the fields that tell the rows apart, by default
     rows = [{"part": row["part"], "strategy": row["strategy"],
              "fields": " ".join(f"{k}={row['fields'][k]}" for k, default in shown.items()
                                if row["fields"].get(k, default) != default), "ranks": row["ranks"],
-             "samples/s": whole(row["samples_per_s"]), "step ms": _ms(row["step_s"]),
+             "samples/s": whole(row["samples_per_s"]), "step ms": milliseconds(row["step_s"], 3),
              "peak MiB": None if row["peak_memory_bytes"] is None else round(row["peak_memory_bytes"] / MIB)}
             for kind in ("in_process", "train_many") for row in _rows(result, kind)]
     return titled(rows, "training (the course's CNN, the driver): after a warm-up epoch; peak: CUDA max allocated",
@@ -91,10 +88,10 @@ def table_training(result: dict[str, Any]) -> pd.DataFrame:
 
 def table_models(result: dict[str, Any]) -> pd.DataFrame:
     """The CNN and the small transformer in fp32 and bf16 autocast: time per step, counted FLOPs, TFLOP/s, MFU."""
-    from dtutor.tables import titled
+    from dtutor.tables import milliseconds, titled
 
     rows = [{"model": row["model"], "precision": row["precision"], "parameters": row["parameters"],
-             "step ms": _ms(row["step_s"]), "GFLOP/step": round(row["flops_per_step"] / 1e9, 2),
+             "step ms": milliseconds(row["step_s"], 3), "GFLOP/step": round(row["flops_per_step"] / 1e9, 2),
              "TFLOP/s": round(row["tflops"], 3), "MFU": None if row["mfu"] is None else round(row["mfu"], 3)}
             for row in _rows(result, "models")]
     return titled(rows, "one training step (AdamW): FLOPs counted by FlopCounterMode; MFU = FLOP/s / dense bf16 peak",

@@ -154,7 +154,7 @@ def explain(row: dict[str, Any], runs: dict[int, dict[str, Any]], result: dict[s
 def table_check(checked: dict[str, Any]) -> pd.DataFrame:
     """Per row: predicted and measured ms per step and the error at 1 and 2 workers, and the 2-worker terms
     (compute, exposed communication, bubble); the explanations and the calibration are the notes."""
-    from dtutor.tables import titled
+    from dtutor.tables import milliseconds, titled
 
     def cell(row: dict[str, Any], workers: int, key: str, scale: float) -> float | None:
         run = row["runs"].get(workers)
@@ -166,8 +166,9 @@ def table_check(checked: dict[str, Any]) -> pd.DataFrame:
         table.append({"strategy": row["label"], **{f"{name} {w} w": cell(row, w, key, scale)
                       for w in WORKER_COUNTS for name, key, scale in (("pred ms", "step_s", 1e3),
                       ("meas ms", "measured_s", 1e3), ("err %", "error", 100))},
-                      "compute ms": _ms(terms.get("compute_s")), "exposed comm ms": _ms(terms.get("exposed_s")),
-                      "bubble ms": _ms(terms.get("bubble_s"))})
+                      "compute ms": milliseconds(terms.get("compute_s"), 1),
+                      "exposed comm ms": milliseconds(terms.get("exposed_s"), 1),
+                      "bubble ms": milliseconds(terms.get("bubble_s"), 1)})
     link = checked["link"]
     notes = [f"FLOP rate calibrated on {checked['calibration']} (so its error is 0 by construction); link: "
              f"α = {link['alpha_s'] * 1e6:.0f} µs per ring step, β = {link['beta_bytes_per_s'] / 1e9:.2f} GB/s "
@@ -176,5 +177,3 @@ def table_check(checked: dict[str, Any]) -> pd.DataFrame:
     return titled(table, "The cost model against bench all: predicted and measured time per step", notes)
 
 
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1e3, 1)
