@@ -68,7 +68,8 @@ def run(
     stand-ins for separate machines. ``backend`` is passed to entry points that take one, by name or
     through ``**kwargs`` (auto: nccl when there are enough GPUs, else gloo). ``threads_per_rank`` sets
     ``OMP_NUM_THREADS`` (default: the cores divided among the local processes). Output lines are prefixed
-    ``[rank N]``; ``quiet`` hides them. Raises ``LaunchError`` if a rank fails or ``timeout`` seconds pass.
+    ``[rank N]``; ``quiet`` hides them. Raises ``LaunchError`` if a rank fails or ``timeout`` seconds pass
+    (counted once every rank has started the entry point: start-up is forgiven up to a minute).
     ``max_restarts`` (torchrun's ``--max-restarts``): a failed rank first makes torchrun restart every rank, up
     to that many times (``TORCHELASTIC_RESTART_COUNT`` tells a worker its attempt); ``timeout`` covers them all.
     Each attempt gets a rendezvous store of its own (``RESTART_ENV``, shown before the command).
@@ -89,7 +90,8 @@ def run(
     display = shell_command([*(f"{name}={value}" for name, value in env.items()), "torchrun", *commands[0][3:]])
     display += f"   # x{nnodes} nodes" if nnodes > 1 else ""
     return supervise(commands, entry=entry, timeout=timeout, quiet=quiet,
-                     threads=_threads(threads_per_rank, nprocs * nnodes), envs=[env] * nnodes, display=display)
+                     threads=_threads(threads_per_rank, nprocs * nnodes), envs=[env] * nnodes, display=display,
+                     ranks=nprocs * nnodes)
 
 
 def _check_horovod(framework: str) -> None:
@@ -136,7 +138,7 @@ def run_horovod(
     python = command.index("python")
     actual = [horovodrun, *command[1:python], sys.executable, *command[python + 1:]]
     return supervise([actual], entry=entry, timeout=timeout, quiet=quiet, threads=_threads(threads_per_rank, nprocs),
-                     envs=[dict(TF_WORKER_ENV)], display=shell_command(command))
+                     envs=[dict(TF_WORKER_ENV)], display=shell_command(command), ranks=nprocs)
 
 
 def run_deepspeed(entry: str, nprocs: int = 2, *, backend: str = "auto", timeout: float = 300.0,
@@ -156,7 +158,7 @@ def run_deepspeed(entry: str, nprocs: int = 2, *, backend: str = "auto", timeout
               f"--master_port={free_ports(1)[0]}", *command[1:]]
     env = {} if "nccl" in str(kwargs.get("backend")) else {"DS_ACCELERATOR": "cpu"}
     return supervise([actual], entry=entry, timeout=timeout, quiet=quiet, threads=_threads(threads_per_rank, nprocs),
-                     envs=[env], display=shell_command(command))
+                     envs=[env], display=shell_command(command), ranks=nprocs)
 
 
 def run_script(script: str | Path, nprocs: int = 2, *, launcher: str = "torchrun", args: Sequence[str] = (),
@@ -247,7 +249,7 @@ def run_single(entry: str, *, timeout: float = 300.0, env: dict[str, str] | None
     command = [sys.executable, *worker_arguments(entry, kwargs)]
     return supervise([command], entry=entry, timeout=timeout, quiet=quiet, threads=threads or os.cpu_count() or 1,
                      envs=[{"DTUTOR_RANK": "0", **(env or {})}],
-                     display=shell_command(["python", *command[1:]]))[0]
+                     display=shell_command(["python", *command[1:]]), ranks=1)[0]
 
 
 def show_tf_worker_commands(entry: str, num_workers: int = 2, *, ports: list[int] | None = None,
@@ -280,4 +282,4 @@ def run_tf_workers(entry: str, num_workers: int = 2, *, timeout: float = 300.0, 
         ports = [int(address.rpartition(":")[2]) for address in addresses]
         print(show_tf_worker_commands(entry, num_workers, ports=ports, **kwargs))
     return supervise([[sys.executable, *arguments]] * num_workers, entry=entry, timeout=timeout, quiet=quiet,
-                     threads=_threads(threads_per_rank, num_workers), envs=envs)
+                     threads=_threads(threads_per_rank, num_workers), envs=envs, ranks=num_workers)

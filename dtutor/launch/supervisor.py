@@ -29,11 +29,12 @@ from typing import Any
 import psutil
 
 from dtutor.launch.hang_finder import HangReport, find_hang
-from dtutor.launch.worker import RESULT_DIR_ENV
+from dtutor.launch.worker import RESULT_DIR_ENV, STARTED_SUFFIX
 from dtutor.progress import PROGRESS_ENV, RelayedBar
 
 # Start-up lines TensorFlow's C++ runtime prints before any log setting applies, in every TF process
 NOISE = ("All log messages before absl::InitializeLog() is called", "oneDNN custom operations are on")
+STARTUP_GRACE = 60.0  # seconds of start-up (launcher, interpreter, imports) a launch's timeout forgives at most
 TAIL_LINES = 40  # output lines kept to explain a launch that failed before any rank reported
 HOROVOD_PREFIX = re.compile(r"^\[(\d+)\]<std(?:out|err)>:")  # horovodrun's prefix: "[0]<stdout>:"
 # torchrun's own log lines: "E1207 00:40:33.811000 23281 .venv/.../elastic/multiprocessing/api.py:1002] failed ..."
@@ -119,7 +120,34 @@ def read_results(result_dir: str | Path) -> list[Any]:
     return [pickle.loads(path.read_bytes()) for path in paths]
 
 
-def _stream(processes: list[subprocess.Popen], deadline: float, quiet: bool) -> _Outcome:
+class Deadline:
+    """When a launch times out: ``timeout`` s after every one of its ``ranks`` workers started its entry point.
+
+    Start-up (the launcher, the interpreters, the imports) is not the job's time, and on a loaded machine it can
+    take longer than the job itself; it is forgiven up to ``STARTUP_GRACE`` s, so a launch whose ranks never all
+    start still ends, ``timeout + STARTUP_GRACE`` s after it began. With ``ranks`` None (a plain script, which
+    reports no start) the timeout counts from the launch.
+    """
+
+    def __init__(self, timeout: float, result_dir: Path, ranks: int | None):
+        self.timeout, self.result_dir, self.ranks = timeout, result_dir, ranks
+        self.at = time.monotonic() + timeout + (STARTUP_GRACE if ranks else 0.0)
+        self.all_started = not ranks
+
+    def started_ranks(self) -> set[str]:
+        """The ranks that started their entry point: each left its start mark or, already done, its report."""
+        return {path.stem for path in self.result_dir.glob("rank*")
+                if path.suffix in (STARTED_SUFFIX, ".pkl", ".err")}
+
+    def passed(self) -> bool:
+        """Whether the deadline has passed (checked often: it also notices when the last rank starts)."""
+        now = time.monotonic()
+        if not self.all_started and len(self.started_ranks()) >= (self.ranks or 0):
+            self.all_started, self.at = True, min(self.at, now + self.timeout)
+        return now > self.at
+
+
+def _stream(processes: list[subprocess.Popen], deadline: Deadline, quiet: bool) -> _Outcome:
     """Print the processes' merged output until they all end, one exits non-zero, or ``deadline`` passes.
 
     Rank 0's relayed progress becomes one live bar here (``dtutor.progress``); every other line is printed
@@ -148,7 +176,7 @@ def _stream(processes: list[subprocess.Popen], deadline: float, quiet: bool) -> 
             if any(p.poll() not in (None, 0) for p in processes):
                 outcome.failed = True
                 break
-            if time.monotonic() > deadline:
+            if deadline.passed():
                 outcome.timed_out = True
                 break
     finally:
@@ -156,7 +184,7 @@ def _stream(processes: list[subprocess.Popen], deadline: float, quiet: bool) -> 
     return outcome
 
 
-def _run(commands: list[list[str]], envs: list[dict[str, str]], deadline: float, quiet: bool,
+def _run(commands: list[list[str]], envs: list[dict[str, str]], deadline: Deadline, quiet: bool,
          result_dir: Path) -> _Outcome:
     """Start one process per command (each in its own session), stream them, then end all that remain (after a
     timeout, once the hang finder has taken every rank's stack)."""
@@ -197,11 +225,13 @@ def supervise(
     threads: int = 1,
     envs: list[dict[str, str]] | None = None,
     display: str = "",
+    ranks: int | None = None,
 ) -> list[Any]:
     """Run launcher ``commands`` (one per simulated machine) whose workers run ``python -m dtutor.launch``.
 
     The shared machinery of every launch in the course (torchrun, horovodrun, TensorFlow workers): stream
-    the output, enforce ``timeout``, end every process of the launch on a failure, a timeout or an
+    the output, enforce ``timeout`` (counted once all ``ranks`` workers started their entry point, see
+    ``Deadline``), end every process of the launch on a failure, a timeout or an
     interrupt, and return each rank's result in rank order, or raise ``LaunchError`` naming the first
     rank that failed. ``envs`` adds variables per command; ``display`` is printed first as ``$ display``.
     Workers get ``OMP_NUM_THREADS=threads``, ``TQDM_DISABLE=1`` (bars would garble the stream) and
@@ -218,7 +248,7 @@ def supervise(
         print("$", display)
     try:
         per_command = [{**base, **extra} for extra in (envs or [{}] * len(commands))]
-        outcome = _run(commands, per_command, time.monotonic() + timeout, quiet, result_dir)
+        outcome = _run(commands, per_command, Deadline(timeout, result_dir, ranks), quiet, result_dir)
         return _verdict(result_dir, outcome, entry, timeout)
     finally:
         shutil.rmtree(result_dir, ignore_errors=True)

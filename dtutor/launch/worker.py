@@ -2,7 +2,8 @@
 
 The worker finds its rank (from whichever launcher started it), prefixes its output lines with
 ``[rank N]`` (not under horovodrun, which prefixes them itself), calls the entry point with the arguments,
-and reports to the supervisor through the folder in ``DTUTOR_RESULT_DIR``: the pickled return value, or the
+and reports to the supervisor through the folder in ``DTUTOR_RESULT_DIR``: that it started the entry point, the
+pickled return value, or the
 time and traceback of the failure (one line for a refused value, ``ConfigError``); and, asked by the hang finder
 (``SIGUSR1``), its stacks. Started by hand in a terminal (no such folder), rank 0 prints a one-line
 ``result: ...`` instead.
@@ -26,6 +27,7 @@ from dtutor.launch import hang_finder
 from dtutor.launch.arguments import parse_arguments, resolve_entry
 
 RESULT_DIR_ENV = "DTUTOR_RESULT_DIR"
+STARTED_SUFFIX = ".started"  # rankN.started: this rank imported its entry point and calls it now
 RANK_VARIABLES = ("DTUTOR_RANK", "RANK", "HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK")
 RESTART_COUNT_ENV = "TORCHELASTIC_RESTART_COUNT"  # torchrun --max-restarts: how often it restarted the group so far
 RESULT_WIDTH = 200  # characters of a terminal run's result line: RunResult's one-line repr fits whole
@@ -125,6 +127,7 @@ def _report_failure(result_dir: Path | None, rank: int, error: BaseException) ->
     text = f"refused: {error}\n" if refused else traceback.format_exc()
     if result_dir is not None:
         (result_dir / f"rank{rank}.err").write_text(f"{time.time()}\n{text}")
+        _drop_start_mark(result_dir, rank)
     _error_file_message(text.strip() if refused else f"{type(error).__name__}: {error}")
     print(text, file=sys.stderr, end="" if refused else "\n")
     sys.stdout.flush()
@@ -137,6 +140,7 @@ def _report_result(result_dir: Path | None, rank: int, result: Any) -> None:
         partial = result_dir / f"rank{rank}.tmp"
         partial.write_bytes(pickle.dumps(result))
         partial.rename(result_dir / f"rank{rank}.pkl")
+        _drop_start_mark(result_dir, rank)
     elif rank == 0:
         print(f"result: {short_repr(result)}")
 
@@ -152,6 +156,19 @@ def drop_local_rank(argv: list[str]) -> list[str]:
         elif not word.startswith("--local_rank="):
             words.append(word)
     return words
+
+
+def _mark_started(result_dir: Path | None, rank: int) -> None:
+    """The entry point is imported and about to run: ``rankN.started`` tells the supervisor, whose timeout counts
+    from the moment every rank has started (start-up and imports are not the job's time). The rank's report
+    (``rankN.pkl`` or ``rankN.err``) replaces it."""
+    if result_dir is not None:
+        (result_dir / f"rank{rank}{STARTED_SUFFIX}").touch()
+
+
+def _drop_start_mark(result_dir: Path, rank: int) -> None:
+    """Once this rank's report is written, which says it started too: a result folder holds only results."""
+    (result_dir / f"rank{rank}{STARTED_SUFFIX}").unlink(missing_ok=True)
 
 
 def _finished(result_dir: Path | None, rank: int) -> None:
@@ -175,7 +192,9 @@ def main(argv: list[str]) -> None:
         hang_finder.arm(result_dir, rank)  # on SIGUSR1 this rank's stacks go to rankN.stack (a hung launch)
     _begin_restart(result_dir, rank)
     try:
-        result = resolve_entry(entry)(**kwargs)
+        function = resolve_entry(entry)
+        _mark_started(result_dir, rank)
+        result = function(**kwargs)
         stdout.finish()
     except BaseException as error:
         _finished(result_dir, rank)
