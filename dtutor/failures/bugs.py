@@ -5,7 +5,7 @@ keyword option (``fixed=True``, or ``join=True``) runs the fix, which finishes a
 Started buggy, a hang lasts until the launch's timeout, and the hang finder (``dtutor.launch.hang_finder``) then
 names the collective each rank waits in::
 
-    launch.run("dtutor.failures.bugs:skip_collective", nprocs=2, timeout=10)              # hangs: rank 1 skipped it
+    launch.run("dtutor.failures.bugs:skip_collective", nprocs=2, timeout=5)               # hangs: rank 1 skipped it
     launch.run("dtutor.failures.bugs:skip_collective", nprocs=2, timeout=60, fixed=True)  # finishes
 
 In a terminal: ``torchrun --standalone --nproc-per-node 2 -m dtutor.launch dtutor.failures.bugs:wrong_order``.
@@ -150,9 +150,10 @@ def show(bug: str, timeout: float = 10.0, **options: Any) -> dict[str, Any]:
     Returns ``{"bug", "outcome": "finished" | "hung" | "crashed", ...}`` with ``results``, ``waiting`` (rank ->
     op and line) or ``rank`` and ``error``.
 
-    The timeout counts from the launch, start-up included: on a busy machine the ranks may still be building their
-    model (waiting in a constructor, ``__init__``, for the other rank) when it runs out, before the bug. That hang
-    is not the bug's, so the bug is launched once more with twice the time, saying so.
+    The timeout counts from the moment both ranks started the entry point (``launch.run``), yet on a busy machine
+    they may still be joining or building their model (waiting in a constructor, ``__init__``, for the other rank)
+    when it runs out, before the bug. That hang is not the bug's, so the bug is launched once more with twice the
+    time, saying so.
     """
     found = _launch_and_explain(bug, timeout, options)
     if found["outcome"] == "hung" and any(where["op"] in STARTING for where in found["waiting"].values()):

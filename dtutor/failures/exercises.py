@@ -26,7 +26,7 @@ BARRIER_LAYERS = tool_ranks.LAYERS  # the exercise's layers per rank (rank 0 che
 BARRIER_WAIT = 2.0  # the exercise's monitored_barrier timeout, in seconds
 HANG_SCRIPT = tools.EXAMPLES / "hangs_train.py"
 HANG_RUN = {"steps": 40, "target_loss": 0.1, "lr": 0.05}  # the options the check gives the learner's script
-HANG_TIMEOUT = 30.0  # seconds the fixed script may take on 2 ranks before it counts as hung (start-up included)
+HANG_TIMEOUT = 30.0  # seconds the fixed script may take on 2 ranks before it counts as hung (start-up not counted)
 
 
 def _as_ranks(answer: Any) -> list[int] | None:
