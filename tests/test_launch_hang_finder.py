@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import marked_processes
+from conftest import marked_processes, require_horovod
 
 from dtutor import launch
 from dtutor.failures import bugs
 from dtutor.launch import hang_finder, supervisor
+from dtutor.pytorch import ddp_lessons
 
 TIMEOUT = 5  # seconds from the start of the entry point: the ranks are in their collectives after about 1
 
@@ -62,6 +63,22 @@ def test_a_hung_launch_names_where_each_rank_waits(bug, tool, launcher, process_
     assert all(len(line) <= 150 for line in message) and len(message) == 4
     stack_marks = {"py-spy dump": '"MainThread"', "faulthandler": "(most recent call first)"}
     assert sorted(error.stacks) == [0, 1] and all(stack_marks[tool] in stack for stack in error.stacks.values())
+
+
+@pytest.mark.parametrize("launcher", ["horovodrun", "tf_workers"])
+def test_a_hung_launch_under_the_other_launchers_reports_each_ranks_stack(launcher, process_marker):
+    """``ddp_lessons.sleep`` stands in for a hung job (its ranks wait outside any collective): horovodrun's ranks and
+    TensorFlow's worker processes are found, and their stacks taken, as torchrun's are."""
+    if launcher == "horovodrun":
+        require_horovod("torch")
+    run = {"horovodrun": launch.run_horovod, "tf_workers": launch.run_tf_workers}[launcher]
+    with pytest.raises(launch.LaunchError) as caught:
+        run("dtutor.pytorch.ddp_lessons:sleep", 2, timeout=3, quiet=True)
+    error, line = caught.value, line_of(ddp_lessons.sleep, "time.sleep(seconds)", 0)
+    assert error.timed_out and sorted(error.stacks) == [0, 1]
+    assert {rank: (where["file"], where["line"], where["function"]) for rank, where in error.waiting.items()} == \
+        {rank: ("ddp_lessons.py", line, "sleep") for rank in (0, 1)}
+    assert marked_processes(process_marker) == []
 
 
 def test_outside_torch_distributed_the_call_its_own_code_made_is_named():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import time
 import uuid
 from types import SimpleNamespace
 
@@ -198,6 +199,21 @@ def test_a_failing_rank_ends_the_job_failed_at_once_and_is_named_with_its_traceb
     assert "RuntimeError: rank 1 failed on purpose" in error.remote_traceback
     assert f"rank 1 of job {error.job.job_id} failed (job FAILED)" in str(error)
     assert error.job.seconds < FAILS_WITHIN  # rank 0 sleeps 600 s: only srun --kill-on-bad-exit ends it early
+
+
+def test_a_job_still_running_at_the_timeout_says_where_each_rank_waited_before_it_is_cancelled(cluster):
+    """The job's two ranks sleep (a stand-in for a hung job); once both have started, ``collect`` waits 3 s."""
+    script = recipes.sbatch_script("dtutor.pytorch.ddp_lessons:sleep", nodes=2, setup=slurm.this_environment())
+    submitted = slurm.start(script, workdir=cluster.workdir, quiet=True)
+    started = time.monotonic()
+    while len(list(submitted.result_dir.glob("rank*.started"))) < 2 and time.monotonic() - started < FAILS_WITHIN:
+        time.sleep(0.5)
+    with pytest.raises(slurm.SlurmJobError) as caught:
+        slurm.collect(submitted, timeout=3, quiet=True)
+    error = caught.value
+    assert "did not finish within 3 s; it was cancelled" in str(error)
+    assert sorted(error.stacks) == [0, 1], str(error)
+    assert {(where["file"], where["function"]) for where in error.waiting.values()} == {("ddp_lessons.py", "sleep")}
 
 
 def test_a_job_past_its_time_limit_is_ended_by_slurm(cluster):
