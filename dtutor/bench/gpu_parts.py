@@ -36,7 +36,8 @@ PEAKS = [
     (r"\bL4\b", "L4", 121.0, "https://www.nvidia.com/en-us/data-center/l4/ (242 sparse)"),
     (r"\bA10\b", "A10", 125.0, "https://www.nvidia.com/en-us/data-center/products/a10-gpu/ (250 sparse)"),
 ]
-# the models of the MFU measurement: the course's CNN on MNIST-sized images, and a small GPT-like transformer
+# the models of the MFU measurement: the course's CNN on MNIST-sized images, and the course's GPT-like transformer
+# (activation_memory.TinyTransformer, its attention written out, no dropout) at a GPU's size
 MODEL_SIZES: dict[str, dict[str, int]] = {
     "cnn": {"batch": 256},
     "transformer": {"batch": 16, "sequence": 512, "width": 1024, "layers": 8, "heads": 16, "vocab": 32000},
@@ -99,34 +100,12 @@ def train_in_process(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [summarize(train(**fields)) for fields in runs]
 
 
-def small_transformer(vocab: int, width: int, layers: int, heads: int, sequence: int) -> Any:
-    """A GPT-like decoder: token and position embeddings, ``layers`` pre-norm blocks (causal self-attention and a
-    4x MLP), a final norm and a vocabulary head. Input (batch, sequence) token ids, output the logits."""
-    import torch
-    from torch import nn
-
-    class SmallTransformer(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.tokens, self.positions = nn.Embedding(vocab, width), nn.Embedding(sequence, width)
-            block = nn.TransformerEncoderLayer(width, heads, 4 * width, dropout=0.0, batch_first=True, norm_first=True)
-            self.blocks = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
-            self.norm, self.head = nn.LayerNorm(width), nn.Linear(width, vocab)
-
-        def forward(self, ids: torch.Tensor) -> torch.Tensor:
-            places = torch.arange(ids.shape[1], device=ids.device)
-            mask = nn.Transformer.generate_square_subsequent_mask(ids.shape[1], device=ids.device)
-            hidden = self.blocks(self.tokens(ids) + self.positions(places), mask=mask, is_causal=True)
-            return self.head(self.norm(hidden))
-
-    return SmallTransformer()
-
-
 def _model_and_batch(name: str, sizes: dict[str, int], device: Any) -> tuple[Any, Any, Any]:
     """The model ``name`` on ``device``, one batch of inputs and targets (seeded), for a training step."""
     import torch
 
     from dtutor.models import mnist_cnn
+    from dtutor.pytorch.activation_memory import TinyTransformer
 
     torch.manual_seed(0)
     if name == "cnn":
@@ -134,7 +113,9 @@ def _model_and_batch(name: str, sizes: dict[str, int], device: Any) -> tuple[Any
         return mnist_cnn().to(device), inputs.to(device), torch.randint(0, 10, (sizes["batch"],)).to(device)
     shape = {k: sizes[k] for k in ("vocab", "width", "layers", "heads", "sequence")}
     tokens = torch.randint(0, sizes["vocab"], (sizes["batch"], sizes["sequence"] + 1))
-    return small_transformer(**shape).to(device), tokens[:, :-1].to(device), tokens[:, 1:].to(device)
+    model = TinyTransformer(vocab=shape["vocab"], seq=shape["sequence"], hidden=shape["width"], heads=shape["heads"],
+                            layers=shape["layers"], dropout=0.0)
+    return model.to(device), tokens[:, :-1].to(device), tokens[:, 1:].to(device)
 
 
 def measure_model(name: str, precision: str, sizes: dict[str, int], device: str = "cuda",

@@ -115,7 +115,8 @@ class TinyTransformer(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """Logits (b, s, vocab) for ``tokens`` (b, s)."""
-        x = self.hidden_states(self.tokens(tokens) + self.positions(torch.arange(tokens.shape[1])))
+        places = torch.arange(tokens.shape[1], device=tokens.device)
+        x = self.hidden_states(self.tokens(tokens) + self.positions(places))
         return self.head(self.norm(x))
 
     def hidden_states(self, x: torch.Tensor) -> torch.Tensor:
