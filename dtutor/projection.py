@@ -114,8 +114,9 @@ def _data_parallel_plan(name: str, extra: dict[str, Any], model: Workload) -> tu
     whole = BYTES_32 * model.parameters  # DDP and the like under autocast: fp32 parameters, fp32 gradients
     stage = extra.get("zero_stage", 0)
     if name == "fsdp" or stage == 3:
-        return [cm.Collective("all_gather", 2 * parameters, 2 * model.layers, "compute"),
-                cm.Collective("reduce_scatter", gradients, model.layers, "compute")], []
+        overlap = cm.OVERLAP["fsdp" if name == "fsdp" else "deepspeed_zero3"]
+        return [cm.Collective("all_gather", 2 * parameters, 2 * model.layers, overlap),
+                cm.Collective("reduce_scatter", gradients, model.layers, overlap)], []
     if stage == 2:
         return [cm.Collective("reduce_scatter", gradients)], [cm.Collective("all_gather", parameters)]
     if stage == 1:
@@ -124,7 +125,7 @@ def _data_parallel_plan(name: str, extra: dict[str, Any], model: Workload) -> tu
         return [cm.Collective("broadcast", whole), cm.Collective("broadcast", whole)], []
     if name in ("ddp", "horovod"):
         capacity = cm.DDP_BUCKET_BYTES if name == "ddp" else cm.HOROVOD_FUSION_BYTES
-        return [], [cm.Collective("all_reduce", whole, cm.buckets(whole, capacity), "backward")]
+        return [], [cm.Collective("all_reduce", whole, cm.buckets(whole, capacity), cm.OVERLAP[name])]
     return [], [cm.Collective("all_reduce", whole)]  # TensorFlow's strategies: after the whole backward
 
 

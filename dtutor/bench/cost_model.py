@@ -35,6 +35,9 @@ from dtutor.bench.theory import wire_factor
 
 BACKWARD_SHARE = 2 / 3  # of a step's FLOPs: backward is twice forward (2N forward, 4N backward per token)
 HIDDEN_BY = ("none", "backward", "compute")  # the phase that may hide a collective
+# how each strategy hides its collectives: DDP's and Horovod's buckets during backward; FSDP's and ZeRO-3's gathers
+# and reduce-scatters, layer by layer, during forward and backward; every other strategy hides none
+OVERLAP = {"ddp": "backward", "horovod": "backward", "fsdp": "compute", "deepspeed_zero3": "compute"}
 DDP_BUCKET_BYTES = 25 * 1024 * 1024  # DistributedDataParallel(bucket_cap_mb=25)
 HOROVOD_FUSION_BYTES = 64 * 1024 * 1024  # HOROVOD_FUSION_THRESHOLD's default
 

@@ -10,7 +10,7 @@ row's step time at 1 and 2 workers from exact counts:
 - bytes: what the row's proof run counted per step (``bench all``'s collective counter; a pipeline's and tensor
   parallelism's scale with the batch, so they are scaled to the timed batch), through the α-β ``link`` fitted
   to the all-reduce benchmark (the recorded one, ``recorded_link``, unless given);
-- overlap per strategy (``HIDDEN_BY``), the bubble from the stages' counted FLOPs.
+- overlap per strategy (``cost_model.OVERLAP``), the bubble from the stages' counted FLOPs.
 
 Measured step time: the samples in one step (batch per worker x workers) over the row's samples/s. A row that
 misses by more than ``EXPLAIN_ABOVE`` gets one line computed from its own measurements (``explain``).
@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     import pandas as pd
 
 EXPLAIN_ABOVE = 0.25  # rows missing by more than this (relative) get an explanation
-HIDDEN_BY = {"ddp": "backward", "horovod": "backward", "fsdp": "compute", "deepspeed_zero3": "compute"}
 RECORDED_ALLREDUCE = Path(__file__).resolve().parents[2] / "results" / "cpu" / "allreduce_quick.json"
 WORKER_COUNTS = (1, 2)
 
@@ -53,7 +52,7 @@ def counted_collectives(row: dict[str, Any], batch: int) -> list[cm.Collective]:
     tensor parallelism's bytes scaled from the proof's batch to ``batch``."""
     scale = batch / row["batch_measured"] if row["parallelism"] != "data" and row.get("batch_measured") else 1.0
     calls = row.get("calls") or {}
-    return [cm.Collective(op, size * scale, max(1, round(calls.get(op, 1))), HIDDEN_BY.get(row["key"], "none"))
+    return [cm.Collective(op, size * scale, max(1, round(calls.get(op, 1))), cm.OVERLAP.get(row["key"], "none"))
             for op, size in (row.get("collectives") or {}).items() if op != "send"]
 
 
