@@ -9,7 +9,9 @@ What it changes (joining and collectives are ``process_group.ProcessGroupStrateg
   divides the loss by the accumulation steps itself and steps the optimizer at the group's last one;
 - full_state_dict: ZeRO-3 keeps 1/N of each parameter per rank; ``GatheredParameters`` gathers them;
 - save/load_checkpoint: ``engine.save_checkpoint``/``load_checkpoint`` (every rank writes its partitions
-  into the checkpoint folder), with the epoch and the random generators as client state;
+  into the checkpoint folder), with the epoch and the random generators as client state; a checkpoint written by
+  another number of ranks is first converted (rank 0, ``to_universal``) into DeepSpeed's universal checkpoint, one
+  file per parameter and state, which the engine (``"checkpoint": {"load_universal": true}``) cuts for its ranks;
 - release: the engine goes before the process group does (torch 2.13 + gloo aborts at exit otherwise).
 
 Launch recipes::
@@ -26,6 +28,7 @@ Launch recipes::
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import logging
@@ -40,6 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dtutor.config import ConfigError
 from dtutor.pytorch import checkpoint
 from dtutor.pytorch.process_group import ProcessGroupStrategy
 from dtutor.pytorch.sharded.deepspeed_config import deepspeed_config
@@ -93,6 +97,32 @@ def prebuild() -> None:
             os.close(saved[1])
 
 
+def saved_world_size(folder: str | Path) -> int | None:
+    """How many ranks wrote the checkpoint the folder's ``latest`` names (one optimizer file each); None if none."""
+    latest = Path(folder) / "latest"
+    if not latest.exists():
+        return None
+    return len(list((Path(folder) / latest.read_text().strip()).glob("*_optim_states.pt")))
+
+
+def to_universal(folder: str | Path) -> Path:
+    """Convert the checkpoint ``latest`` names into a universal one beside it (``<tag>_universal``, named by the
+    file ``latest_universal``) with DeepSpeed's ``ds_to_universal``: each parameter's fp32 values and Adam moments
+    whole, in a file of its own, for any number of ranks to cut. DeepSpeed 0.19.8 converts a ZeRO-3 optimizer's
+    state only if it is Adam's (``exp_avg``, ``exp_avg_sq``): SGD's momentum has no place in it."""
+    from deepspeed.checkpoint.ds_to_universal import main
+
+    folder = Path(folder)
+    tag = (folder / "latest").read_text().strip()
+    output = folder / f"{tag}_universal"
+    arguments = argparse.Namespace(input_folder=str(folder / tag), output_folder=str(output), num_extract_workers=1,
+                                   num_merge_workers=1, keep_temp_folder=False, strict=True,
+                                   inject_missing_state=False)
+    with contextlib.redirect_stdout(io.StringIO()):
+        main(arguments)
+    return output
+
+
 class DeepSpeedZeRO(ProcessGroupStrategy):
     """DeepSpeed's engine with ZeRO stage ``config.zero_stage``."""
 
@@ -119,6 +149,8 @@ class DeepSpeedZeRO(ProcessGroupStrategy):
         import deepspeed
 
         settings = deepspeed_config(self.config, self.world_size, self.device.type)
+        if self._resharding():
+            settings["checkpoint"] = {"load_universal": True}
         warnings.filterwarnings("ignore", message=r".*torch\.distributed\.\w+` is deprecated", category=FutureWarning)
         level = deepspeed.utils.logger.level
         deepspeed.utils.logger.setLevel(logging.ERROR)
@@ -129,6 +161,23 @@ class DeepSpeedZeRO(ProcessGroupStrategy):
         finally:
             deepspeed.utils.logger.setLevel(level)
         return self.engine, ds_optimizer
+
+    def _resharding(self) -> bool:
+        """Whether the run resumes from a ZeRO-3 checkpoint written by another number of ranks; if so, rank 0
+        converts it to a universal checkpoint while the others wait. (At stages 1-2 the engine itself refuses a
+        checkpoint of another world size.)"""
+        resumes = self.config.checkpoint and self.config.zero_stage == 3
+        saved = saved_world_size(self.config.checkpoint) if resumes else None
+        if saved in (None, self.world_size):
+            return False
+        if self.config.optimizer != "adam":
+            raise ConfigError(f"optimizer: a ZeRO-3 checkpoint saved by {saved} ranks loads on {self.world_size} "
+                              "through DeepSpeed's universal checkpoint, which keeps Adam's state only; use "
+                              "optimizer='adam'")
+        if self.rank == 0:
+            to_universal(self.config.checkpoint)
+        torch.distributed.barrier()
+        return True
 
     def _forward(self, engine: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
         if inputs.is_floating_point():
@@ -170,10 +219,11 @@ class DeepSpeedZeRO(ProcessGroupStrategy):
         model.save_checkpoint(path, client_state={"epoch": epoch, "rng": checkpoint.rng_state()})
 
     def load_checkpoint(self, path: str, model: nn.Module, optimizer: Any) -> int | None:
-        """``engine.load_checkpoint`` from the folder ``path``; None when there is nothing to resume."""
+        """``engine.load_checkpoint`` from the folder ``path`` (the universal one ``latest_universal`` names when
+        ``wrap`` converted it); None when there is nothing to resume."""
         if not (Path(path) / "latest").exists():
             return None
-        _, client_state = model.load_checkpoint(path)  # the sub-folder ``latest`` names
+        _, client_state = model.load_checkpoint(path)  # the sub-folder ``latest`` (or ``latest_universal``) names
         checkpoint.set_rng_state(client_state["rng"])
         return client_state["epoch"]
 
