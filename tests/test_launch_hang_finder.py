@@ -14,7 +14,8 @@ from conftest import marked_processes, require_horovod
 
 from dtutor import launch
 from dtutor.failures import bugs
-from dtutor.launch import hang_finder, supervisor
+from dtutor.launch import hang_finder, runners, supervisor
+from dtutor.launch.ports import free_ports
 from dtutor.pytorch import ddp_lessons
 
 TIMEOUT = 5  # seconds from the start of the entry point: the ranks are in their collectives after about 1
@@ -35,6 +36,18 @@ HANGS = {
 }
 
 
+def port_is_free(port: int) -> bool:
+    """Whether a server could listen on ``port`` of 127.0.0.1 now: no process of the job still holds it (closed
+    connections that linger in TIME_WAIT do not count, as for any server that sets SO_REUSEADDR)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 LAUNCHERS = {"torchrun": launch.run, "deepspeed": launch.run_deepspeed}
 
 
@@ -44,12 +57,15 @@ LAUNCHERS = {"torchrun": launch.run, "deepspeed": launch.run_deepspeed}
 def test_a_hung_launch_names_where_each_rank_waits(bug, tool, launcher, process_marker, monkeypatch):
     if tool == "faulthandler":
         monkeypatch.setattr(hang_finder, "py_spy", lambda: None)
+    ports = []  # the ports the launch layer gave the job (DeepSpeed's --master_port): free again afterwards
+    monkeypatch.setattr(runners, "free_ports", lambda count: ports.extend(free_ports(count)) or ports[-count:])
     monkeypatch.setenv("CLICOLOR_FORCE", "1")  # as in a Jupyter kernel: py-spy would colour its frames
     started = time.monotonic()
     with pytest.raises(launch.LaunchError) as caught:
         LAUNCHERS[launcher](f"dtutor.failures.bugs:{bug}", nprocs=2, timeout=TIMEOUT, quiet=True)
     assert time.monotonic() - started < TIMEOUT + supervisor.STARTUP_GRACE  # start-up is forgiven, up to that
     assert marked_processes(process_marker) == []
+    assert all(port_is_free(port) for port in ports) and len(ports) == (launcher == "deepspeed")
     function, error = getattr(bugs, bug), caught.value
     expected = {rank: {"op": op, "file": "bugs.py", "line": line_of(function, code, which), "function": bug}
                 for rank, (op, code, which) in HANGS[bug].items()}
