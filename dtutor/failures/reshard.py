@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,8 +128,8 @@ def _load_on(ranks: int, folder: Path, setup: dict[str, Any], saved_after: int, 
 
 def _show(result: Reshard) -> None:
     """What a learner reads: the files, how one tensor was split, and each load's differences."""
-    print(f"{result.strategy} saved by {result.saved_ranks} ranks after epoch {result.saved_after - 1}: "
-          f"{', '.join(result.files)}")
+    print(textwrap.fill(f"{result.strategy} saved by {result.saved_ranks} ranks after epoch {result.saved_after - 1}: "
+                        f"{', '.join(result.files)}", width=150, subsequent_indent="    "))
     for name, rows in list(result.chunks.items())[:1]:
         print(f"{name}: {len(rows)} chunks, rows " + ", ".join(f"{start}-{stop - 1}" for start, stop in rows))
     for ranks, each in result.loads.items():
