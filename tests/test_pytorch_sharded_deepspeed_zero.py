@@ -6,6 +6,7 @@ import pytest
 from conftest import SMALL_RUN
 
 from dtutor import TrainConfig, launch, max_difference, models
+from dtutor.config import ConfigError
 from dtutor.result import identical
 from dtutor.strategies import STRATEGIES
 
@@ -108,3 +109,18 @@ def test_deepspeeds_helper_is_built_by_the_environments_own_ninja_wherever_it_ru
     monkeypatch.setenv("PATH", "/usr/bin:/bin")
     deepspeed_environment()
     assert shutil.which("ninja") == str(Path(sys.executable).parent / "ninja")
+
+
+def test_a_zero3_checkpoint_of_another_world_size_is_refused_for_sgd_before_any_process_starts(tmp_path,
+                                                                                            no_process_may_start):
+    """DeepSpeed's universal checkpoint, the only road to another world size at stage 3, keeps Adam's state only."""
+    step = tmp_path / "global_step4"
+    step.mkdir()
+    (tmp_path / "latest").write_text("global_step4")
+    for rank in (0, 1):  # as 2 ranks write it: one optimizer file each
+        (step / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt").write_bytes(b"")
+    fields = {**SMALL_RUN, "strategy": "deepspeed", "zero_stage": 3, "checkpoint": str(tmp_path)}
+    with pytest.raises(ConfigError, match="optimizer: a ZeRO-3 checkpoint saved by 2 ranks loads on 4 through"):
+        launch.train(4, **fields)
+    with pytest.raises(ConfigError, match="optimizer: a ZeRO-3 checkpoint saved by 2 ranks loads on 1"):
+        launch.train(1, **fields)

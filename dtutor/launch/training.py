@@ -73,8 +73,11 @@ def prepare(nprocs: int, nnodes: int, fields: dict[str, Any]) -> TrainConfig:
         raise ConfigError(f"samples: {config.samples} asked for, but the training data has {data.split_size()}")
     if info.framework == "torch":  # TensorFlow strategies do not use it: keep torch out of their callers
         config = config.replace(backend=choose_backend(config.backend, nprocs))
-    if info.name == "deepspeed":  # e.g. fp16 without GPUs: refused here, not inside the workers
+    if info.name == "deepspeed":  # e.g. fp16 without GPUs, or SGD through a resharded ZeRO-3 checkpoint: refused here
+        from dtutor.pytorch.sharded.deepspeed_zero import reshards  # torch: DeepSpeed's callers have it anyway
+
         deepspeed_config(config, world_size, "cuda" if config.backend == "nccl" else "cpu")
+        reshards(config, world_size)
     return config
 
 

@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dtutor.config import ConfigError
+from dtutor.config import ConfigError, TrainConfig
 from dtutor.pytorch import checkpoint
 from dtutor.pytorch.process_group import ProcessGroupStrategy
 from dtutor.pytorch.sharded.deepspeed_config import deepspeed_config
@@ -123,6 +123,19 @@ def to_universal(folder: str | Path) -> Path:
     return output
 
 
+def reshards(config: TrainConfig, world_size: int) -> bool:
+    """Whether ``config`` resumes a ZeRO-3 run from a checkpoint that another number of ranks wrote (at stages 1-2
+    the engine itself refuses one). Such a load goes through DeepSpeed's universal checkpoint, which keeps Adam's
+    state only: any other optimizer is refused (``ConfigError`` naming the field), before the launch too."""
+    saved = saved_world_size(config.checkpoint) if config.checkpoint and config.zero_stage == 3 else None
+    if saved in (None, world_size):
+        return False
+    if config.optimizer != "adam":
+        raise ConfigError(f"optimizer: a ZeRO-3 checkpoint saved by {saved} ranks loads on {world_size} through "
+                          "DeepSpeed's universal checkpoint, which keeps Adam's state only; use optimizer='adam'")
+    return True
+
+
 class DeepSpeedZeRO(ProcessGroupStrategy):
     """DeepSpeed's engine with ZeRO stage ``config.zero_stage``."""
 
@@ -164,16 +177,9 @@ class DeepSpeedZeRO(ProcessGroupStrategy):
 
     def _resharding(self) -> bool:
         """Whether the run resumes from a ZeRO-3 checkpoint written by another number of ranks; if so, rank 0
-        converts it to a universal checkpoint while the others wait. (At stages 1-2 the engine itself refuses a
-        checkpoint of another world size.)"""
-        resumes = self.config.checkpoint and self.config.zero_stage == 3
-        saved = saved_world_size(self.config.checkpoint) if resumes else None
-        if saved in (None, self.world_size):
+        converts it to a universal checkpoint while the others wait."""
+        if not reshards(self.config, self.world_size):
             return False
-        if self.config.optimizer != "adam":
-            raise ConfigError(f"optimizer: a ZeRO-3 checkpoint saved by {saved} ranks loads on {self.world_size} "
-                              "through DeepSpeed's universal checkpoint, which keeps Adam's state only; use "
-                              "optimizer='adam'")
         if self.rank == 0:
             to_universal(self.config.checkpoint)
         torch.distributed.barrier()
