@@ -110,10 +110,9 @@ def checkpoint_chunks(folder: str | Path, prefix: str = "model.") -> dict[str, l
 
 def checkpoint_files(folder: Path) -> list[str]:
     """The checkpoint's files: DCP's folder, or the step folder DeepSpeed's file ``latest`` names."""
-    latest = folder / "latest"
-    if latest.exists():
-        folder = folder / latest.read_text().strip()
-    return sorted(p.name for p in folder.iterdir())
+    from dtutor.pytorch.sharded.deepspeed_zero import step_folder
+
+    return sorted(p.name for p in (step_folder(folder) or folder).iterdir())
 
 
 def _load_on(ranks: int, folder: Path, setup: dict[str, Any], saved_after: int, timeout: float) -> Loaded:

@@ -97,12 +97,16 @@ def prebuild() -> None:
             os.close(saved[1])
 
 
+def step_folder(folder: str | Path) -> Path | None:
+    """The step folder (``global_stepN``) that the checkpoint folder's file ``latest`` names; None if none."""
+    latest = Path(folder) / "latest"
+    return Path(folder) / latest.read_text().strip() if latest.exists() else None
+
+
 def saved_world_size(folder: str | Path) -> int | None:
     """How many ranks wrote the checkpoint the folder's ``latest`` names (one optimizer file each); None if none."""
-    latest = Path(folder) / "latest"
-    if not latest.exists():
-        return None
-    return len(list((Path(folder) / latest.read_text().strip()).glob("*_optim_states.pt")))
+    step = step_folder(folder)
+    return None if step is None else len(list(step.glob("*_optim_states.pt")))
 
 
 def to_universal(folder: str | Path) -> Path:
@@ -112,10 +116,11 @@ def to_universal(folder: str | Path) -> Path:
     state only if it is Adam's (``exp_avg``, ``exp_avg_sq``): SGD's momentum has no place in it."""
     from deepspeed.checkpoint.ds_to_universal import main
 
-    folder = Path(folder)
-    tag = (folder / "latest").read_text().strip()
-    output = folder / f"{tag}_universal"
-    arguments = argparse.Namespace(input_folder=str(folder / tag), output_folder=str(output), num_extract_workers=1,
+    step = step_folder(folder)
+    if step is None:
+        raise FileNotFoundError(f"no DeepSpeed checkpoint in {folder}: its file 'latest' is missing")
+    output = step.with_name(f"{step.name}_universal")
+    arguments = argparse.Namespace(input_folder=str(step), output_folder=str(output), num_extract_workers=1,
                                    num_merge_workers=1, keep_temp_folder=False, strict=True,
                                    inject_missing_state=False)
     with contextlib.redirect_stdout(io.StringIO()):
