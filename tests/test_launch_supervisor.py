@@ -9,7 +9,7 @@ import time
 import pytest
 
 from dtutor.launch import LaunchError, supervisor
-from dtutor.launch.runners import run_single
+from dtutor.launch.runners import run_script, run_single
 
 IMPORT_SECONDS = 4.0
 
@@ -45,3 +45,17 @@ def test_a_plain_command_counts_its_timeout_from_the_launch(tmp_path):
     with pytest.raises(LaunchError, match="did not finish within 1 s"):
         supervisor.supervise([["sleep", "30"]], entry="sleep", timeout=1.0, quiet=True)
     assert time.monotonic() - started < 1.0 + supervisor.STARTUP_GRACE / 2
+
+
+def test_a_rank_that_crashes_in_c_code_is_named_with_its_python_stack(tmp_path):
+    """A rank killed by a signal (here SIGABRT, as a C++ ``std::terminate`` sends) writes no report: the error
+    shows its own last lines, faulthandler's stack included, rather than torchrun's traceback about it."""
+    script = tmp_path / "aborts.py"
+    script.write_text("import os\n\n\ndef crash_here():\n    if os.environ['RANK'] == '1':\n"
+                      "        print('rank 1 about to abort', flush=True)\n        os.abort()\n\n\ncrash_here()\n")
+    with pytest.raises(LaunchError, match="failed before a rank could report") as caught:
+        run_script(script, 2, timeout=60, quiet=True)
+    message = str(caught.value)
+    assert "rank 1 about to abort" in message and "Fatal Python error: Aborted" in message
+    assert "in crash_here" in message and "exitcode: -6" in message
+    assert "ChildFailedError" not in message and "Extension modules" not in message

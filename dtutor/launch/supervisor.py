@@ -33,12 +33,24 @@ from dtutor.launch.worker import RESULT_DIR_ENV, STARTED_SUFFIX
 from dtutor.progress import PROGRESS_ENV, RelayedBar
 
 # Start-up lines TensorFlow's C++ runtime prints before any log setting applies, in every TF process
-NOISE = ("All log messages before absl::InitializeLog() is called", "oneDNN custom operations are on")
+NOISE = ("All log messages before absl::InitializeLog() is called", "oneDNN custom operations are on",
+         "Extension modules: ")  # the last: faulthandler's list of every loaded C extension, after a crash's stacks
 STARTUP_GRACE = 60.0  # seconds of start-up (launcher, interpreter, imports) a launch's timeout forgives at most
 TAIL_LINES = 40  # output lines kept to explain a launch that failed before any rank reported
 HOROVOD_PREFIX = re.compile(r"^\[(\d+)\]<std(?:out|err)>:")  # horovodrun's prefix: "[0]<stdout>:"
 # torchrun's own log lines: "E1207 00:40:33.811000 23281 .venv/.../elastic/multiprocessing/api.py:1002] failed ..."
 TORCH_LOG_PREFIX = re.compile(r"^[DIWEF]\d{4} \d\d:\d\d:\d\d\.\d+ \d+ \S+:\d+\] ")
+
+
+def without_launcher_traceback(lines: list[str]) -> list[str]:
+    """``lines`` up to torchrun's own closing traceback (``ChildFailedError``) and its summary table, which only
+    repeat its "[torchrun] failed (exitcode: -6) local_rank: 1" line and would push the failed rank's own last
+    lines (a C++ ``terminate called ...``, faulthandler's stacks) out of the tail."""
+    ends = [index for index, line in enumerate(lines) if "elastic.multiprocessing.errors.ChildFailedError" in line]
+    if not ends:
+        return lines
+    starts = [index for index, line in enumerate(lines[:ends[-1]]) if line.startswith("Traceback (most recent call")]
+    return lines[:starts[-1]] if starts else lines[:ends[-1]]
 
 
 def one_prefix(line: str) -> str:
@@ -163,18 +175,25 @@ def _stream(processes: list[subprocess.Popen], deadline: Deadline, quiet: bool) 
     for reader in readers:
         reader.start()
     outcome, bar = _Outcome(), RelayedBar(enabled=not quiet)
+
+    def take(line: str) -> None:
+        if not bar.feed(line):
+            outcome.tail = (outcome.tail + [line])[-4 * TAIL_LINES:]  # cut to TAIL_LINES when read
+            if not quiet and not any(noise in line for noise in NOISE):
+                bar.write(line)
+
     try:
         while any(p.poll() is None for p in processes) or any(r.is_alive() for r in readers) or not lines.empty():
             try:
-                line = one_prefix(lines.get(timeout=0.1))
-                if not bar.feed(line):
-                    outcome.tail = (outcome.tail + [line])[-TAIL_LINES:]
-                    if not quiet and not any(noise in line for noise in NOISE):
-                        bar.write(line)
+                take(one_prefix(lines.get(timeout=0.1)))
             except queue.Empty:
                 pass
             if any(p.poll() not in (None, 0) for p in processes):
                 outcome.failed = True
+                for reader in readers:  # a launcher has ended: what it and its ranks wrote last may still be coming
+                    reader.join(timeout=1.0)
+                while not lines.empty():
+                    take(one_prefix(lines.get()))
                 break
             if deadline.passed():
                 outcome.timed_out = True
@@ -212,7 +231,8 @@ def _verdict(result_dir: Path, outcome: _Outcome, entry: str, timeout: float) ->
         raise LaunchError(hang.explain(f"{entry} did not finish within {timeout:g} s; all its processes were ended."),
                           hang=hang)
     if outcome.failed:
-        raise LaunchError(f"{entry} failed before a rank could report; last output:\n" + "\n".join(outcome.tail))
+        tail = [line for line in without_launcher_traceback(outcome.tail) if not any(n in line for n in NOISE)]
+        raise LaunchError(f"{entry} failed before a rank could report; last output:\n" + "\n".join(tail[-TAIL_LINES:]))
     return read_results(result_dir)
 
 
@@ -243,7 +263,7 @@ def supervise(
         raise ValueError(f"envs must give one dict per command: {len(envs)} for {len(commands)} command(s)")
     result_dir = Path(tempfile.mkdtemp(prefix="dtutor-launch-"))
     base = {**os.environ, RESULT_DIR_ENV: str(result_dir), "OMP_NUM_THREADS": str(threads),
-            "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1", PROGRESS_ENV: "relay"}
+            "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1", "TQDM_DISABLE": "1", PROGRESS_ENV: "relay"}
     if not quiet and display:
         print("$", display)
     try:
