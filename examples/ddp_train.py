@@ -9,6 +9,7 @@ backward, so every process takes the same optimizer step. Rank 0 writes the chec
 
 import argparse
 import os
+import sys
 
 import torch
 import torch.distributed as dist
@@ -64,8 +65,12 @@ def main() -> None:
     if rank == 0:  # the weights are the same on every rank: one writes them
         torch.save(model.module.state_dict(), args.output)
     dist.barrier()  # nobody leaves before the file is written
-    del model  # DDP's hooks hold the process group: release them first
     dist.destroy_process_group()
+    # The gloo threads outlive destroy_process_group: DDP's hooks still hold the group. In torch 2.13, one of them
+    # still letting go of a finished collective's tensors during Python's shutdown can abort this finished
+    # process (SIGABRT, "terminate called without an active exception"; pytorch/pytorch#190489). Skip that shutdown:
+    sys.stdout.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

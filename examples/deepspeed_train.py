@@ -9,6 +9,8 @@ gradients, at stage 3 also of the parameters. Every process writes its own parti
 """
 
 import argparse
+import os
+import sys
 import warnings
 
 import deepspeed
@@ -60,6 +62,11 @@ def main() -> None:
     engine.save_checkpoint(args.output)  # every rank writes its partitions; zero_to_fp32 joins them
     engine.destroy()  # release the engine's hooks before the process group goes
     deepspeed.comm.destroy_process_group()
+    # The gloo threads outlive destroy_process_group: the engine's parts hold the group. In torch 2.13, one of them
+    # still letting go of a finished collective's tensors during Python's shutdown can abort this finished
+    # process (SIGABRT, "terminate called without an active exception"; pytorch/pytorch#190489). Skip that shutdown:
+    sys.stdout.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ optimizer, built after sharding, steps only this process's shards. The checkpoin
 
 import argparse
 import os
+import sys
 
 import torch
 import torch.distributed as dist
@@ -73,8 +74,12 @@ def main() -> None:
     if rank == 0:
         torch.save(state, args.output)
     dist.barrier()  # nobody leaves before the file is written
-    del model, optimizer  # release what holds the process group first
     dist.destroy_process_group()
+    # The gloo threads outlive destroy_process_group: FSDP's modules still hold the group. In torch 2.13, one of them
+    # still letting go of a finished collective's tensors during Python's shutdown can abort this finished
+    # process (SIGABRT, "terminate called without an active exception"; pytorch/pytorch#190489). Skip that shutdown:
+    sys.stdout.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
