@@ -8,6 +8,8 @@ steps), then rank 0 saves the weights and the number of steps taken to ``--outpu
 """
 
 import argparse
+import os
+import sys
 
 import torch
 import torch.distributed as dist
@@ -60,8 +62,12 @@ def main() -> None:
     dist.barrier()  # nobody leaves before every rank is done
     if rank == 0:
         torch.save({"state": model.module.state_dict(), "steps": steps}, args.output)
-    del model
     dist.destroy_process_group()
+    # The gloo threads outlive destroy_process_group: DDP's hooks still hold the group. In torch 2.13, one of them
+    # still letting go of a finished collective's tensors during Python's shutdown can abort this finished
+    # process (SIGABRT, "terminate called without an active exception"; pytorch/pytorch#190489). Skip that shutdown:
+    sys.stdout.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
