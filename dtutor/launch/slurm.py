@@ -228,7 +228,7 @@ def verdict(job: Job, result_dir: Path) -> list[Any]:
         raise SlurmJobError(f"rank {rank} of job {job.job_id} failed (job {job.state}):\n{text}", job, rank, text)
     results = read_results(result_dir) if result_dir.is_dir() else []
     if job.state != "COMPLETED" or not results:
-        tail = "\n".join(output.splitlines()[-TAIL_LINES:])
+        tail = "\n".join([line for line in output.splitlines() if not any(n in line for n in NOISE)][-TAIL_LINES:])
         why = "" if results else f"; no rank wrote a result into {result_dir} (a folder every node must see)"
         raise SlurmJobError(f"{job.summary()}{why}; last output:\n{tail}", job)
     return results
@@ -250,7 +250,8 @@ def start(script: str, *, workdir: str | Path | None = None, quiet: bool = False
     """
     workdir = Path(workdir or Path.cwd() / "slurm-jobs").resolve()
     result_dir = workdir / f"results-{uuid.uuid4().hex[:8]}"
-    env = {**os.environ, RESULT_DIR_ENV: str(result_dir), "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1"}
+    env = {**os.environ, RESULT_DIR_ENV: str(result_dir), "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1",
+           "TQDM_DISABLE": "1"}  # a rank killed by a signal prints its Python stack into the job's output
     job = submit(script, workdir, env)
     if not quiet:
         shown = job.output.relative_to(Path.cwd()) if job.output.is_relative_to(Path.cwd()) else job.output
