@@ -1,6 +1,6 @@
-"""Tests for dtutor.launch.supervisor's deadline: a launch's timeout counts from the moment every rank has started its
-entry point, so a slow start-up (here an entry module that takes seconds to import) is not the job's time, yet the
-start-up it forgives is bounded."""
+"""Tests for dtutor.launch.supervisor: a launch's timeout counts from the moment every rank has started its entry
+point, so a slow start-up (here an entry module that takes seconds to import) is not the job's time, yet the
+start-up it forgives is bounded; and a rank killed by a signal is shown by its own last lines and Python stack."""
 
 import importlib
 import sys

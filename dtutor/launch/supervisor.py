@@ -32,7 +32,7 @@ from dtutor.launch.hang_finder import HangReport, find_hang
 from dtutor.launch.worker import RESULT_DIR_ENV, STARTED_SUFFIX
 from dtutor.progress import PROGRESS_ENV, RelayedBar
 
-# Start-up lines TensorFlow's C++ runtime prints before any log setting applies, in every TF process
+# Lines never shown: TensorFlow's C++ start-up lines (printed before any log setting applies, in every TF process)
 NOISE = ("All log messages before absl::InitializeLog() is called", "oneDNN custom operations are on",
          "Extension modules: ")  # the last: faulthandler's list of every loaded C extension, after a crash's stacks
 STARTUP_GRACE = 60.0  # seconds of start-up (launcher, interpreter, imports) a launch's timeout forgives at most
@@ -163,7 +163,7 @@ def _stream(processes: list[subprocess.Popen], deadline: Deadline, quiet: bool) 
     """Print the processes' merged output until they all end, one exits non-zero, or ``deadline`` passes.
 
     Rank 0's relayed progress becomes one live bar here (``dtutor.progress``); every other line is printed
-    with one rank prefix, except TensorFlow's C++ start-up lines.
+    with one rank prefix, except the ``NOISE`` lines.
     """
     lines: queue.Queue[str] = queue.Queue()
 
@@ -254,7 +254,8 @@ def supervise(
     ``Deadline``), end every process of the launch on a failure, a timeout or an
     interrupt, and return each rank's result in rank order, or raise ``LaunchError`` naming the first
     rank that failed. ``envs`` adds variables per command; ``display`` is printed first as ``$ display``.
-    Workers get ``OMP_NUM_THREADS=threads``, ``TQDM_DISABLE=1`` (bars would garble the stream) and
+    Workers get ``OMP_NUM_THREADS=threads``, ``PYTHONFAULTHANDLER=1`` (a rank killed by a signal prints its Python
+    stack), ``TQDM_DISABLE=1`` (bars would garble the stream) and
     ``DTUTOR_PROGRESS=relay``: rank 0's progress comes back as one live bar here (none when ``quiet``).
     """
     if timeout <= 0:
