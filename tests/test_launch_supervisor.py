@@ -59,3 +59,14 @@ def test_a_rank_that_crashes_in_c_code_is_named_with_its_python_stack(tmp_path):
     assert "rank 1 about to abort" in message and "Fatal Python error: Aborted" in message
     assert "in crash_here" in message and "exitcode: -6" in message
     assert "ChildFailedError" not in message and "Extension modules" not in message
+
+
+def test_torchruns_own_traceback_and_table_are_left_out_and_every_other_line_kept():
+    table = ["=" * 55, "script.py FAILED", "-" * 55, "Failures:", "  <NO_OTHER_FAILURES>", "-" * 55,
+             "Root Cause (first observed failure):", "[0]:", "  exitcode  : -6 (pid: 7)", "=" * 55]
+    torchrun = ["Traceback (most recent call last):", '  File "torch/distributed/run.py", line 1028, in main',
+                "    run(args)", "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: ", *table]
+    before = ["[torchrun] failed (exitcode: -6) local_rank: 1 (pid: 7) of binary: python"]
+    rank = ["Traceback (most recent call last):", '  File "train.py", line 3, in f', "KeyError: 1"]
+    lines = rank + before + torchrun + ["[node 1] a later line"] + torchrun
+    assert supervisor.without_launcher_traceback(lines) == rank + before + ["[node 1] a later line"]

@@ -38,19 +38,23 @@ NOISE = ("All log messages before absl::InitializeLog() is called", "oneDNN cust
 STARTUP_GRACE = 60.0  # seconds of start-up (launcher, interpreter, imports) a launch's timeout forgives at most
 TAIL_LINES = 40  # output lines kept to explain a launch that failed before any rank reported
 HOROVOD_PREFIX = re.compile(r"^\[(\d+)\]<std(?:out|err)>:")  # horovodrun's prefix: "[0]<stdout>:"
+CHILD_FAILED = "elastic.multiprocessing.errors.ChildFailedError"  # the exception ending torchrun's own traceback
 # torchrun's own log lines: "E1207 00:40:33.811000 23281 .venv/.../elastic/multiprocessing/api.py:1002] failed ..."
 TORCH_LOG_PREFIX = re.compile(r"^[DIWEF]\d{4} \d\d:\d\d:\d\d\.\d+ \d+ \S+:\d+\] ")
 
 
 def without_launcher_traceback(lines: list[str]) -> list[str]:
-    """``lines`` up to torchrun's own closing traceback (``ChildFailedError``) and its summary table, which only
-    repeat its "[torchrun] failed (exitcode: -6) local_rank: 1" line and would push the failed rank's own last
-    lines (a C++ ``terminate called ...``, faulthandler's stacks) out of the tail."""
-    ends = [index for index, line in enumerate(lines) if "elastic.multiprocessing.errors.ChildFailedError" in line]
-    if not ends:
-        return lines
-    starts = [index for index, line in enumerate(lines[:ends[-1]]) if line.startswith("Traceback (most recent call")]
-    return lines[:starts[-1]] if starts else lines[:ends[-1]]
+    """``lines`` without torchrun's closing tracebacks (``ChildFailedError``) and their summary tables (between two
+    rules of ``=``), which only repeat its "[torchrun] failed (exitcode: -6) local_rank: 1" line and would push the
+    failed rank's own last lines (a C++ ``terminate called ...``, faulthandler's stacks) out of the tail."""
+    kept = list(lines)
+    while ends := [index for index, line in enumerate(kept) if CHILD_FAILED in line]:
+        end = ends[0]
+        start = max((index for index in range(end) if kept[index].startswith("Traceback (most recent call")),
+                    default=end)
+        rules = [index for index in range(end + 1, len(kept)) if kept[index].strip() and not kept[index].strip("=")]
+        del kept[start:rules[1] + 1 if len(rules) > 1 else len(kept)]
+    return kept
 
 
 def one_prefix(line: str) -> str:
